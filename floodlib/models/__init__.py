@@ -1,0 +1,38 @@
+"""The seed's seven architectures, three terrain downsamplers and the registry that builds them.
+
+>>> from floodlib.models import create_model, list_models
+>>> model = create_model("Arch_04", downsampler="alternating")
+"""
+
+from floodlib.models.attention import SelfAttention2d
+from floodlib.models.base import FloodModel, check_inputs
+from floodlib.models.constants import DEPTH_CHANNELS, PATCH_CELLS, TERRAIN_POINTS
+from floodlib.models.downsamplers import (
+    AlternatingDownsampler,
+    AlternatingStrideConv2d,
+    CubicDownsampler,
+    K11S10Downsampler,
+    alternating_stride_conv2d,
+    create_downsampler,
+    list_downsamplers,
+)
+from floodlib.models.init import INIT_SCHEMES, init_weights
+from floodlib.models.reference import use_reference_layers
+from floodlib.models.registry import (
+    create_model,
+    list_models,
+    model_aliases,
+    register_model,
+    resolve_model_name,
+)
+
+# Importing the architecture modules registers them.
+from floodlib.models import arch_02, arch_03, arch_04, arch_05, arch_07, arch_08, arch_09  # noqa: E402,F401
+
+__all__ = [
+    "AlternatingDownsampler", "AlternatingStrideConv2d", "CubicDownsampler", "DEPTH_CHANNELS", "FloodModel",
+    "INIT_SCHEMES", "K11S10Downsampler", "PATCH_CELLS", "SelfAttention2d", "TERRAIN_POINTS",
+    "alternating_stride_conv2d", "check_inputs", "create_downsampler", "create_model", "init_weights",
+    "list_downsamplers", "list_models", "model_aliases", "register_model", "resolve_model_name",
+    "use_reference_layers",
+]
