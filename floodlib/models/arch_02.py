@@ -14,7 +14,8 @@ def conv_stack(layers: int, channels: int, attention_after: tuple[int, ...] = ()
     from floodlib.models.attention import SelfAttention2d
 
     def conv(c_in: int, c_out: int) -> list[nn.Module]:
-        return [nn.Conv2d(c_in, c_out, kernel_size=3, padding=1), nn.LeakyReLU(0.01)]
+        # In place: a convolution's backward needs its input, not its output, so one buffer serves both.
+        return [nn.Conv2d(c_in, c_out, kernel_size=3, padding=1), nn.LeakyReLU(0.01, inplace=True)]
 
     modules = conv(3, channels)
     for number in range(1, layers - 1):

@@ -128,6 +128,14 @@ class AlternatingStrideConv2d(nn.Conv2d):
 _CPU_CHUNK_BYTES = 8 * 2**20
 
 
+def _as_channels_last(x: torch.Tensor) -> torch.Tensor:
+    """``x`` with channels-last strides; a view without copying when it has one channel."""
+    if x.shape[1] == 1 and x.is_contiguous():
+        batch, _, height, width = x.shape
+        return x.as_strided(x.shape, (height * width, 1, width, 1), x.storage_offset())
+    return x.to(memory_format=torch.channels_last)
+
+
 class AlternatingDownsampler(nn.Module):
     """The seed's learnable terrain downsampler (7,601 parameters with the defaults).
 
@@ -167,10 +175,10 @@ class AlternatingDownsampler(nn.Module):
         # Channels-last input and kernel make the convolution write channels-last (pixel-major) output,
         # which the window gather reads as whole pixels without a transposing copy.
         channels_last = torch.channels_last
-        # (`.to`, not `.contiguous`: with one input channel both layouts count as contiguous, and only
-        # `.to` sets the strides that select the channels-last kernel.)
+        # (With one channel both layouts count as contiguous; only explicit channels-last strides select
+        # the channels-last kernel.)
         hidden = F.conv2d(
-            terrain.to(memory_format=channels_last),
+            _as_channels_last(terrain),
             first.weight.to(memory_format=channels_last),
             first.bias,
             stride=first.stride,
