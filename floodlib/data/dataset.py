@@ -1,0 +1,215 @@
+"""Splits by plan and a lazy patch Dataset over the simulation store."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import NamedTuple, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from floodlib.data.samples import INDEX_DTYPE, SampleSpec, cut_sample, index_plan
+from floodlib.data.store import read_simulation
+
+SIMULATION_SUFFIX = ".h5"
+
+
+class Sample(NamedTuple):
+    """One training sample (a batch of them after collation: a leading batch axis on each)."""
+
+    terrain: torch.Tensor  # (1, T, T) float32, m
+    depths: torch.Tensor  # (2, P, P) float32, m: [boundary ring at n + dt, depth at n]
+    depth_change: torch.Tensor  # (1, P, P) float32, m
+
+
+@dataclass
+class SplitSummary:
+    """What a split holds: its plans, samples, and the patches dropped as dry or out of area."""
+
+    name: str
+    plans: list[str]
+    samples: int
+    dry_dropped: int
+    masked_dropped: int
+    samples_per_plan: list[int] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def __str__(self) -> str:
+        return (f"{self.name}: {len(self.plans)} plans, {self.samples} samples "
+                f"({self.dry_dropped} dry and {self.masked_dropped} out-of-area patches dropped)")
+
+
+def _memory_budget_bytes() -> int:
+    """A quarter of physical memory: splits larger than this are memory-mapped instead of loaded."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
+    except (ValueError, OSError, AttributeError):
+        return 2 * 2**30
+
+
+class PatchDataset(Dataset):
+    """Samples of a set of plans, sliced on the fly from the per-plan arrays (no per-sample copies on disk).
+
+    Parameters
+    ----------
+    files : simulation store files (one plan each), in a fixed order.
+    spec : how samples are cut (:class:`SampleSpec`).
+    name : the split's name, for summaries and messages.
+    memory_map : True to memory-map the plans' arrays, False to load them, ``"auto"`` to memory-map only
+        when the files together exceed a quarter of physical memory.
+
+    Items are :class:`Sample` tuples of float32 tensors; the order is deterministic (plan, snapshot,
+    row, column). The dataset holds file paths, not arrays, when sent to DataLoader worker processes.
+    """
+
+    def __init__(self, files: Sequence[str | Path], *, spec: SampleSpec = SampleSpec(), name: str = "split",
+                 memory_map: bool | str = "auto"):
+        self.files = [Path(f) for f in files]
+        self.spec = spec
+        self.name = name
+        if memory_map == "auto":
+            memory_map = sum(f.stat().st_size for f in self.files if f.exists()) > _memory_budget_bytes()
+        self.memory_map = bool(memory_map)
+        entries, per_plan, dry, masked, plans = [], [], 0, 0, []
+        for plan_id, path in enumerate(self.files):
+            simulation = read_simulation(path, memory_map=True)
+            plan_index = index_plan(simulation, spec, plan_id)
+            entries.append(plan_index.entries)
+            per_plan.append(len(plan_index.entries))
+            dry += plan_index.dry_dropped
+            masked += plan_index.masked_dropped
+            plans.append(f"{simulation.project}/{simulation.plan}")
+        self.index = np.concatenate(entries) if entries else np.zeros(0, dtype=INDEX_DTYPE)
+        self.summary = SplitSummary(name=name, plans=plans, samples=len(self.index), dry_dropped=dry,
+                                    masked_dropped=masked, samples_per_plan=per_plan)
+        self._arrays: list[tuple[np.ndarray, np.ndarray]] | None = None
+
+    def _plan_arrays(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        if self._arrays is None:
+            arrays = []
+            for path in self.files:
+                # Validated when indexed; a worker process only opens the arrays.
+                simulation = read_simulation(path, memory_map=True, validate=False)
+                terrain, depth = simulation.terrain, simulation.water_depth
+                if not self.memory_map:
+                    terrain, depth = np.array(terrain), np.array(depth)
+                arrays.append((terrain, depth))
+            self._arrays = arrays
+        return self._arrays
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, item: int) -> Sample:
+        entry = self.index[item]
+        terrain, depth = self._plan_arrays()[int(entry["plan"])]
+        return Sample(*(torch.from_numpy(a) for a in cut_sample(terrain, depth, entry, self.spec)))
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_arrays"] = None  # worker processes reopen the files instead of receiving copies
+        return state
+
+    def sample_info(self, item: int) -> dict:
+        """Where sample ``item`` comes from: plan file, snapshot frames, patch origin (cells), transform."""
+        entry = self.index[item]
+        return {"file": str(self.files[int(entry["plan"])]), "plan": self.summary.plans[int(entry["plan"])],
+                "frame": int(entry["frame"]), "next_frame": int(entry["next_frame"]),
+                "row": int(entry["row"]), "col": int(entry["col"]), "transform": int(entry["transform"])}
+
+
+@dataclass(frozen=True)
+class SplitSpec:
+    """How plans are divided. Defaults are the seed's.
+
+    Attributes
+    ----------
+    small_plans : the ``small`` split uses the first this many plans of the first project.
+    test_plans : the last this many plans of each project are held out as test plans.
+    val_fraction : share of a split's plans used for validation (the last ones).
+    """
+
+    small_plans: int = 7
+    test_plans: int = 7
+    val_fraction: float = 0.3
+
+    def __post_init__(self):
+        for name in ("small_plans", "test_plans"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"SplitSpec.{name}={value!r} must be a positive integer")
+        if not 0 < self.val_fraction < 1:
+            raise ValueError(f"SplitSpec.val_fraction={self.val_fraction!r} must be between 0 and 1")
+
+
+def discover_plans(data_dir: str | Path) -> dict[str, list[Path]]:
+    """Plans of a data folder laid out as ``<data_dir>/<project>/<plan>.h5``, projects and plans sorted by name."""
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise FileNotFoundError(f"{data_dir}: data folder does not exist")
+    projects = {}
+    for project in sorted(p for p in data_dir.iterdir() if p.is_dir()):
+        plans = sorted(project.glob(f"*{SIMULATION_SUFFIX}"))
+        if plans:
+            projects[project.name] = plans
+    if not projects:
+        raise FileNotFoundError(f"{data_dir}: no plans found (expected <project>/<plan>{SIMULATION_SUFFIX} files)")
+    return projects
+
+
+def _train_val(plans: list[Path], fraction: float) -> tuple[list[Path], list[Path]]:
+    n_val = max(1, int(round(len(plans) * fraction))) if len(plans) > 1 else 0
+    return plans[:len(plans) - n_val], plans[len(plans) - n_val:]
+
+
+def split_plans(projects: dict[str, list[Path]], spec: SplitSpec = SplitSpec()) -> dict[str, list[Path]]:
+    """Assign plans to splits — never a patch: no test plan leaks into training.
+
+    Returns ``small_train``, ``small_val`` (first ``small_plans`` of the first project), ``big_train``,
+    ``big_val`` (all but the last ``test_plans`` of each project, each project divided train/val),
+    ``big_test`` (the last ``test_plans`` of each project), and per project ``<project>_train_val`` and
+    ``<project>_test``.
+    """
+    if not projects:
+        raise ValueError("no projects to split")
+    splits: dict[str, list[Path]] = {"big_train": [], "big_val": [], "big_test": []}
+    first = next(iter(projects))
+    for project, plans in projects.items():
+        if len(plans) < spec.test_plans + 2:
+            raise ValueError(
+                f"project {project!r} has {len(plans)} plans; SplitSpec.test_plans={spec.test_plans} held out for "
+                f"testing needs at least {spec.test_plans + 2} (two more for training and validation)")
+        train_val, test = plans[:-spec.test_plans], plans[-spec.test_plans:]
+        train, val = _train_val(train_val, spec.val_fraction)
+        splits["big_train"] += train
+        splits["big_val"] += val
+        splits["big_test"] += test
+        splits[f"{project}_train_val"] = train_val
+        splits[f"{project}_test"] = test
+    first_plans = projects[first]
+    if spec.small_plans > len(first_plans) - spec.test_plans:
+        raise ValueError(
+            f"SplitSpec.small_plans={spec.small_plans} would take test plans of project {first!r} "
+            f"({len(first_plans)} plans, the last {spec.test_plans} held out): use at most "
+            f"{len(first_plans) - spec.test_plans}")
+    if spec.small_plans < 2:
+        raise ValueError(f"SplitSpec.small_plans={spec.small_plans} must be at least 2 (training and validation)")
+    small_train, small_val = _train_val(first_plans[:spec.small_plans], spec.val_fraction)
+    return {"small_train": small_train, "small_val": small_val, **splits}
+
+
+def load_splits(data_dir: str | Path, *, sample_spec: SampleSpec = SampleSpec(), split_spec: SplitSpec = SplitSpec(),
+                names: Sequence[str] | None = None, memory_map: bool | str = "auto") -> dict[str, PatchDataset]:
+    """Datasets of the splits ``names`` (all of :func:`split_plans` by default) of a data folder."""
+    plans = split_plans(discover_plans(data_dir), split_spec)
+    if names is not None:
+        unknown = [n for n in names if n not in plans]
+        if unknown:
+            raise ValueError(f"unknown split(s) {unknown}; this data folder has {list(plans)}")
+        plans = {n: plans[n] for n in names}
+    return {name: PatchDataset(files, spec=sample_spec, name=name, memory_map=memory_map) for name, files in plans.items()}

@@ -1,0 +1,229 @@
+"""Samples: patches cut from a plan at snapshot times, exactly as the seed defines them.
+
+For a plan and a snapshot time n, patches of ``patch_cells`` cells are cut on the standard grid (origins
+0, P, 2P, ...) for the 1st, 3rd, ... snapshot and on the dual grid (origins P/2, 3P/2, ...) for the 2nd,
+4th, ...; each snapshot applies the reference's transform of the patch, alike to terrain and depths:
+
+=========  ========  ===================================================================
+snapshot   grid      transform (rows, cols)
+=========  ========  ===================================================================
+1st        standard  none
+2nd        dual      reverse rows, then ``rot90(k=1)`` — reflection about the anti-diagonal
+3rd        standard  reverse rows
+4th        dual      reverse columns
+=========  ========  ===================================================================
+
+(and so on cyclically for more snapshots). A sample is
+
+- ``terrain`` (1, T, T): the terrain points under the patch, T = P * r + 1, m;
+- ``depths`` (2, P, P): [boundary ring of the depth at n + dt (``ring_cells`` thick, interior zero),
+  depth at n], m;
+- ``depth_change`` (1, P, P): depth(n + dt) - depth(n), m.
+
+A patch is dropped as dry when the sum of its depths at n and n + dt is below ``dry_threshold_m``, and
+excluded when it touches a cell outside the model's area (NaN).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from floodlib.data.store import Simulation
+
+#: Fields of a sample index entry: which plan, which frames, where, and which transform.
+INDEX_DTYPE = np.dtype([
+    ("plan", np.int32),
+    ("frame", np.int32),
+    ("next_frame", np.int32),
+    ("row", np.int32),
+    ("col", np.int32),
+    ("transform", np.int8),
+])
+
+TRANSFORMS = ("none", "anti-diagonal reflection", "reverse rows", "reverse columns")
+
+
+@dataclass(frozen=True)
+class SampleSpec:
+    """How samples are cut. Defaults are the seed's.
+
+    Attributes
+    ----------
+    patch_cells : cells per patch side (P).
+    terrain_ratio : terrain points per cell edge (r = cell size / terrain spacing); T = P * r + 1.
+    snapshot_times_s : snapshot times n, s since the start of the plan.
+    delta_t_s : prediction interval, s.
+    ring_cells : thickness of the boundary ring of the next depth, cells.
+    dry_threshold_m : a patch whose depths at n and n + dt sum (over its cells) to less is dropped, m.
+    edge_trim_cells : cells trimmed from every edge before cutting (the reference trims 100 from grids
+        larger than ``trim_above_cells``); 0 disables it.
+    trim_above_cells : trim only grids with more rows or columns than this.
+    """
+
+    patch_cells: int = 32
+    terrain_ratio: int = 10
+    snapshot_times_s: tuple[float, ...] = (0.0, 4200.0, 8400.0, 12600.0)
+    delta_t_s: float = 3600.0
+    ring_cells: int = 2
+    dry_threshold_m: float = 2.0
+    edge_trim_cells: int = 0
+    trim_above_cells: int = 240
+
+    def __post_init__(self):
+        def positive_int(name, minimum=1):
+            value = getattr(self, name)
+            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < minimum:
+                raise ValueError(f"SampleSpec.{name}={value!r} must be an integer >= {minimum}")
+
+        positive_int("patch_cells", 2)
+        positive_int("terrain_ratio")
+        positive_int("ring_cells")
+        positive_int("edge_trim_cells", 0)
+        positive_int("trim_above_cells", 0)
+        if self.patch_cells % 2:
+            raise ValueError(f"SampleSpec.patch_cells={self.patch_cells} must be even (the dual grid is offset by half a patch)")
+        if 2 * self.ring_cells > self.patch_cells:
+            raise ValueError(f"SampleSpec.ring_cells={self.ring_cells} is more than half of patch_cells={self.patch_cells}")
+        times = tuple(float(t) for t in self.snapshot_times_s)
+        if not times or any(not math.isfinite(t) or t < 0 for t in times):
+            raise ValueError(f"SampleSpec.snapshot_times_s={self.snapshot_times_s!r} must be non-negative seconds, at least one")
+        object.__setattr__(self, "snapshot_times_s", times)
+        if not (math.isfinite(self.delta_t_s) and self.delta_t_s > 0):
+            raise ValueError(f"SampleSpec.delta_t_s={self.delta_t_s!r} must be a positive number of seconds")
+        if not (math.isfinite(self.dry_threshold_m) and self.dry_threshold_m >= 0):
+            raise ValueError(f"SampleSpec.dry_threshold_m={self.dry_threshold_m!r} must be >= 0 m")
+
+    @property
+    def terrain_points(self) -> int:
+        """Terrain points per patch side, T = P * r + 1."""
+        return self.patch_cells * self.terrain_ratio + 1
+
+
+def patch_origins(cells: int, patch: int, dual: bool, trim: int = 0) -> np.ndarray:
+    """First cell of every whole patch along an axis of ``cells`` cells: 0, P, 2P, ... on the standard
+    grid, P/2, 3P/2, ... on the dual grid, inside ``[trim, cells - trim)``."""
+    start = trim + (patch // 2 if dual else 0)
+    stop = cells - trim - patch
+    return np.arange(start, stop + 1, patch) if stop >= start else np.zeros(0, dtype=np.int64)
+
+
+def apply_transform(array: np.ndarray, transform: int) -> np.ndarray:
+    """The snapshot's transform over the last two axes (rows, cols), exact (a view, no interpolation)."""
+    if transform == 0:
+        return array
+    if transform == 1:  # reverse rows, then rot90(k=1): reflection about the anti-diagonal
+        return np.rot90(array[..., ::-1, :], k=1, axes=(-2, -1))
+    if transform == 2:
+        return array[..., ::-1, :]
+    if transform == 3:
+        return array[..., :, ::-1]
+    raise ValueError(f"transform={transform!r} must be 0..3 ({', '.join(TRANSFORMS)})")
+
+
+@dataclass
+class PlanIndex:
+    """The samples of one plan and what was dropped."""
+
+    entries: np.ndarray  # INDEX_DTYPE
+    dry_dropped: int = 0
+    masked_dropped: int = 0
+    per_snapshot: list[int] = field(default_factory=list)
+
+
+def _frame(simulation: Simulation, time_s: float, what: str) -> int:
+    position = time_s / simulation.output_interval_s
+    frame = int(round(position))
+    if abs(position - frame) > 1e-6:
+        raise ValueError(
+            f"plan {simulation.project}/{simulation.plan}: {what} {time_s:g} s is not a multiple of the output "
+            f"interval {simulation.output_interval_s:g} s")
+    frames = simulation.water_depth.shape[0]
+    if frame >= frames:
+        raise ValueError(
+            f"plan {simulation.project}/{simulation.plan}: {what} {time_s:g} s is beyond its last output "
+            f"({(frames - 1) * simulation.output_interval_s:g} s); the samples need plans of at least {time_s:g} s")
+    return frame
+
+
+def _patch_sums(field_2d: np.ndarray, rows: np.ndarray, cols: np.ndarray, size: int) -> np.ndarray:
+    """Sum of ``field_2d`` over every size x size patch with origins rows x cols, via an integral image."""
+    integral = np.zeros((field_2d.shape[0] + 1, field_2d.shape[1] + 1), dtype=np.float64)
+    np.cumsum(np.cumsum(field_2d, axis=0, dtype=np.float64), axis=1, out=integral[1:, 1:])
+    r0, c0 = np.meshgrid(rows, cols, indexing="ij")
+    return integral[r0 + size, c0 + size] - integral[r0, c0 + size] - integral[r0 + size, c0] + integral[r0, c0]
+
+
+def index_plan(simulation: Simulation, spec: SampleSpec, plan_id: int = 0) -> PlanIndex:
+    """Every sample of ``simulation`` under ``spec``, after the dry and out-of-area rules."""
+    if simulation.terrain_ratio != spec.terrain_ratio:
+        raise ValueError(
+            f"plan {simulation.project}/{simulation.plan}: terrain ratio {simulation.terrain_ratio} "
+            f"(cell {simulation.cell_size_m:g} m / terrain {simulation.terrain_spacing_m:g} m) differs from "
+            f"SampleSpec.terrain_ratio={spec.terrain_ratio}")
+    required = max(spec.snapshot_times_s) + spec.delta_t_s
+    last = (simulation.water_depth.shape[0] - 1) * simulation.output_interval_s
+    if required > last + 1e-6:
+        raise ValueError(f"snapshots up to {max(spec.snapshot_times_s):g} s plus delta_t {spec.delta_t_s:g} s need plans "
+                         f"of at least {required:g} s; plan {simulation.project}/{simulation.plan} ends at {last:g} s")
+    rows_total, cols_total = simulation.grid_shape
+    trim = spec.edge_trim_cells if max(rows_total, cols_total) > spec.trim_above_cells else 0
+    size = spec.patch_cells
+    chunks, dry, masked, per_snapshot = [], 0, 0, []
+    for k, time_s in enumerate(spec.snapshot_times_s):
+        frame = _frame(simulation, time_s, "snapshot time")
+        next_frame = _frame(simulation, time_s + spec.delta_t_s, "snapshot time + delta_t")
+        dual = k % 2 == 1
+        rows = patch_origins(rows_total, size, dual, trim)
+        cols = patch_origins(cols_total, size, dual, trim)
+        if rows.size == 0 or cols.size == 0:
+            per_snapshot.append(0)
+            continue
+        now = np.asarray(simulation.water_depth[frame], dtype=np.float64)
+        later = np.asarray(simulation.water_depth[next_frame], dtype=np.float64)
+        outside = np.isnan(now) | np.isnan(later)
+        touching = _patch_sums(outside.astype(np.float64), rows, cols, size) > 0
+        total = _patch_sums(np.where(outside, 0.0, now + later), rows, cols, size)
+        wet = total >= spec.dry_threshold_m
+        keep = wet & ~touching
+        masked += int(touching.sum())
+        dry += int((~wet & ~touching).sum())
+        r_idx, c_idx = np.nonzero(keep)
+        entries = np.zeros(r_idx.size, dtype=INDEX_DTYPE)
+        entries["plan"] = plan_id
+        entries["frame"] = frame
+        entries["next_frame"] = next_frame
+        entries["row"] = rows[r_idx]
+        entries["col"] = cols[c_idx]
+        entries["transform"] = k % 4
+        chunks.append(entries)
+        per_snapshot.append(int(r_idx.size))
+    entries = np.concatenate(chunks) if chunks else np.zeros(0, dtype=INDEX_DTYPE)
+    return PlanIndex(entries=entries, dry_dropped=dry, masked_dropped=masked, per_snapshot=per_snapshot)
+
+
+def cut_sample(terrain: np.ndarray, water_depth: np.ndarray, entry, spec: SampleSpec):
+    """One sample from a plan's arrays (loaded or memory-mapped) and an index entry.
+
+    Returns
+    -------
+    terrain : (1, T, T) float32, m
+    depths : (2, P, P) float32, m — [boundary ring of depth at n + dt, depth at n]
+    depth_change : (1, P, P) float32, m
+    """
+    size, ratio, ring = spec.patch_cells, spec.terrain_ratio, spec.ring_cells
+    row, col = int(entry["row"]), int(entry["col"])
+    transform = int(entry["transform"])
+    terrain_patch = terrain[row * ratio:(row + size) * ratio + 1, col * ratio:(col + size) * ratio + 1]
+    now = water_depth[int(entry["frame"]), row:row + size, col:col + size]
+    later = water_depth[int(entry["next_frame"]), row:row + size, col:col + size]
+    terrain_out = np.empty((1, size * ratio + 1, size * ratio + 1), dtype=np.float32)
+    terrain_out[0] = apply_transform(terrain_patch, transform)
+    depths = np.empty((2, size, size), dtype=np.float32)
+    depths[1] = apply_transform(now, transform)
+    depths[0] = apply_transform(later, transform)
+    change = (depths[0] - depths[1])[None]
+    depths[0, ring:-ring, ring:-ring] = 0.0
+    return terrain_out, depths, change

@@ -1,0 +1,270 @@
+"""The simulation store: one HDF5 file per plan, the contract every data source writes to.
+
+Layout (readable without floodlib, e.g. with h5py or HDFView):
+
+- ``terrain`` — float32 (rows * r + 1, cols * r + 1), elevation in m, r = cell_size_m / terrain_spacing_m;
+  terrain points sit on cell edges, so neighbouring patches share their edge row/column.
+- ``water_depth`` — float32 (times, rows, cols), m, one frame every ``output_interval_s`` from t = 0;
+  NaN marks cells outside the model's area (the same cells in every frame).
+- attributes: ``project``, ``plan``, ``cell_size_m``, ``terrain_spacing_m``, ``output_interval_s``,
+  ``source`` (solver and version, or the file read), ``origin_x``, ``origin_y`` (outer corner of cell
+  row 0, column 0, in the source's coordinates, m; row 0 is the northern edge when the source is
+  georeferenced), ``crs`` (when known), ``event`` (JSON: inflow hydrograph or rainfall), and any
+  source-specific extras (e.g. the solver's mass balance).
+
+Datasets are stored contiguous and uncompressed so that a reader can memory-map them.
+Files are written to a temporary name and renamed into place: a crash never leaves a half-written plan.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+STORE_FORMAT = "floodlib.simulation/1"
+REQUIRED_ATTRS = ("project", "plan", "cell_size_m", "terrain_spacing_m", "output_interval_s", "source",
+                  "origin_x", "origin_y")
+
+
+class SimulationFileError(ValueError):
+    """A simulation file (or a source being converted into one) is missing something or holds bad values.
+
+    The message names the file, the field, the offending value and what was expected.
+    """
+
+
+def _fail(path: Path | str, field_name: str, problem: str) -> SimulationFileError:
+    return SimulationFileError(f"{path}: {field_name}: {problem}")
+
+
+@dataclass
+class Simulation:
+    """One plan: terrain, water depth over time and where the grid lies.
+
+    Attributes
+    ----------
+    terrain : (rows * r + 1, cols * r + 1) float32, m.
+    water_depth : (times, rows, cols) float32, m; NaN outside the model's area.
+    """
+
+    project: str
+    plan: str
+    terrain: np.ndarray
+    water_depth: np.ndarray
+    cell_size_m: float
+    terrain_spacing_m: float
+    output_interval_s: float
+    source: str
+    origin_x: float = 0.0
+    origin_y: float = 0.0
+    crs: str | None = None
+    event: dict[str, Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def terrain_ratio(self) -> int:
+        """Terrain points per cell edge, r = cell_size_m / terrain_spacing_m."""
+        return int(round(self.cell_size_m / self.terrain_spacing_m))
+
+    @property
+    def grid_shape(self) -> tuple[int, int]:
+        return tuple(self.water_depth.shape[1:])
+
+    @property
+    def times_s(self) -> np.ndarray:
+        """Output times in s since the start of the plan."""
+        return np.arange(self.water_depth.shape[0]) * self.output_interval_s
+
+    def validate(self, where: str | Path = "<simulation>") -> "Simulation":
+        """Check shapes and values; raise :class:`SimulationFileError` naming what is wrong. Returns self."""
+        validate_arrays(
+            where,
+            terrain=self.terrain,
+            water_depth=self.water_depth,
+            cell_size_m=self.cell_size_m,
+            terrain_spacing_m=self.terrain_spacing_m,
+            output_interval_s=self.output_interval_s,
+        )
+        return self
+
+
+def terrain_ratio(where: str | Path, cell_size_m: float, terrain_spacing_m: float) -> int:
+    """r = cell_size_m / terrain_spacing_m, which must be a positive whole number."""
+    for name, value in (("cell_size_m", cell_size_m), ("terrain_spacing_m", terrain_spacing_m)):
+        if not (isinstance(value, (int, float, np.floating, np.integer)) and math.isfinite(value) and value > 0):
+            raise _fail(where, name, f"{value!r} must be a positive number of metres")
+    ratio = cell_size_m / terrain_spacing_m
+    if abs(ratio - round(ratio)) > 1e-6 or round(ratio) < 1:
+        raise _fail(where, "cell_size_m / terrain_spacing_m",
+                    f"{cell_size_m} / {terrain_spacing_m} = {ratio:g} must be a whole number of terrain spacings per cell")
+    return int(round(ratio))
+
+
+def validate_arrays(
+    where: str | Path,
+    *,
+    terrain: np.ndarray,
+    water_depth: np.ndarray,
+    cell_size_m: float,
+    terrain_spacing_m: float,
+    output_interval_s: float,
+    check_values: bool = True,
+) -> None:
+    """The store's invariants: shapes consistent with cell size and terrain spacing, finite terrain,
+    depths non-negative (NaN only where a cell is outside the area in every frame)."""
+    ratio = terrain_ratio(where, cell_size_m, terrain_spacing_m)
+    if not (math.isfinite(output_interval_s) and output_interval_s > 0):
+        raise _fail(where, "output_interval_s", f"{output_interval_s!r} must be a positive number of seconds")
+    if water_depth.ndim != 3 or min(water_depth.shape) < 1:
+        raise _fail(where, "water_depth", f"shape {water_depth.shape} must be (times, rows, cols), none empty")
+    _, rows, cols = water_depth.shape
+    expected = (rows * ratio + 1, cols * ratio + 1)
+    if terrain.shape != expected:
+        raise _fail(where, "terrain", f"shape {terrain.shape} does not cover the {rows}x{cols} grid of "
+                    f"{cell_size_m} m cells at {terrain_spacing_m} m spacing: expected {expected}")
+    if not check_values:
+        return
+    bad = ~np.isfinite(terrain)
+    if bad.any():
+        r, c = np.argwhere(bad)[0]
+        raise _fail(where, "terrain", f"{int(bad.sum())} points are NaN or infinite (first at row {r}, column {c}: "
+                    f"{terrain[r, c]}); terrain must be finite everywhere the grid reaches")
+    outside = np.isnan(water_depth[0])
+    for t in range(water_depth.shape[0]):
+        frame = water_depth[t]
+        nan = np.isnan(frame)
+        if not np.array_equal(nan, outside):
+            raise _fail(where, "water_depth", f"frame {t} has NaN cells that differ from frame 0's; NaN must mark "
+                        "the same out-of-area cells in every frame")
+        values = frame[~nan]
+        if values.size and (not np.isfinite(values).all() or values.min() < 0):
+            r, c = np.argwhere(~nan & ~(frame >= 0) | np.isinf(frame))[0]
+            raise _fail(where, "water_depth", f"frame {t}, row {r}, column {c} holds {frame[r, c]}; depths must be "
+                        "finite and >= 0 m")
+
+
+def write_simulation(path: str | Path, simulation: Simulation) -> Path:
+    """Validate ``simulation`` and write it to ``path`` atomically (temporary file + rename).
+
+    An existing file at ``path`` is replaced only once the new one is complete.
+    """
+    path = Path(path)
+    simulation.validate(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    try:
+        with h5py.File(temporary, "w") as h5:
+            h5.create_dataset("terrain", data=np.asarray(simulation.terrain, dtype=np.float32))
+            h5.create_dataset("water_depth", data=np.asarray(simulation.water_depth, dtype=np.float32))
+            h5["terrain"].attrs["units"] = "m"
+            h5["water_depth"].attrs["units"] = "m"
+            attrs = h5.attrs
+            attrs["format"] = STORE_FORMAT
+            attrs["project"] = str(simulation.project)
+            attrs["plan"] = str(simulation.plan)
+            attrs["cell_size_m"] = float(simulation.cell_size_m)
+            attrs["terrain_spacing_m"] = float(simulation.terrain_spacing_m)
+            attrs["output_interval_s"] = float(simulation.output_interval_s)
+            attrs["source"] = str(simulation.source)
+            attrs["origin_x"] = float(simulation.origin_x)
+            attrs["origin_y"] = float(simulation.origin_y)
+            if simulation.crs is not None:
+                attrs["crs"] = str(simulation.crs)
+            if simulation.event is not None:
+                attrs["event"] = json.dumps(simulation.event)
+            for key, value in simulation.extra.items():
+                attrs[key] = json.dumps(value) if isinstance(value, (dict, list)) else value
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _read_attr(h5: h5py.File, path: Path, name: str):
+    if name not in h5.attrs:
+        raise _fail(path, name, "attribute is missing; a simulation file needs " + ", ".join(REQUIRED_ATTRS))
+    value = h5.attrs[name]
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _decode(value):
+    if isinstance(value, bytes):
+        value = value.decode()
+    if isinstance(value, np.generic):
+        value = value.item()
+    return value
+
+
+def _open(path: Path) -> h5py.File:
+    if not path.exists():
+        raise _fail(path, "file", "does not exist")
+    try:
+        return h5py.File(path, "r")
+    except OSError as error:
+        raise _fail(path, "file", f"is not a readable HDF5 file ({error})") from None
+
+
+def read_simulation(path: str | Path, *, memory_map: bool = False, validate: bool = True) -> Simulation:
+    """Load and validate a plan written by :func:`write_simulation` (or by any tool following the layout).
+
+    With ``memory_map=True`` the arrays are read-only ``numpy.memmap`` views of the file (no copy in
+    memory); otherwise they are loaded. Raises :class:`SimulationFileError` naming the file and field.
+    """
+    path = Path(path)
+    with _open(path) as h5:
+        for name in ("terrain", "water_depth"):
+            if name not in h5 or not isinstance(h5[name], h5py.Dataset):
+                raise _fail(path, name, "dataset is missing; a simulation file needs 'terrain' and 'water_depth'")
+        attrs = {name: _read_attr(h5, path, name) for name in REQUIRED_ATTRS}
+        optional = {key: _decode(h5.attrs[key]) for key in h5.attrs if key not in REQUIRED_ATTRS}
+        arrays = {}
+        for name in ("terrain", "water_depth"):
+            dataset = h5[name]
+            if dataset.dtype != np.float32:
+                raise _fail(path, name, f"dtype {dataset.dtype} must be float32")
+            offset = dataset.id.get_offset()
+            if memory_map and offset is not None and dataset.chunks is None and dataset.compression is None:
+                arrays[name] = np.memmap(path, mode="r", dtype=np.float32, offset=offset, shape=dataset.shape)
+            else:
+                arrays[name] = dataset[()]
+    try:
+        numbers = {key: float(attrs[key]) for key in ("cell_size_m", "terrain_spacing_m", "output_interval_s",
+                                                       "origin_x", "origin_y")}
+    except (TypeError, ValueError) as error:
+        raise _fail(path, "attributes", f"a numeric attribute is not a number ({error})") from None
+    if validate:
+        validate_arrays(path, terrain=arrays["terrain"], water_depth=arrays["water_depth"],
+                        cell_size_m=numbers["cell_size_m"], terrain_spacing_m=numbers["terrain_spacing_m"],
+                        output_interval_s=numbers["output_interval_s"])
+    event = optional.pop("event", None)
+    crs = optional.pop("crs", None)
+    optional.pop("format", None)
+    extra = {}
+    for key, value in optional.items():
+        if isinstance(value, str) and value[:1] in "[{":
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError:
+                pass
+        extra[key] = value
+    return Simulation(
+        project=str(attrs["project"]),
+        plan=str(attrs["plan"]),
+        terrain=arrays["terrain"],
+        water_depth=arrays["water_depth"],
+        source=str(attrs["source"]),
+        crs=crs,
+        event=json.loads(event) if isinstance(event, str) else event,
+        extra=extra,
+        **numbers,
+    )
