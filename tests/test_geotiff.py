@@ -1,0 +1,89 @@
+"""Terrain rasters: real GeoTIFF DEMs and small hand-made ones with known values."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from numpy.testing import assert_allclose
+
+from floodlib.data.geotiff import Raster, read_geotiff, sample_raster, terrain_points
+from floodlib.data.store import SimulationFileError
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason=f"shared sample data not found at {SHARED}")
+
+
+def write_geotiff(path: Path, values: np.ndarray, *, x0=1000.0, y0=2000.0, dx=1.0, nodata=None, compress=None):
+    import rasterio
+    from rasterio.transform import from_origin
+
+    profile = dict(driver="GTiff", width=values.shape[1], height=values.shape[0], count=1, dtype="float32",
+                   crs="EPSG:26915", transform=from_origin(x0, y0, dx, dx), nodata=nodata)
+    if compress:
+        profile["compress"] = compress
+    with rasterio.open(path, "w", **profile) as dataset:
+        dataset.write(values.astype(np.float32), 1)
+    return path
+
+
+@needs_shared
+def test_reads_the_minnesota_lidar_tile():
+    raster = read_geotiff(SHARED / "dem" / "lidar_pkg_dem_1m_minnesota.tif")
+    assert raster.values.shape == (400, 400)
+    assert raster.values.dtype == np.float32
+    assert raster.dx == pytest.approx(1.0) and raster.dy == pytest.approx(1.0)
+    assert raster.crs == "EPSG:26915"
+    assert np.nanmin(raster.values) == pytest.approx(379.66, abs=0.01)
+    assert np.nanmax(raster.values) == pytest.approx(410.76, abs=0.01)
+    west, south, east, north = raster.bounds
+    assert east - west == pytest.approx(400.0) and north - south == pytest.approx(400.0)
+
+
+@needs_shared
+def test_reads_the_deflate_compressed_muncie_terrain():
+    raster = read_geotiff(SHARED / "dem" / "pyhmt2d_muncie_subterrain_5m_deflate.tif")
+    assert raster.values.shape == (821, 1265)
+    assert raster.dx == pytest.approx(5.0531, abs=1e-4)
+    assert raster.crs == "EPSG:6458"
+    finite = raster.values[np.isfinite(raster.values)]
+    # The nodata tag (-3.4e38) never leaks through as an elevation.
+    assert finite.min() == pytest.approx(277.2, abs=0.1) and finite.max() == pytest.approx(306.3, abs=0.1)
+
+
+def test_sampling_at_pixel_centres_and_between_them(tmp_path):
+    values = np.arange(20, dtype=np.float32).reshape(4, 5) * 2.0
+    raster = read_geotiff(write_geotiff(tmp_path / "t.tif", values, compress="lzw"))
+    assert_allclose(raster.values, values)
+    # Pixel (1, 2) has its centre at x = 1000 + 2.5, y = 2000 - 1.5.
+    assert_allclose(sample_raster(raster, x=np.array([1002.5]), y=np.array([1998.5])), [values[1, 2]])
+    # Half-way between pixels (1, 2) and (2, 3): the mean of the four neighbours.
+    mid = sample_raster(raster, x=np.array([1003.0]), y=np.array([1998.0]))
+    assert_allclose(mid, [values[1:3, 2:4].mean()])
+    x, y = terrain_points(origin_x=1000.5, origin_y=1999.5, spacing=1.0, shape=(4, 5))
+    assert_allclose(sample_raster(raster, x=x, y=y), values)
+
+
+def test_sampling_outside_or_on_nodata_is_a_clear_error(tmp_path):
+    values = np.full((10, 10), 5.0, dtype=np.float32)
+    values[6, 7] = -9999.0
+    raster = read_geotiff(write_geotiff(tmp_path / "holes.tif", values, nodata=-9999.0))
+    assert np.isnan(raster.values[6, 7])
+    with pytest.raises(SimulationFileError, match=r"holes.tif: terrain: .* does not cover the grid: 3 of 12 points"):
+        x, y = terrain_points(origin_x=1008.0, origin_y=1999.0, spacing=1.0, shape=(3, 4))
+        sample_raster(raster, x=x, y=y)
+    with pytest.raises(SimulationFileError, match=r"holes.tif: terrain: \d+ of 9 points fall on nodata/NaN cells"):
+        x, y = terrain_points(origin_x=1006.5, origin_y=1993.5, spacing=1.0, shape=(3, 3))
+        sample_raster(raster, x=x, y=y)
+
+
+def test_missing_or_unreadable_files(tmp_path):
+    with pytest.raises(SimulationFileError, match="nowhere.tif: file: does not exist"):
+        read_geotiff(tmp_path / "nowhere.tif")
+    broken = tmp_path / "broken.tif"
+    broken.write_bytes(b"II*\x00 not really a tiff")
+    with pytest.raises(SimulationFileError, match="broken.tif: file: is not a readable GeoTIFF"):
+        read_geotiff(broken)
+    raster = Raster(values=np.zeros((2, 2), np.float32), x0=0, y0=0, dx=1, dy=1)
+    assert raster.bounds == (0, -2, 2, 0)
