@@ -41,7 +41,8 @@ class SimulationFileError(ValueError):
     """
 
 
-def _fail(path: Path | str, field_name: str, problem: str) -> SimulationFileError:
+def field_error(path: Path | str, field_name: str, problem: str) -> SimulationFileError:
+    """The error for a bad ``field_name`` of ``path``: "<path>: <field>: <problem>"."""
     return SimulationFileError(f"{path}: {field_name}: {problem}")
 
 
@@ -100,10 +101,10 @@ def terrain_ratio(where: str | Path, cell_size_m: float, terrain_spacing_m: floa
     """r = cell_size_m / terrain_spacing_m, which must be a positive whole number."""
     for name, value in (("cell_size_m", cell_size_m), ("terrain_spacing_m", terrain_spacing_m)):
         if not (isinstance(value, (int, float, np.floating, np.integer)) and math.isfinite(value) and value > 0):
-            raise _fail(where, name, f"{value!r} must be a positive number of metres")
+            raise field_error(where, name, f"{value!r} must be a positive number of metres")
     ratio = cell_size_m / terrain_spacing_m
     if abs(ratio - round(ratio)) > 1e-6 or round(ratio) < 1:
-        raise _fail(where, "cell_size_m / terrain_spacing_m",
+        raise field_error(where, "cell_size_m / terrain_spacing_m",
                     f"{cell_size_m} / {terrain_spacing_m} = {ratio:g} must be a whole number of terrain spacings per cell")
     return int(round(ratio))
 
@@ -122,32 +123,32 @@ def validate_arrays(
     depths non-negative (NaN only where a cell is outside the area in every frame)."""
     ratio = terrain_ratio(where, cell_size_m, terrain_spacing_m)
     if not (math.isfinite(output_interval_s) and output_interval_s > 0):
-        raise _fail(where, "output_interval_s", f"{output_interval_s!r} must be a positive number of seconds")
+        raise field_error(where, "output_interval_s", f"{output_interval_s!r} must be a positive number of seconds")
     if water_depth.ndim != 3 or min(water_depth.shape) < 1:
-        raise _fail(where, "water_depth", f"shape {water_depth.shape} must be (times, rows, cols), none empty")
+        raise field_error(where, "water_depth", f"shape {water_depth.shape} must be (times, rows, cols), none empty")
     _, rows, cols = water_depth.shape
     expected = (rows * ratio + 1, cols * ratio + 1)
     if terrain.shape != expected:
-        raise _fail(where, "terrain", f"shape {terrain.shape} does not cover the {rows}x{cols} grid of "
+        raise field_error(where, "terrain", f"shape {terrain.shape} does not cover the {rows}x{cols} grid of "
                     f"{cell_size_m} m cells at {terrain_spacing_m} m spacing: expected {expected}")
     if not check_values:
         return
     bad = ~np.isfinite(terrain)
     if bad.any():
         r, c = np.argwhere(bad)[0]
-        raise _fail(where, "terrain", f"{int(bad.sum())} points are NaN or infinite (first at row {r}, column {c}: "
+        raise field_error(where, "terrain", f"{int(bad.sum())} points are NaN or infinite (first at row {r}, column {c}: "
                     f"{terrain[r, c]}); terrain must be finite everywhere the grid reaches")
     outside = np.isnan(water_depth[0])
     for t in range(water_depth.shape[0]):
         frame = water_depth[t]
         nan = np.isnan(frame)
         if not np.array_equal(nan, outside):
-            raise _fail(where, "water_depth", f"frame {t} has NaN cells that differ from frame 0's; NaN must mark "
+            raise field_error(where, "water_depth", f"frame {t} has NaN cells that differ from frame 0's; NaN must mark "
                         "the same out-of-area cells in every frame")
         values = frame[~nan]
         if values.size and (not np.isfinite(values).all() or values.min() < 0):
             r, c = np.argwhere(~nan & ~(frame >= 0) | np.isinf(frame))[0]
-            raise _fail(where, "water_depth", f"frame {t}, row {r}, column {c} holds {frame[r, c]}; depths must be "
+            raise field_error(where, "water_depth", f"frame {t}, row {r}, column {c} holds {frame[r, c]}; depths must be "
                         "finite and >= 0 m")
 
 
@@ -192,7 +193,7 @@ def write_simulation(path: str | Path, simulation: Simulation) -> Path:
 
 def _read_attr(h5: h5py.File, path: Path, name: str):
     if name not in h5.attrs:
-        raise _fail(path, name, "attribute is missing; a simulation file needs " + ", ".join(REQUIRED_ATTRS))
+        raise field_error(path, name, "attribute is missing; a simulation file needs " + ", ".join(REQUIRED_ATTRS))
     value = h5.attrs[name]
     return value.decode() if isinstance(value, bytes) else value
 
@@ -205,13 +206,13 @@ def _decode(value):
     return value
 
 
-def _open(path: Path) -> h5py.File:
+def open_hdf5(path: Path) -> h5py.File:
     if not path.exists():
-        raise _fail(path, "file", "does not exist")
+        raise field_error(path, "file", "does not exist")
     try:
         return h5py.File(path, "r")
     except OSError as error:
-        raise _fail(path, "file", f"is not a readable HDF5 file ({error})") from None
+        raise field_error(path, "file", f"is not a readable HDF5 file ({error})") from None
 
 
 def read_simulation(path: str | Path, *, memory_map: bool = False, validate: bool = True) -> Simulation:
@@ -221,17 +222,17 @@ def read_simulation(path: str | Path, *, memory_map: bool = False, validate: boo
     memory); otherwise they are loaded. Raises :class:`SimulationFileError` naming the file and field.
     """
     path = Path(path)
-    with _open(path) as h5:
+    with open_hdf5(path) as h5:
         for name in ("terrain", "water_depth"):
             if name not in h5 or not isinstance(h5[name], h5py.Dataset):
-                raise _fail(path, name, "dataset is missing; a simulation file needs 'terrain' and 'water_depth'")
+                raise field_error(path, name, "dataset is missing; a simulation file needs 'terrain' and 'water_depth'")
         attrs = {name: _read_attr(h5, path, name) for name in REQUIRED_ATTRS}
         optional = {key: _decode(h5.attrs[key]) for key in h5.attrs if key not in REQUIRED_ATTRS}
         arrays = {}
         for name in ("terrain", "water_depth"):
             dataset = h5[name]
             if dataset.dtype != np.float32:
-                raise _fail(path, name, f"dtype {dataset.dtype} must be float32")
+                raise field_error(path, name, f"dtype {dataset.dtype} must be float32")
             offset = dataset.id.get_offset()
             if memory_map and offset is not None and dataset.chunks is None and dataset.compression is None:
                 arrays[name] = np.memmap(path, mode="r", dtype=np.float32, offset=offset, shape=dataset.shape)
@@ -241,7 +242,7 @@ def read_simulation(path: str | Path, *, memory_map: bool = False, validate: boo
         numbers = {key: float(attrs[key]) for key in ("cell_size_m", "terrain_spacing_m", "output_interval_s",
                                                        "origin_x", "origin_y")}
     except (TypeError, ValueError) as error:
-        raise _fail(path, "attributes", f"a numeric attribute is not a number ({error})") from None
+        raise field_error(path, "attributes", f"a numeric attribute is not a number ({error})") from None
     if validate:
         validate_arrays(path, terrain=arrays["terrain"], water_depth=arrays["water_depth"],
                         cell_size_m=numbers["cell_size_m"], terrain_spacing_m=numbers["terrain_spacing_m"],

@@ -1,0 +1,104 @@
+"""Self-describing model checkpoints and loss histories: written atomically, loaded without unpickling."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import floodlib
+from floodlib.models import FloodModel, create_model
+
+
+def atomic_write(path: str | Path, write) -> Path:
+    """Call ``write(temporary_path)`` and rename the result to ``path``: readers see the old file or the
+    complete new one, never a partial one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> Path:
+    return atomic_write(path, lambda temporary: torch.save(obj, temporary))
+
+
+def atomic_json(obj: Any, path: str | Path) -> Path:
+    def write(temporary):
+        with open(temporary, "w") as handle:
+            json.dump(obj, handle, indent=2, sort_keys=True, default=str)
+            handle.write("\n")
+
+    return atomic_write(path, write)
+
+
+def save_model(model: FloodModel, path: str | Path, *, epoch: int | None = None, best_val_loss: float | None = None,
+               extra: dict[str, Any] | None = None) -> Path:
+    """Write a checkpoint that rebuilds ``model`` on its own: float32 weights on CPU, the architecture's
+    name and keyword arguments, the downsampler, epoch, best validation loss and the floodlib version."""
+    if not isinstance(model, FloodModel):
+        raise TypeError(f"save_model needs a FloodModel from create_model, got {type(model).__name__}")
+    checkpoint = {
+        "format": "floodlib.model/1",
+        "floodlib_version": floodlib.__version__,
+        "config": model.config,
+        "state_dict": {k: v.detach().to("cpu", torch.float32) if v.is_floating_point() else v.detach().cpu()
+                       for k, v in model.state_dict().items()},
+        "epoch": epoch,
+        "best_val_loss": best_val_loss,
+        "extra": extra or {},
+    }
+    return atomic_torch_save(checkpoint, path)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, unreadable, or not a floodlib model."""
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The checkpoint dictionary of a model file (weights_only: nothing is unpickled)."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: model checkpoint does not exist")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises several types for truncated or foreign files
+        raise CheckpointError(f"{path}: not a readable model checkpoint ({type(error).__name__}: {error})") from None
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != "floodlib.model/1":
+        raise CheckpointError(f"{path}: not a floodlib model checkpoint (no 'format': 'floodlib.model/1' entry)")
+    return checkpoint
+
+
+def load_model(path: str | Path, *, expected_arch: str | None = None, device: str | torch.device = "cpu") -> FloodModel:
+    """Rebuild a model from its checkpoint alone, in eval mode.
+
+    ``expected_arch`` guards against a checkpoint of another architecture (CheckpointError naming both).
+    """
+    checkpoint = read_checkpoint(path)
+    config = dict(checkpoint["config"])
+    if expected_arch is not None and config.get("arch") != expected_arch:
+        raise CheckpointError(f"{path}: holds architecture {config.get('arch')!r}, expected {expected_arch!r}")
+    model = create_model(
+        config["arch"],
+        downsampler=config["downsampler"],
+        downsampler_kwargs=config.get("downsampler_kwargs") or {},
+        center_terrain=config.get("center_terrain", False),
+        init=None,
+        **(config.get("arch_kwargs") or {}),
+    )
+    try:
+        model.load_state_dict(checkpoint["state_dict"])
+    except RuntimeError as error:
+        raise CheckpointError(f"{path}: weights do not fit architecture {config['arch']!r}: {error}") from None
+    return model.to(device).eval()

@@ -1,0 +1,173 @@
+"""The training engine on real (small) data: learning, artifacts, kill-and-resume, early stopping, guards."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from numpy.testing import assert_array_equal
+
+from floodlib.models import create_model
+from floodlib.training import (CheckpointError, NonFiniteLossError, analyse_convergence, fit, load_model,
+                               no_change_loss, read_checkpoint)
+
+sys.path.insert(0, str(Path(__file__).parent))
+from training_job import datasets  # noqa: E402
+
+JOB = Path(__file__).parent / "training_job.py"
+
+
+@pytest.fixture(scope="module")
+def splits(tmp_path_factory):
+    torch.set_num_threads(2)
+    return datasets(tmp_path_factory.mktemp("growing"))
+
+
+def test_a_small_model_beats_the_no_change_baseline_and_saves_artifacts(splits, tmp_path):
+    train, val = splits
+    torch.manual_seed(0)
+    model = create_model("Arch_02", downsampler="cubic", layers=4, channels=8)
+    result = fit(model, train, val, out_dir=tmp_path, epochs=6, lr=3e-3, batch_size=8, progress="none")
+    baseline = no_change_loss(val)
+    truth = torch.stack([val[i].depth_change for i in range(len(val))])
+    assert baseline == pytest.approx(float(truth.double().abs().mean()), rel=1e-9)
+    assert result.baseline_val_loss == pytest.approx(baseline)
+    assert min(result.history["val_loss"]) < 0.5 * baseline
+    assert result.analysis["beats_baseline"] and result.analysis["epochs_run"] == 6
+    # The saved model predicts exactly what the returned one does, rebuilt from the file alone.
+    loaded = load_model(result.model_path, expected_arch="Arch_02")
+    sample = val[0]
+    with torch.no_grad():
+        assert_array_equal(loaded(sample.terrain[None], sample.depths[None]).numpy(),
+                           result.model(sample.terrain[None], sample.depths[None]).numpy())
+    # Its recorded validation loss is the one of the best epoch, recomputed here.
+    with torch.no_grad():
+        predicted = torch.cat([loaded(torch.stack([val[i].terrain for i in range(len(val))]),
+                                      torch.stack([val[i].depths for i in range(len(val))]))])
+    recomputed = float((predicted - truth).abs().double().mean())
+    checkpoint = read_checkpoint(result.model_path)
+    assert checkpoint["best_val_loss"] == pytest.approx(recomputed, rel=1e-5)
+    assert checkpoint["epoch"] == int(np.argmin(result.history["val_loss"])) + 1
+    losses = torch.load(result.losses_path, weights_only=True)
+    assert set(losses) == {"train_loss", "val_loss", "lr", "epoch_time_s", "baseline_val_loss"}
+    assert_array_equal(losses["val_loss"].numpy(), result.history["val_loss"])
+    summary = json.loads(result.summary_path.read_text())
+    assert summary["arch"] == "Arch_02" and summary["val_samples"] == len(val)
+    assert not (tmp_path / "checkpoints" / "Arch_02").exists()  # resume state removed once complete
+
+
+def run_job(root: Path, epochs: int) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    return subprocess.Popen([sys.executable, str(JOB), str(root), str(epochs)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_a_killed_run_resumes_to_the_same_result(tmp_path):
+    epochs = 8
+    whole = run_job(tmp_path / "whole", epochs)
+    output, _ = whole.communicate(timeout=600)
+    assert whole.returncode == 0, output
+
+    root = tmp_path / "killed"
+    job = run_job(root, epochs)
+    for line in job.stdout:  # one line per finished epoch; kill the process as the 3rd one is being saved
+        if f"epoch 3/{epochs}" in line:
+            job.send_signal(signal.SIGKILL)
+            break
+    job.wait(timeout=60)
+    assert job.returncode == -signal.SIGKILL
+    assert not (root / "stage" / "losses" / "Arch_02" / "losses.pt").exists()  # it really was cut short
+
+    resumed = run_job(root, epochs)
+    output, _ = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, output
+    summary = json.loads((root / "stage" / "models" / "Arch_02" / "summary.json").read_text())
+    assert summary["resumed_from_epoch"] in (2, 3)
+    a = torch.load(tmp_path / "whole" / "stage" / "losses" / "Arch_02" / "losses.pt", weights_only=True)
+    b = torch.load(root / "stage" / "losses" / "Arch_02" / "losses.pt", weights_only=True)
+    for key in ("train_loss", "val_loss", "lr"):
+        assert_array_equal(a[key].numpy(), b[key].numpy(), err_msg=key)
+    assert a["lr"][-1] < a["lr"][0]  # the plateau schedule acted, and was resumed with its state
+    weights_a = read_checkpoint(tmp_path / "whole" / "stage" / "models" / "Arch_02" / "model.pth")["state_dict"]
+    weights_b = read_checkpoint(root / "stage" / "models" / "Arch_02" / "model.pth")["state_dict"]
+    for key in weights_a:
+        assert torch.equal(weights_a[key], weights_b[key]), key
+
+
+def test_early_stopping_on_a_plateau(splits, tmp_path):
+    train, val = splits
+    model = create_model("Arch_02", downsampler="cubic", layers=3, channels=4)
+    # A learning rate this small leaves the validation loss flat to within float noise: no improvement.
+    result = fit(model, train, val, out_dir=tmp_path, epochs=50, lr=1e-12, batch_size=16, patience=2, progress="none")
+    assert result.analysis["stopped_early"]
+    assert len(result.history["val_loss"]) <= 2 + result.analysis["best_epoch"]
+    assert len(result.history["val_loss"]) < 50
+
+
+def test_non_finite_loss_stops_with_a_clear_message_and_keeps_the_last_good_model(splits, tmp_path):
+    train, val = splits
+    model = create_model("Arch_02", downsampler="cubic", layers=3, channels=4)
+    fit(model, train, val, out_dir=tmp_path, epochs=1, lr=1e-3, batch_size=8, progress="none")
+    good = read_checkpoint(tmp_path / "models" / "Arch_02" / "model.pth")
+    with torch.no_grad():
+        model.body.net[0].weight.fill_(float("nan"))
+    with pytest.raises(NonFiniteLossError, match=r"Arch_02: train loss is nan at epoch 1.*best weights so far are in"):
+        fit(model, train, val, out_dir=tmp_path, epochs=3, lr=1e-3, batch_size=8, progress="none")
+    kept = read_checkpoint(tmp_path / "models" / "Arch_02" / "model.pth")
+    for key, value in good["state_dict"].items():
+        assert torch.equal(kept["state_dict"][key], value)
+
+
+@pytest.mark.parametrize(("kwargs", "pattern"), [
+    (dict(epochs=0), r"epochs=0 must be a positive integer"),
+    (dict(lr=-1e-3), r"lr=-0.001 must be a positive learning rate"),
+    (dict(batch_size=0), r"batch_size=0 must be a positive integer"),
+    (dict(progress="loud"), r"progress='loud'; expected one of \['auto', 'bar', 'epoch', 'none'\]"),
+])
+def test_bad_arguments_fail_before_any_work(splits, tmp_path, kwargs, pattern):
+    train, val = splits
+    settings = dict(out_dir=tmp_path, epochs=1, lr=1e-3, batch_size=8, progress="none") | kwargs
+    with pytest.raises(ValueError, match=pattern):
+        fit(create_model("Arch_02", downsampler="cubic", layers=3, channels=4), train, val, **settings)
+    assert not any(tmp_path.iterdir())
+
+
+def test_empty_split_is_refused(splits, tmp_path):
+    train, val = splits
+    empty = torch.utils.data.Subset(val, [])
+    with pytest.raises(ValueError, match="the val split .* has no samples"):
+        fit(create_model("Arch_02", downsampler="cubic", layers=3, channels=4), train, empty, out_dir=tmp_path,
+            epochs=1, progress="none")
+
+
+def test_checkpoint_errors(tmp_path, splits):
+    with pytest.raises(CheckpointError, match="model.pth: model checkpoint does not exist"):
+        load_model(tmp_path / "model.pth")
+    broken = tmp_path / "broken.pth"
+    broken.write_bytes(b"\x00" * 100)
+    with pytest.raises(CheckpointError, match="broken.pth: not a readable model checkpoint"):
+        load_model(broken)
+    train, val = splits
+    result = fit(create_model("Arch_02", downsampler="cubic", layers=3, channels=4), train, val, out_dir=tmp_path,
+                 epochs=1, batch_size=8, progress="none")
+    with pytest.raises(CheckpointError, match=r"holds architecture 'Arch_02', expected 'Arch_05'"):
+        load_model(result.model_path, expected_arch="Arch_05")
+
+
+def test_convergence_analysis_known_curves():
+    falling = analyse_convergence([1.0, 0.8, 0.6, 0.5], [1.0, 0.8, 0.6, 0.5], baseline_val_loss=2.0, max_epochs=10)
+    assert falling.val_still_falling and not falling.overfitting and not falling.stopped_early is False
+    assert falling.best_epoch == 4 and falling.skill == pytest.approx(0.75)
+    over = analyse_convergence([1.0, 0.5, 0.3, 0.2, 0.1, 0.05], [1.0, 0.6, 0.5, 0.55, 0.6, 0.7],
+                               baseline_val_loss=0.4, max_epochs=6, window=4)
+    assert over.overfitting and not over.val_still_falling and not over.beats_baseline and over.best_epoch == 3
+    assert over.gap_trend_per_epoch > 0 and not over.stopped_early
+    assert math.isclose(over.skill, 1 - 0.5 / 0.4)
