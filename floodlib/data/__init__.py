@@ -3,6 +3,8 @@
 - :mod:`floodlib.data.store` — one HDF5 file per plan (``Simulation``, ``write_simulation``, ``read_simulation``);
 - :mod:`floodlib.data.geotiff` — terrain rasters (GeoTIFF DEMs);
 - :mod:`floodlib.data.hecras` — HEC-RAS 2D plan results into the store;
+- :mod:`floodlib.data.terrain`, :mod:`floodlib.data.simulate` — the built-in simulator (landlab OverlandFlow)
+  over procedural valleys or real DEMs, the embedded default data source;
 - :mod:`floodlib.data.samples` — the seed's sample definition (``SampleSpec``, ``index_plan``, ``cut_sample``);
 - :mod:`floodlib.data.dataset` — splits by plan and the lazy ``PatchDataset``;
 - :mod:`floodlib.data.preview` — preview figures of a split.
@@ -11,11 +13,14 @@
 from floodlib.data.dataset import PatchDataset, Sample, SplitSpec, SplitSummary, discover_plans, load_splits, split_plans
 from floodlib.data.hecras import convert_hecras, list_2d_areas, read_hecras
 from floodlib.data.preview import preview_samples
+from floodlib.data.simulate import Hydrograph, PlanSpec, ProjectSpec, plan_specs, simulate_plan, simulate_project
 from floodlib.data.samples import SampleSpec, apply_transform, cut_sample, index_plan
 from floodlib.data.store import Simulation, SimulationFileError, read_simulation, write_simulation
+from floodlib.data.terrain import DemSource, ValleyParams
 
 __all__ = [
-    "PatchDataset", "Sample", "SampleSpec", "Simulation", "SimulationFileError", "SplitSpec", "SplitSummary",
+    "DemSource", "Hydrograph", "PlanSpec", "ProjectSpec", "ValleyParams", "plan_specs", "simulate_plan",
+    "simulate_project", "PatchDataset", "Sample", "SampleSpec", "Simulation", "SimulationFileError", "SplitSpec", "SplitSummary",
     "apply_transform", "convert_hecras", "cut_sample", "discover_plans", "index_plan", "list_2d_areas", "load_splits", "preview_samples",
     "read_hecras", "read_simulation", "split_plans", "write_simulation",
 ]
