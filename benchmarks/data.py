@@ -1,5 +1,6 @@
-"""Data figures, side by side in one run: the built-in simulator, patch extraction against a reference-style
-per-sample materialisation, and the Dataset's delivery rate to a DataLoader.
+"""Data figures, side by side in one run: the built-in simulator (time of a 128x128-cell plan, mass balance
+of every plan of a smoke-sized project), patch extraction against a reference-style per-sample
+materialisation, and the Dataset's delivery rate to a DataLoader.
 
     python benchmarks/data.py            # the figures (a few minutes)
     python benchmarks/data.py --quick    # a smoke run on smaller plans
@@ -27,7 +28,9 @@ import torch
 
 from floodlib.data.dataset import PatchDataset
 from floodlib.data.samples import INDEX_DTYPE, SampleSpec, cut_sample, index_plan
+from floodlib.data.simulate import Hydrograph, PlanSpec, ProjectSpec, simulate_plan, simulate_project
 from floodlib.data.store import Simulation, read_simulation, write_simulation
+from floodlib.data.terrain import ValleyParams
 
 TARGET_EXTRACTION_SPEEDUP = 20.0
 TARGET_BYTES_FRACTION = 0.25
@@ -127,6 +130,32 @@ def loader_rate(dataset: PatchDataset, *, batch: int, workers: int, samples: int
     return seen / (time.perf_counter() - start)
 
 
+def simulator_figures(tmp: Path, *, quick: bool) -> bool:
+    """Time one 128x128-cell, 280-minute plan; simulate a smoke-sized project and list every mass balance."""
+    cells = 64 if quick else 128
+    spec = PlanSpec(terrain=ValleyParams(), hydrograph=Hydrograph(peak_discharge_m3s=120.0, time_to_peak_s=2400.0,
+                                                                   duration_s=9000.0),
+                    rows=cells, cols=cells, terrain_seed=1)
+    start = time.perf_counter()
+    simulation = simulate_plan(spec, project="bench", plan="timed")
+    seconds = time.perf_counter() - start
+    minutes = (simulation.water_depth.shape[0] - 1) * simulation.output_interval_s / 60
+    ok = cells < 128 or seconds <= TARGET_SIMULATION_S
+    print(f"built-in simulator: one {cells}x{cells}-cell plan ({cells * 10 + 1}x{cells * 10 + 1} terrain), "
+          f"{minutes:.0f} simulated minutes: {seconds:.1f} s (target <= {TARGET_SIMULATION_S:.0f} s for 128x128) "
+          f"{verdict(ok)}; mass error {100 * simulation.extra['mass_balance']['relative_error']:+.2f} %")
+    project = ProjectSpec(name="smoke", n_plans=4 if quick else 12, seed=7, rows=96, cols=96)
+    start = time.perf_counter()
+    paths = simulate_project(project, tmp / "projects", workers=2, progress=False)
+    seconds = time.perf_counter() - start
+    errors = [read_simulation(p, memory_map=True).extra["mass_balance"]["relative_error"] for p in paths]
+    worst = max(abs(e) for e in errors)
+    print(f"a smoke-sized project ({project.n_plans} plans of {project.rows}x{project.cols} cells, 2 workers): "
+          f"{seconds:.1f} s; mass errors {', '.join(f'{100 * e:+.2f}' for e in errors)} %")
+    print(f"  worst |mass error| {100 * worst:.2f} % (target <= 1 %) {verdict(worst <= 0.01)}")
+    return ok and worst <= 0.01
+
+
 def verdict(ok: bool) -> str:
     return "ok" if ok else "BELOW TARGET"
 
@@ -144,6 +173,8 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
+        print()
+        all_ok &= simulator_figures(tmp, quick=args.quick)
         plan_path = write_simulation(tmp / "plan.h5", synthetic_plan(cells))
         pickle_path = tmp / "reference_samples.pkl"
         slow, n_slow = best_of(lambda: reference_extraction(plan_path, spec, pickle_path), 1)

@@ -38,6 +38,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import math
+import os
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field, fields, replace
 from multiprocessing import get_context
@@ -580,6 +581,21 @@ def _step_and_record(flow, grid, depth, frames, *, padded_shape, ghost_nodes, ne
 
 
 @contextlib.contextmanager
+def _environment(**values: str):
+    """Set environment variables (inherited by processes started meanwhile), restoring them afterwards."""
+    previous = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in previous.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+@contextlib.contextmanager
 def _openmp_threads(threads: int):
     """Run landlab's OpenMP loops on ``threads`` threads, restoring the previous setting afterwards.
 
@@ -757,7 +773,10 @@ def simulate_project(project: ProjectSpec, out_dir: str | Path, *, workers: int 
                 bar.update()
         else:
             n_workers = min(workers, len(todo))
-            with ProcessPoolExecutor(max_workers=n_workers, mp_context=get_context("spawn")) as pool:
+            # Workers read OMP_NUM_THREADS when their OpenMP runtimes load: one thread each, or the
+            # runtimes' spinning threads oversubscribe the cores (measured: a 6 s plan took over 10 min).
+            with _environment(OMP_NUM_THREADS="1"), \
+                    ProcessPoolExecutor(max_workers=n_workers, mp_context=get_context("spawn")) as pool:
                 futures = {pool.submit(_simulate_and_write, specs[i], project.name, names[i], str(paths[i])): names[i]
                            for i in todo}
                 for future in as_completed(futures):
