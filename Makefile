@@ -21,10 +21,12 @@ test: $(STAMP)
 	$(PY) -m pytest
 
 run: $(STAMP)
-	$(PY) benchmarks/models.py --quick
+	$(PY) -m floodlib.pipeline params/smoke.yaml
 
 benchmark: $(STAMP)
 	$(PY) benchmarks/models.py
+	$(PY) benchmarks/data.py
+	$(PY) benchmarks/training.py
 
 clean:
 	rm -rf $(VENV)

@@ -10,7 +10,7 @@ import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import lightning as L
 import numpy as np
@@ -249,6 +249,7 @@ def fit(
     accelerator: str = "auto",
     resume: bool = True,
     keep_resume_checkpoint: bool = False,
+    callbacks: Sequence[Callback] = (),
 ) -> TrainingResult:
     """Train ``model`` on ``train``, validating on ``val`` every epoch, and save its artifacts.
 
@@ -270,6 +271,7 @@ def fit(
     accelerator : Lightning's accelerator (``"auto"`` = CUDA when present, else CPU). bf16 autocast on GPU.
     resume : continue from ``checkpoints/<name>/last.ckpt`` when a previous run was interrupted.
     keep_resume_checkpoint : keep last.ckpt (with optimizer state) after a completed run.
+    callbacks : further Lightning callbacks (e.g. an Optuna pruning callback).
 
     Returns
     -------
@@ -296,11 +298,13 @@ def fit(
     val_loader = DataLoader(val, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                             persistent_workers=num_workers > 0)
     on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    extra_callbacks = list(callbacks)
     callbacks: list[Callback] = [
         EarlyStopping(monitor="val_loss", patience=patience, mode="min", check_finite=True),
         ModelCheckpoint(dirpath=checkpoint_dir, filename="last", save_last=False, save_top_k=1,
                         monitor=None, every_n_epochs=1, enable_version_counter=False),
     ]
+    callbacks = [*extra_callbacks, *callbacks]
     if mode == "bar":
         callbacks.append(TQDMProgressBar(refresh_rate=max(1, len(train_loader) // 20)))
     elif mode == "epoch":
@@ -378,6 +382,10 @@ def fit(
     atomic_json(summary, summary_path)
     if not keep_resume_checkpoint:
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
+        for parent in checkpoint_dir.parents:  # drop the checkpoints/ folders left empty
+            if parent == out_dir or not parent.is_dir() or any(parent.iterdir()):
+                break
+            parent.rmdir()
     return TrainingResult(name=name, model=model, history=history, baseline_val_loss=baseline, analysis=analysis,
                           model_path=model_path, losses_path=losses_path, summary_path=summary_path,
                           resumed_from_epoch=resumed_from, seconds_per_epoch=elapsed / epochs_here)

@@ -1,0 +1,5 @@
+import sys
+
+from floodlib.pipeline.runner import main
+
+sys.exit(main())

@@ -1,0 +1,251 @@
+"""Parameter profiles (``params/*.yaml``) and the stage parameters each notebook accepts, validated by pydantic.
+
+A profile holds the run's name, the data to prepare (simulated projects and/or HEC-RAS plans, how samples
+are cut and plans split) and one section per stage (``A``, ``B``, ``C``, ``D``) whose keys are exactly that
+stage notebook's parameters. Unknown keys and ill-typed values are refused with the key and value named.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from floodlib.models import list_downsamplers, list_models, resolve_model_name
+
+
+class ProfileError(ValueError):
+    """A profile or a notebook's parameters hold an unknown key or a bad value."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+# YAML and papermill give lists where a pair is expected.
+Pair = Annotated[tuple[float, float], Field(strict=False)]
+IntPair = Annotated[tuple[int, int], Field(strict=False)]
+
+
+def _check_models(names: list[str]) -> list[str]:
+    return [resolve_model_name(name) for name in names]
+
+
+def _check_downsampler(name: str) -> str:
+    if name not in list_downsamplers():
+        raise ValueError(f"unknown downsampler {name!r}; expected one of {list_downsamplers()}")
+    return name
+
+
+class TerrainConfig(Strict):
+    """``kind: valley`` with :class:`~floodlib.data.terrain.ValleyParams` fields, or ``kind: dem`` with a GeoTIFF path."""
+
+    kind: Literal["valley", "dem"] = "valley"
+    path: str | None = None
+    row_offset: int = 0
+    col_offset: int = 0
+    valley: dict[str, Any] = Field(default_factory=dict)
+
+
+class ProjectConfig(Strict):
+    """One simulated project (see :class:`~floodlib.data.simulate.ProjectSpec`)."""
+
+    name: str
+    n_plans: int = Field(ge=1)
+    seed: int = 0
+    rows: int = Field(default=128, ge=8)
+    cols: int = Field(default=128, ge=8)
+    terrain: TerrainConfig = Field(default_factory=TerrainConfig)
+    duration_s: float = Field(default=16800.0, gt=0)
+    peak_discharge_m3s: Pair | None = None
+    manning_n: Pair | None = None
+
+
+class HecRasPlanConfig(Strict):
+    """One HEC-RAS plan results file (with its terrain GeoTIFF) read into the run's data folder."""
+
+    file: str
+    terrain: str | None = None
+    area: str | None = None
+    project: str | None = None
+    plan: str | None = None
+
+
+class DataConfig(Strict):
+    workers: int = Field(default=2, ge=1)
+    simulate: list[ProjectConfig] = Field(default_factory=list)
+    hecras: list[HecRasPlanConfig] = Field(default_factory=list)
+    samples: dict[str, Any] = Field(default_factory=dict)  # SampleSpec fields
+    splits: dict[str, Any] = Field(default_factory=dict)  # SplitSpec fields
+
+
+class TrainSettings(Strict):
+    epochs: int = Field(default=300, ge=1)  # per model
+    lr: float = Field(default=1e-4, gt=0)
+    batch_size: int = Field(default=300, ge=1)
+    patience: int = Field(default=30, ge=1)
+    plateau: bool = False  # the reference's ReduceLROnPlateau
+    downsampler: str = "alternating"
+    seed: int = 0
+    progress: Literal["auto", "bar", "epoch", "none"] = "auto"
+
+    @field_validator("downsampler")
+    @classmethod
+    def _known_downsampler(cls, value: str) -> str:
+        return _check_downsampler(value)
+
+
+class StageA(TrainSettings):
+    """Notebook A: train every architecture on the small split."""
+
+    run_dir: str
+    profile: str = ""
+    models: list[str] = Field(default_factory=list_models)
+    preview_count: int = Field(default=4, ge=0)
+
+    @field_validator("models")
+    @classmethod
+    def _known_models(cls, value: list[str]) -> list[str]:
+        return _check_models(value)
+
+
+class StageB(TrainSettings):
+    """Notebook B: tune Arch_04 on the small split with Optuna, then train the best configuration."""
+
+    run_dir: str
+    trials: int = Field(default=30, ge=1)
+    trial_epochs: int = Field(default=30, ge=1)
+    layers: IntPair = (6, 16)
+    channels: list[int] = Field(default_factory=lambda: [16, 24, 32, 48])
+    attentions: IntPair = (0, 3)
+    lr_range: Pair = (1e-4, 3e-3)
+    downsamplers: list[str] = Field(default_factory=list_downsamplers)
+
+
+class StageC(TrainSettings):
+    """Notebook C: train the best four on the big split."""
+
+    run_dir: str
+    models: list[str] = Field(default_factory=list)  # empty: the top four of A, Arch_04 replaced by B's tuned one
+    count: int = Field(default=4, ge=1)
+
+
+class StageD(Strict):
+    """Notebook D: evaluation (its parameters grow with the evaluation stage)."""
+
+    run_dir: str
+
+
+STAGES = {"A": StageA, "B": StageB, "C": StageC, "D": StageD}
+NOTEBOOKS = {"A": "A_train.ipynb", "B": "B_tune.ipynb", "C": "C_train_big.ipynb", "D": "D_evaluate.ipynb"}
+
+
+class Profile(Strict):
+    name: str
+    data: DataConfig
+    A: dict[str, Any] = Field(default_factory=dict)
+    B: dict[str, Any] = Field(default_factory=dict)
+    C: dict[str, Any] = Field(default_factory=dict)
+    D: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _folder_name(cls, value: str) -> str:
+        if not value or not all(ch.isalnum() or ch in "-_." for ch in value) or value.startswith("."):
+            raise ValueError(f"{value!r} must be a folder name of letters, digits, '-', '_', '.'")
+        return value
+
+    def stage_parameters(self, stage: str, run_dir: str | Path) -> dict[str, Any]:
+        """The parameters papermill injects into ``stage``'s notebook (validated)."""
+        parameters = {**getattr(self, stage), "run_dir": str(run_dir)}
+        validate_stage(stage, parameters, where=f"profile {self.name!r}, section {stage}")
+        return parameters
+
+
+def _format(error: ValidationError, where: str) -> str:
+    lines = []
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        if item["type"] == "extra_forbidden":
+            lines.append(f"{where}: unknown key {key!r} (value {item['input']!r})")
+        else:
+            lines.append(f"{where}: {key} = {item.get('input')!r}: {item['msg']}")
+    return "\n".join(lines)
+
+
+def validate_stage(stage: str, parameters: dict[str, Any], *, where: str) -> BaseModel:
+    """The stage's typed config from ``parameters``; ProfileError naming every bad key and value."""
+    if stage not in STAGES:
+        raise ProfileError(f"{where}: unknown stage {stage!r}; expected one of {list(STAGES)}")
+    try:
+        return STAGES[stage](**parameters)
+    except ValidationError as error:
+        raise ProfileError(_format(error, where)) from None
+    except ValueError as error:  # e.g. an unknown model name
+        raise ProfileError(f"{where}: {error}") from None
+
+
+def _resolve_paths(raw: dict, base: Path) -> None:
+    """Make the profile's file paths absolute, relative to the profile's own folder."""
+    def resolve(value):
+        return str((base / value).resolve()) if isinstance(value, str) and value and not Path(value).is_absolute() else value
+
+    data = raw.get("data")
+    if not isinstance(data, dict):
+        return
+    for project in data.get("simulate") or []:
+        if isinstance(project, dict) and isinstance(project.get("terrain"), dict) and "path" in project["terrain"]:
+            project["terrain"]["path"] = resolve(project["terrain"]["path"])
+    for plan in data.get("hecras") or []:
+        if isinstance(plan, dict):
+            for key in ("file", "terrain"):
+                if key in plan:
+                    plan[key] = resolve(plan[key])
+
+
+def load_profile(path: str | Path) -> Profile:
+    """Read and validate a profile; every stage section is checked against its notebook's parameters."""
+    path = Path(path)
+    if not path.exists():
+        raise ProfileError(f"{path}: profile does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise ProfileError(f"{path}: not valid YAML ({error})") from None
+    if not isinstance(raw, dict):
+        raise ProfileError(f"{path}: expected a mapping of keys (name, data, A, B, C, D), got {type(raw).__name__}")
+    _resolve_paths(raw, path.parent)
+    try:
+        profile = Profile(**raw)
+    except ValidationError as error:
+        raise ProfileError(_format(error, str(path))) from None
+    for stage in STAGES:
+        profile.stage_parameters(stage, run_dir="<run>")
+    return profile
+
+
+def parameters_from_namespace(stage: str, namespace: dict[str, Any]) -> BaseModel:
+    """A notebook's config from its globals after the parameters cell (and papermill's injected cell).
+
+    Every plain value defined in the notebook so far must be one of the stage's parameters: papermill
+    only warns about a misspelt parameter, so an unknown name here is refused.
+    """
+    import types
+
+    fields = STAGES[stage].model_fields
+    values, unknown = {}, []
+    for name, value in namespace.items():
+        if name.startswith("_") or name in {"In", "Out", "exit", "quit", "get_ipython"}:
+            continue
+        if isinstance(value, types.ModuleType) or callable(value):
+            continue
+        if name in fields:
+            values[name] = list(value) if isinstance(value, tuple) and fields[name].annotation is list else value
+        else:
+            unknown.append(name)
+    where = f"notebook {NOTEBOOKS[stage]} parameters"
+    if unknown:
+        raise ProfileError(f"{where}: unknown parameter(s) {sorted(unknown)}; this notebook accepts {sorted(fields)}")
+    return validate_stage(stage, values, where=where)

@@ -1,0 +1,151 @@
+"""Run the stage notebooks A -> B -> C -> D headless with papermill into ``outputs/<run>/``.
+
+    python -m floodlib.pipeline params/smoke.yaml            # every stage not yet complete
+    python -m floodlib.pipeline params/smoke.yaml --only B   # one stage
+    python -m floodlib.pipeline params/smoke.yaml --force    # redo stages even if complete
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+from floodlib.pipeline.config import NOTEBOOKS, STAGES, ProfileError, load_profile
+from floodlib.pipeline.stages import SUMMARY_FILE, write_profile
+
+REPOSITORY = Path(__file__).resolve().parents[2]
+DEFAULT_NOTEBOOKS = REPOSITORY / "notebooks"
+DEFAULT_OUTPUTS = REPOSITORY / "outputs"
+
+
+class StageFailed(RuntimeError):
+    """A stage notebook failed; the message names the executed notebook holding the traceback."""
+
+
+def _log(log_file: Path, message: str) -> None:
+    line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}"
+    print(line, flush=True)
+    with open(log_file, "a") as handle:
+        handle.write(line + "\n")
+
+
+def export_html(notebook: Path) -> Path:
+    """An HTML copy of an executed notebook beside it."""
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    body, _ = HTMLExporter().from_notebook_node(nbformat.read(notebook, as_version=4))
+    target = notebook.with_suffix(".html")
+    target.write_text(body, encoding="utf-8")
+    return target
+
+
+def run_stage(stage: str, parameters: dict, *, run_dir: Path, notebooks: Path, timeout_s: int | None,
+              log_file: Path) -> Path:
+    """Execute one stage notebook; raise StageFailed naming what went wrong and where to look."""
+    import papermill
+    from nbclient.exceptions import CellTimeoutError, DeadKernelError
+
+    source = notebooks / NOTEBOOKS[stage]
+    if not source.exists():
+        raise StageFailed(f"stage {stage}: notebook {source} does not exist")
+    stage_dir = run_dir / stage
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    output = stage_dir / NOTEBOOKS[stage]
+    try:
+        papermill.execute_notebook(str(source), str(output), parameters=parameters, cwd=str(notebooks),
+                                   kernel_name="python3", progress_bar=False, execution_timeout=timeout_s,
+                                   log_output=False)
+    except papermill.PapermillExecutionError as error:
+        raise StageFailed(f"stage {stage} failed in cell {error.exec_count}: {error.ename}: {error.evalue}\n"
+                          f"the executed notebook with the traceback: {output}") from None
+    except (DeadKernelError, CellTimeoutError, RuntimeError) as error:
+        kind = "timed out" if isinstance(error, CellTimeoutError) or "Timeout" in type(error).__name__ else \
+            "lost its kernel (often: out of memory)" if isinstance(error, DeadKernelError) or "Kernel died" in str(error) \
+            else "failed"
+        raise StageFailed(f"stage {stage} {kind}: {type(error).__name__}: {str(error)[:500]}\n"
+                          f"the partly executed notebook: {output}") from None
+    finally:
+        if output.exists():
+            try:
+                export_html(output)
+            except Exception as error:  # an HTML copy is a convenience; never hide the stage's own result
+                _log(log_file, f"stage {stage}: HTML export failed ({error})")
+    if not (stage_dir / SUMMARY_FILE).exists():
+        raise StageFailed(f"stage {stage}: the notebook ran but wrote no {SUMMARY_FILE}; see {output}")
+    return output
+
+
+def run_pipeline(profile_path: str | Path, *, stages: list[str] | None = None, force: bool = False,
+                 outputs: str | Path = DEFAULT_OUTPUTS, notebooks: str | Path = DEFAULT_NOTEBOOKS,
+                 run_dir: str | Path | None = None, timeout_s: int | None = None) -> Path:
+    """Run the profile's stages in order into ``outputs/<name>/`` (or ``run_dir``); returns the run folder.
+
+    A stage whose summary.json exists is skipped unless ``force``. Stages run by default: A, B, C and
+    D where its notebook exists.
+    """
+    profile = load_profile(profile_path)
+    run_dir = Path(run_dir) if run_dir else Path(outputs) / profile.name
+    notebooks = Path(notebooks)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_profile(profile, run_dir)
+    log_file = run_dir / "pipeline.log"
+    wanted = stages or [s for s in STAGES if (notebooks / NOTEBOOKS[s]).exists()]
+    unknown = [s for s in wanted if s not in STAGES]
+    if unknown:
+        raise ProfileError(f"unknown stage(s) {unknown}; expected some of {list(STAGES)}")
+    _log(log_file, f"run {profile.name} -> {run_dir} (profile {profile_path}); stages {', '.join(wanted)}")
+    last = Path(outputs) / "last"
+    if run_dir.parent == Path(outputs):
+        try:
+            if last.is_symlink() or last.exists():
+                last.unlink()
+            last.symlink_to(run_dir.name)
+        except OSError:
+            pass
+    total = time.perf_counter()
+    for index, stage in enumerate(wanted, 1):
+        if not force and (run_dir / stage / SUMMARY_FILE).exists():
+            _log(log_file, f"[{index}/{len(wanted)}] stage {stage}: complete already, skipped (--force redoes it)")
+            continue
+        if force and (run_dir / stage / SUMMARY_FILE).exists():
+            (run_dir / stage / SUMMARY_FILE).unlink()
+        start = time.perf_counter()
+        _log(log_file, f"[{index}/{len(wanted)}] stage {stage}: running {NOTEBOOKS[stage]}")
+        parameters = profile.stage_parameters(stage, run_dir.resolve())
+        try:
+            output = run_stage(stage, parameters, run_dir=run_dir, notebooks=notebooks, timeout_s=timeout_s,
+                               log_file=log_file)
+        except StageFailed as error:
+            _log(log_file, f"[{index}/{len(wanted)}] stage {stage}: FAILED after {time.perf_counter() - start:.0f} s")
+            _log(log_file, str(error))
+            raise
+        _log(log_file, f"[{index}/{len(wanted)}] stage {stage}: done in {time.perf_counter() - start:.0f} s -> {output}")
+    _log(log_file, f"run {profile.name} finished in {time.perf_counter() - total:.0f} s")
+    return run_dir
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="floodlib", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("profile", help="parameter profile, e.g. params/smoke.yaml")
+    parser.add_argument("--only", action="append", choices=list(STAGES), help="run only this stage (repeatable)")
+    parser.add_argument("--force", action="store_true", help="redo stages that are complete")
+    parser.add_argument("--outputs", default=str(DEFAULT_OUTPUTS), help="folder of run folders (default outputs/)")
+    parser.add_argument("--run-dir", default=None, help="the run folder (default <outputs>/<profile name>)")
+    parser.add_argument("--notebooks", default=str(DEFAULT_NOTEBOOKS), help="folder of the stage notebooks")
+    parser.add_argument("--timeout", type=int, default=None, help="per-cell timeout in seconds (default none)")
+    args = parser.parse_args(argv)
+    logging.getLogger("papermill").setLevel(logging.WARNING)
+    os.environ.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
+    try:
+        run_pipeline(args.profile, stages=args.only, force=args.force, outputs=args.outputs,
+                     notebooks=args.notebooks, run_dir=args.run_dir, timeout_s=args.timeout)
+    except (ProfileError, StageFailed, FileNotFoundError) as error:
+        print(f"floodlib pipeline: {error}", file=sys.stderr)
+        return 1
+    return 0

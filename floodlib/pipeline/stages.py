@@ -1,0 +1,372 @@
+"""What the stage notebooks compute: a run folder, its data, training several models, tuning, ranking, figures.
+
+The notebooks are reports over these calls; everything here is importable and tested on its own.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from floodlib.data.dataset import PatchDataset, SplitSpec, load_splits
+from floodlib.data.samples import SampleSpec
+from floodlib.models import create_model
+from floodlib.pipeline.config import Profile, ProfileError, StageA, StageB, StageC, TrainSettings, load_profile
+from floodlib.training import PlateauSchedule, fit, load_model
+from floodlib.training.artifacts import atomic_json, atomic_write
+
+PROFILE_FILE = "params.yaml"
+SUMMARY_FILE = "summary.json"
+
+
+@dataclass
+class Run:
+    """A run folder ``outputs/<run>/``: the resolved profile first, then one folder per stage."""
+
+    run_dir: Path
+    profile: Profile
+
+    def stage_dir(self, stage: str) -> Path:
+        return self.run_dir / stage
+
+    @property
+    def data_dir(self) -> Path:
+        return self.run_dir / "data"
+
+    def sample_spec(self) -> SampleSpec:
+        values = dict(self.profile.data.samples)
+        if "snapshot_times_s" in values:
+            values["snapshot_times_s"] = tuple(values["snapshot_times_s"])
+        try:
+            return SampleSpec(**values)
+        except (TypeError, ValueError) as error:
+            raise ProfileError(f"{self.run_dir / PROFILE_FILE}: data.samples: {error}") from None
+
+    def split_spec(self) -> SplitSpec:
+        try:
+            return SplitSpec(**self.profile.data.splits)
+        except (TypeError, ValueError) as error:
+            raise ProfileError(f"{self.run_dir / PROFILE_FILE}: data.splits: {error}") from None
+
+
+def write_profile(profile: Profile, run_dir: str | Path) -> Path:
+    """Write the resolved profile as ``run_dir/params.yaml`` (the first thing a run writes)."""
+    text = yaml.safe_dump(profile.model_dump(mode="json"), sort_keys=False)
+
+    def write(temporary):
+        Path(temporary).write_text(text)
+
+    return atomic_write(Path(run_dir) / PROFILE_FILE, write)
+
+
+def open_run(run_dir: str | Path, profile: str | Path = "") -> Run:
+    """The run at ``run_dir``; a new one is started from ``profile`` when the folder has no params.yaml."""
+    run_dir = Path(run_dir)
+    params = run_dir / PROFILE_FILE
+    if not params.exists():
+        if not profile:
+            raise FileNotFoundError(f"{run_dir}: no {PROFILE_FILE}; start the run with `python -m floodlib.pipeline "
+                                    "<profile>` or pass the profile to use")
+        write_profile(load_profile(profile), run_dir)
+    return Run(run_dir=run_dir, profile=load_profile(params))
+
+
+def stage_complete(run: Run, stage: str) -> bool:
+    return (run.stage_dir(stage) / SUMMARY_FILE).exists()
+
+
+def read_summary(run: Run, stage: str) -> dict[str, Any]:
+    path = run.stage_dir(stage) / SUMMARY_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: stage {stage} has not completed in this run; run it first")
+    return json.loads(path.read_text())
+
+
+def write_summary(run: Run, stage: str, summary: dict[str, Any]) -> Path:
+    """Write the stage's summary.json last: its presence marks the stage complete."""
+    return atomic_json({"stage": stage, **summary}, run.stage_dir(stage) / SUMMARY_FILE)
+
+
+def prepare_data(run: Run, *, progress: bool = True) -> Path:
+    """Simulate the profile's projects and read its HEC-RAS plans into ``run_dir/data`` (once: plans already
+    there are kept). Returns the data folder."""
+    from floodlib.data.hecras import convert_hecras
+    from floodlib.data.simulate import ProjectSpec, simulate_project
+    from floodlib.data.terrain import DemSource, ValleyParams
+
+    data = run.profile.data
+    if not data.simulate and not data.hecras:
+        raise ProfileError(f"{run.run_dir / PROFILE_FILE}: data: lists neither projects to simulate nor HEC-RAS plans")
+    for project in data.simulate:
+        terrain = project.terrain
+        if terrain.kind == "dem":
+            if not terrain.path:
+                raise ProfileError(f"data.simulate[{project.name}].terrain: kind 'dem' needs a path")
+            source = DemSource(path=str(terrain.path), row_offset=terrain.row_offset, col_offset=terrain.col_offset)
+        else:
+            source = ValleyParams(**terrain.valley)
+        options = {k: v for k, v in (("peak_discharge_m3s", project.peak_discharge_m3s),
+                                      ("manning_n", project.manning_n)) if v is not None}
+        spec = ProjectSpec(name=project.name, terrain=source, n_plans=project.n_plans, seed=project.seed,
+                           rows=project.rows, cols=project.cols, duration_s=project.duration_s, **options)
+        simulate_project(spec, run.data_dir, workers=data.workers, progress=progress)
+    for plan in data.hecras:
+        from floodlib.data.hecras import read_hecras
+
+        simulation = read_hecras(plan.file, terrain=plan.terrain, area=plan.area, project=plan.project, plan=plan.plan)
+        target = run.data_dir / simulation.project / f"{simulation.plan}.h5"
+        if not target.exists():
+            convert_hecras(plan.file, target, terrain=plan.terrain, area=plan.area, project=plan.project, plan=plan.plan)
+    return run.data_dir
+
+
+def splits(run: Run, names: list[str] | None = None) -> dict[str, PatchDataset]:
+    """The run's datasets by split name (see :func:`floodlib.data.dataset.split_plans`)."""
+    return load_splits(run.data_dir, sample_spec=run.sample_spec(), split_spec=run.split_spec(), names=names)
+
+
+def _plateau(settings: TrainSettings) -> PlateauSchedule | None:
+    return PlateauSchedule() if settings.plateau else None
+
+
+def train_one(run: Run, stage: str, settings: TrainSettings, train, val, *, name: str, arch: str,
+              arch_kwargs: dict | None = None, downsampler: str | None = None,
+              downsampler_kwargs: dict | None = None, lr: float | None = None, callbacks=()) -> dict[str, Any]:
+    """Fit one model into the stage folder; returns its summary (also in ``models/<name>/summary.json``).
+
+    A model whose summary exists is not trained again (the stage was interrupted after it).
+    """
+    stage_dir = run.stage_dir(stage)
+    existing = stage_dir / "models" / name / "summary.json"
+    if existing.exists() and not callbacks:
+        return json.loads(existing.read_text())
+    import torch
+
+    torch.manual_seed(settings.seed)
+    model = create_model(arch, downsampler=downsampler or settings.downsampler,
+                         downsampler_kwargs=downsampler_kwargs, **(arch_kwargs or {}))
+    result = fit(model, train, val, out_dir=stage_dir, name=name, epochs=settings.epochs, lr=lr or settings.lr,
+                 batch_size=settings.batch_size, patience=settings.patience, plateau=_plateau(settings),
+                 seed=settings.seed, progress=settings.progress, callbacks=list(callbacks))
+    return json.loads(result.summary_path.read_text())
+
+
+def ranking(summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Models ordered by best validation loss, with their skill against the no-change baseline."""
+    rows = [{
+        "name": s["name"],
+        "arch": s["arch"],
+        "best_val_loss": s["analysis"]["best_val_loss"],
+        "baseline_val_loss": s["analysis"]["baseline_val_loss"],
+        "skill": s["analysis"]["skill"],
+        "beats_baseline": s["analysis"]["beats_baseline"],
+        "best_epoch": s["analysis"]["best_epoch"],
+        "epochs_run": s["analysis"]["epochs_run"],
+        "parameters": s["parameters"],
+        "seconds_per_epoch": s["seconds_per_epoch"],
+        "model_path": s["model_path"],
+    } for s in summaries]
+    return sorted(rows, key=lambda row: row["best_val_loss"])
+
+
+def train_stage_a(run: Run, config: StageA, train, val) -> list[dict[str, Any]]:
+    """Stage A: every listed architecture on the small split; returns the ranking."""
+    return ranking([train_one(run, "A", config, train, val, name=arch, arch=arch) for arch in config.models])
+
+
+def losses(run: Run, stage: str, name: str) -> dict[str, Any]:
+    """A model's per-epoch losses as saved by fit (loaded without unpickling)."""
+    import torch
+
+    path = run.stage_dir(stage) / "losses" / name / "losses.pt"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no losses for {name!r} in stage {stage}")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def plot_learning_curves(histories: dict[str, dict[str, Any]], *, title: str = ""):
+    """Train (dashed) and validation (solid) L1 loss per epoch of several models, with the no-change
+    baseline's validation loss (grey). Returns the Figure."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 5), constrained_layout=True)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    baselines = set()
+    for index, (name, history) in enumerate(histories.items()):
+        colour = colours[index % len(colours)]
+        epochs = range(1, len(history["val_loss"]) + 1)
+        ax.plot(epochs, history["val_loss"], color=colour, label=f"{name} (val)")
+        ax.plot(epochs, history["train_loss"], color=colour, linestyle="--", alpha=0.6)
+        baselines.add(round(float(history["baseline_val_loss"]), 12))
+    for baseline in baselines:
+        ax.axhline(baseline, color="grey", linewidth=1.5, label="no-change baseline (val)")
+    ax.set_yscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("L1 loss of the depth change (m)")
+    ax.set_title(title or "learning curves (dashed: train)")
+    handles, labels = ax.get_legend_handles_labels()
+    unique = dict(zip(labels, handles))
+    ax.legend(unique.values(), unique.keys(), fontsize=8, loc="upper right")
+    return fig
+
+
+def save_figure(fig, run: Run, stage: str, name: str) -> Path:
+    """Save ``fig`` as ``<stage>/figures/<name>.png`` (atomically) and return the path."""
+    path = run.stage_dir(stage) / "figures" / f"{name}.png"
+    atomic_write(path, lambda temporary: fig.savefig(temporary, dpi=110, format="png"))
+    return path
+
+
+class _OptunaPruning:
+    """Lightning callback reporting each epoch's validation loss to an Optuna trial and pruning it."""
+
+    def __new__(cls, trial):
+        from lightning.pytorch.callbacks import Callback
+
+        class Pruning(Callback):
+            def on_train_epoch_end(self, trainer, pl_module):
+                import optuna
+
+                history = pl_module.history["val_loss"]
+                if history:
+                    trial.report(history[-1], step=len(history))
+                    if trial.should_prune():
+                        raise optuna.TrialPruned(f"pruned at epoch {len(history)} (val {history[-1]:.5f})")
+
+        return Pruning()
+
+
+def tune_arch04(run: Run, config: StageB, train, val):
+    """Optuna search over Arch_04's layers, channels, attention blocks, learning rate and downsampler.
+
+    The study lives in ``B/study.db`` (SQLite): started again, it continues with the trials still to run.
+    Hopeless trials are pruned by the median rule. Returns the study.
+    """
+    import optuna
+
+    stage_dir = run.stage_dir("B")
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    storage = f"sqlite:///{stage_dir / 'study.db'}"
+    study = optuna.create_study(study_name="Arch_04", storage=storage, direction="minimize", load_if_exists=True,
+                                sampler=optuna.samplers.TPESampler(seed=config.seed),
+                                pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1))
+    # A trial left RUNNING by an interrupted search (one search per study at a time) is marked failed, and
+    # the count below runs another in its place.
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        study._storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
+    trial_settings = config.model_copy(update={"epochs": config.trial_epochs})
+
+    def objective(trial: optuna.Trial) -> float:
+        layers = trial.suggest_int("layers", *config.layers)
+        channels = trial.suggest_categorical("channels", config.channels)
+        attentions = trial.suggest_int("attentions", config.attentions[0], min(config.attentions[1], layers - 2))
+        lr = trial.suggest_float("lr", *config.lr_range, log=True)
+        downsampler = trial.suggest_categorical("downsampler", config.downsamplers)
+        ds_kwargs = {}
+        if downsampler != "cubic":
+            ds_kwargs = {"c1": trial.suggest_int("c1", 8, 32, step=4), "c2": trial.suggest_int("c2", 16, 64, step=8)}
+        summary = train_one(run, "B", trial_settings, train, val, name=f"trials/{trial.number:03d}", arch="Arch_04",
+                            arch_kwargs={"layers": layers, "channels": channels, "attentions": attentions},
+                            downsampler=downsampler, downsampler_kwargs=ds_kwargs, lr=lr,
+                            callbacks=[_OptunaPruning(trial)])
+        return summary["analysis"]["best_val_loss"]
+
+    finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    remaining = config.trials - len(study.get_trials(deepcopy=False, states=finished))
+    if remaining > 0:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        study.optimize(objective, n_trials=remaining, catch=())
+    return study
+
+
+def best_configuration(study) -> dict[str, Any]:
+    """The best trial's model configuration: arch kwargs, downsampler with its kwargs, learning rate."""
+    params = study.best_trial.params
+    downsampler = params["downsampler"]
+    return {
+        "arch": "Arch_04",
+        "arch_kwargs": {"layers": params["layers"], "channels": params["channels"], "attentions": params["attentions"]},
+        "downsampler": downsampler,
+        "downsampler_kwargs": {"c1": params["c1"], "c2": params["c2"]} if downsampler != "cubic" else {},
+        "lr": params["lr"],
+        "trial": study.best_trial.number,
+        "trial_val_loss": study.best_value,
+    }
+
+
+def plot_search(study):
+    """Optimisation history of the study (objective per trial, best so far). Returns the Figure."""
+    import matplotlib.pyplot as plt
+    import optuna
+
+    trials = study.get_trials(deepcopy=False)
+    fig, ax = plt.subplots(figsize=(8, 4), constrained_layout=True)
+    for state, marker in ((optuna.trial.TrialState.COMPLETE, "o"), (optuna.trial.TrialState.PRUNED, "x")):
+        points = [(t.number, t.value if t.value is not None else t.intermediate_values.get(max(t.intermediate_values, default=0)))
+                  for t in trials if t.state == state]
+        points = [p for p in points if p[1] is not None]
+        if points:
+            ax.scatter(*zip(*points), marker=marker, label=state.name.lower())
+    complete = sorted((t.number, t.value) for t in trials if t.state == optuna.trial.TrialState.COMPLETE)
+    if complete:
+        best, xs, ys = float("inf"), [], []
+        for number, value in complete:
+            best = min(best, value)
+            xs.append(number)
+            ys.append(best)
+        ax.step(xs, ys, where="post", color="black", label="best so far")
+    ax.set_yscale("log")
+    ax.set_xlabel("trial")
+    ax.set_ylabel("best validation L1 loss (m)")
+    ax.set_title("Arch_04 search")
+    ax.legend()
+    return fig
+
+
+def train_tuned(run: Run, config: StageB, train, val, best: dict[str, Any]) -> dict[str, Any]:
+    """Train the best configuration with the stage's full settings as ``Arch_04_tuned``."""
+    return train_one(run, "B", config, train, val, name="Arch_04_tuned", arch="Arch_04",
+                     arch_kwargs=best["arch_kwargs"], downsampler=best["downsampler"],
+                     downsampler_kwargs=best["downsampler_kwargs"], lr=best["lr"])
+
+
+def choose_big_models(run: Run, config: StageC) -> list[dict[str, Any]]:
+    """Stage C's models: those the profile names, else the top ``count`` of A's ranking with Arch_04
+    replaced by B's tuned configuration (ranked by its own validation loss)."""
+    tuned = read_summary(run, "B")["tuned"]
+    entries = []
+    if config.models:
+        names = config.models
+    else:
+        rows = [row for row in read_summary(run, "A")["ranking"] if row["arch"] != "Arch_04"]
+        rows.append({"name": "Arch_04_tuned", "best_val_loss": tuned["best_val_loss"]})
+        names = [row["name"] for row in sorted(rows, key=lambda r: r["best_val_loss"])[:config.count]]
+    for name in names:
+        if name in ("Arch_04", "Arch_04_tuned") and (name == "Arch_04_tuned" or not config.models):
+            entries.append({"name": "Arch_04_tuned", "arch": "Arch_04", "arch_kwargs": tuned["arch_kwargs"],
+                            "downsampler": tuned["downsampler"], "downsampler_kwargs": tuned["downsampler_kwargs"],
+                            "lr": tuned["lr"]})
+        else:
+            entries.append({"name": name, "arch": name})
+    return entries
+
+
+def train_stage_c(run: Run, config: StageC, train, val, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Stage C: the chosen models on the big split; returns their ranking."""
+    summaries = [train_one(run, "C", config, train, val, **entry) for entry in entries]
+    return ranking(summaries)
+
+
+def rebuild_all(run: Run, stage: str) -> dict[str, Any]:
+    """Every model of a completed stage rebuilt from its checkpoint alone (proof the run folder suffices)."""
+    return {row["name"]: load_model(run.stage_dir(stage) / row["model_path"])
+            for row in read_summary(run, stage)["ranking"]}
+
+
+def elapsed(start: float) -> float:
+    return round(time.perf_counter() - start, 1)

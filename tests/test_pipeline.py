@@ -1,0 +1,145 @@
+"""The pipeline end to end: the tiny profile through papermill with a real Jupyter kernel, and its guards."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from floodlib.pipeline import ProfileError, load_profile, parameters_from_namespace
+from floodlib.pipeline import stages
+from floodlib.pipeline.runner import StageFailed, run_pipeline
+from floodlib.training import load_model
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "params" / "tiny.yaml"
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    outputs = tmp_path_factory.mktemp("outputs")
+    run_dir = run_pipeline(TINY, outputs=outputs)
+    return run_dir
+
+
+def test_tiny_profile_runs_a_to_c_headless(tiny_run):
+    run_dir = tiny_run
+    assert (run_dir / "params.yaml").exists()
+    assert load_profile(run_dir / "params.yaml").name == "tiny"
+    for stage, notebook in (("A", "A_train"), ("B", "B_tune"), ("C", "C_train_big")):
+        folder = run_dir / stage
+        assert (folder / "summary.json").exists()
+        executed = json.loads((folder / f"{notebook}.ipynb").read_text())
+        assert any(cell.get("outputs") for cell in executed["cells"] if cell["cell_type"] == "code")
+        assert (folder / f"{notebook}.html").stat().st_size > 10_000
+        assert (folder / "figures" / "learning_curves.png").stat().st_size > 5_000
+    a = json.loads((run_dir / "A" / "summary.json").read_text())
+    assert sorted(row["arch"] for row in a["ranking"]) == ["Arch_02", "Arch_03", "Arch_04", "Arch_05", "Arch_07",
+                                                            "Arch_08", "Arch_09"]
+    losses = [row["best_val_loss"] for row in a["ranking"]]
+    assert losses == sorted(losses)
+    assert a["splits"]["small_train"]["samples"] > 0
+    b = json.loads((run_dir / "B" / "summary.json").read_text())
+    assert b["tuned"]["arch"] == "Arch_04" and b["trials"] == {"COMPLETE": 2}
+    assert b["beats_default"] == (b["tuned"]["best_val_loss"] < b["default_arch04_val_loss"])
+    log = (run_dir / "pipeline.log").read_text()
+    assert "stage A: done" in log and "stage C: done" in log
+
+
+def test_the_run_folder_alone_rebuilds_every_model(tiny_run):
+    c = json.loads((tiny_run / "C" / "summary.json").read_text())
+    assert len(c["ranking"]) == 4
+    run = stages.open_run(tiny_run)
+    test = stages.splits(run, ["big_test"])["big_test"]
+    sample = test[0]
+    for row in c["ranking"]:
+        model = load_model(tiny_run / "C" / row["model_path"])
+        with torch.no_grad():
+            prediction = model(sample.terrain[None], sample.depths[None])
+        assert prediction.shape == (1, 1, 32, 32) and torch.isfinite(prediction).all()
+
+
+def test_a_rerun_skips_finished_stages(tiny_run):
+    before = {p: p.stat().st_mtime_ns for p in tiny_run.glob("*/summary.json")}
+    run_pipeline(TINY, outputs=tiny_run.parent)
+    assert {p: p.stat().st_mtime_ns for p in tiny_run.glob("*/summary.json")} == before
+    log = (tiny_run / "pipeline.log").read_text()
+    assert log.count("complete already, skipped") == 3
+
+
+def test_a_misspelt_profile_key_is_refused_before_anything_runs(tmp_path):
+    profile = yaml.safe_load(TINY.read_text())
+    profile["A"]["epoch"] = 3
+    path = tmp_path / "typo.yaml"
+    path.write_text(yaml.safe_dump(profile))
+    with pytest.raises(ProfileError, match=r"section A: unknown key 'epoch' \(value 3\)"):
+        run_pipeline(path, outputs=tmp_path / "outputs")
+    assert not (tmp_path / "outputs").exists()
+    profile["A"] = {"epochs": "ten"}
+    path.write_text(yaml.safe_dump(profile))
+    with pytest.raises(ProfileError, match=r"section A: epochs = 'ten': Input should be a valid integer"):
+        load_profile(path)
+
+
+def test_the_notebook_itself_refuses_an_unknown_parameter(tiny_run, tmp_path):
+    import papermill
+
+    output = tmp_path / "C.ipynb"
+    with pytest.raises(papermill.PapermillExecutionError) as info:
+        papermill.execute_notebook(str(ROOT / "notebooks" / "C_train_big.ipynb"), str(output),
+                                   parameters={"run_dir": str(tiny_run), "epoch": 2}, cwd=str(ROOT / "notebooks"),
+                                   kernel_name="python3", progress_bar=False)
+    assert "unknown parameter(s) ['epoch']" in str(info.value)
+    assert json.loads((tiny_run / "C" / "summary.json").read_text())  # nothing of the run was touched
+
+
+def test_parameters_from_namespace():
+    import math as some_module
+
+    namespace = {"run_dir": "x", "epochs": 3, "lr": 0.01, "math": some_module, "load_model": load_model,
+                 "_private": 1, "In": []}
+    assert parameters_from_namespace("C", namespace).epochs == 3
+    with pytest.raises(ProfileError, match=r"unknown parameter\(s\) \['batchsize'\]"):
+        parameters_from_namespace("C", {**namespace, "batchsize": 8})
+    with pytest.raises(ProfileError, match=r"lr = -1.0: Input should be greater than 0"):
+        parameters_from_namespace("C", {**namespace, "lr": -1.0})
+
+
+def test_an_interrupted_search_continues(tiny_run, tmp_path):
+    import optuna
+
+    # A copy of the run with B's search started but cut short: one trial done, one left RUNNING by a kill.
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "data").symlink_to(tiny_run / "data", target_is_directory=True)
+    (run_dir / "params.yaml").write_text((tiny_run / "params.yaml").read_text())
+    run = stages.open_run(run_dir)
+    config = parameters_from_namespace("B", {**load_profile(run_dir / "params.yaml").B, "run_dir": str(run_dir),
+                                             "trials": 1})
+    data = stages.splits(run, ["small_train", "small_val"])
+    first = stages.tune_arch04(run, config, data["small_train"], data["small_val"])
+    first_params = first.trials[0].params
+    first.ask()  # the trial a killed process leaves behind, still marked RUNNING
+    resumed = stages.tune_arch04(run, config.model_copy(update={"trials": 3}), data["small_train"], data["small_val"])
+    states = [t.state for t in resumed.trials]
+    assert states.count(optuna.trial.TrialState.COMPLETE) + states.count(optuna.trial.TrialState.PRUNED) == 3
+    assert states[1] == optuna.trial.TrialState.FAIL
+    assert resumed.trials[0].params == first_params  # the finished trial was kept, not rerun
+    assert np.isfinite(resumed.best_value)
+
+
+def test_a_failing_stage_names_the_executed_notebook(tmp_path):
+    profile = yaml.safe_load(TINY.read_text())
+    profile["data"]["simulate"][0]["terrain"] = {"kind": "dem", "path": str(tmp_path / "missing.tif")}
+    path = tmp_path / "broken.yaml"
+    path.write_text(yaml.safe_dump(profile))
+    with pytest.raises(StageFailed) as info:
+        run_pipeline(path, outputs=tmp_path / "outputs", stages=["A"])
+    message = str(info.value)
+    assert "stage A failed in cell" in message and "missing.tif" in message
+    assert str(tmp_path / "outputs" / "tiny" / "A" / "A_train.ipynb") in message
+    assert not (tmp_path / "outputs" / "tiny" / "A" / "summary.json").exists()
