@@ -15,6 +15,7 @@ on demand (exact flips, float32), so nothing per sample is written to disk.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import pickle
 import statistics
@@ -28,9 +29,13 @@ import torch
 
 from floodlib.data.dataset import PatchDataset
 from floodlib.data.samples import INDEX_DTYPE, SampleSpec, cut_sample, index_plan
-from floodlib.data.simulate import Hydrograph, PlanSpec, ProjectSpec, simulate_plan, simulate_project
+from floodlib.data.simulate import Hydrograph, PlanSpec, simulate_plan, simulate_project
 from floodlib.data.store import Simulation, read_simulation, write_simulation
 from floodlib.data.terrain import ValleyParams
+from floodlib.pipeline.config import load_profile
+from floodlib.pipeline.stages import project_spec
+
+SMOKE_PROFILE = Path(__file__).resolve().parents[1] / "params" / "smoke.yaml"
 
 TARGET_EXTRACTION_SPEEDUP = 20.0
 TARGET_BYTES_FRACTION = 0.25
@@ -144,14 +149,21 @@ def simulator_figures(tmp: Path, *, quick: bool) -> bool:
     print(f"built-in simulator: one {cells}x{cells}-cell plan ({cells * 10 + 1}x{cells * 10 + 1} terrain), "
           f"{minutes:.0f} simulated minutes: {seconds:.1f} s (target <= {TARGET_SIMULATION_S:.0f} s for 128x128) "
           f"{verdict(ok)}; mass error {100 * simulation.extra['mass_balance']['relative_error']:+.2f} %")
-    project = ProjectSpec(name="smoke", n_plans=4 if quick else 12, seed=7, rows=96, cols=96)
-    start = time.perf_counter()
-    paths = simulate_project(project, tmp / "projects", workers=2, progress=False)
-    seconds = time.perf_counter() - start
-    errors = [read_simulation(p, memory_map=True).extra["mass_balance"]["relative_error"] for p in paths]
+    # The smoke profile's own data set (what `make run` simulates); --quick takes its first 4 plans.
+    profile = load_profile(SMOKE_PROFILE)
+    errors, seconds, described = [], 0.0, []
+    for config in profile.data.simulate:
+        project = project_spec(config)
+        if quick:
+            project = dataclasses.replace(project, n_plans=min(4, project.n_plans))
+        start = time.perf_counter()
+        paths = simulate_project(project, tmp / "projects", workers=profile.data.workers, progress=False)
+        seconds += time.perf_counter() - start
+        errors += [read_simulation(p, memory_map=True).extra["mass_balance"]["relative_error"] for p in paths]
+        described.append(f"{project.name}: {project.n_plans} plans of {project.rows}x{project.cols} cells")
     worst = max(abs(e) for e in errors)
-    print(f"a smoke-sized project ({project.n_plans} plans of {project.rows}x{project.cols} cells, 2 workers): "
-          f"{seconds:.1f} s; mass errors {', '.join(f'{100 * e:+.2f}' for e in errors)} %")
+    print(f"the smoke data set ({'; '.join(described)}; {profile.data.workers} workers): {seconds:.1f} s; "
+          f"mass errors {', '.join(f'{100 * e:+.2f}' for e in errors)} %")
     print(f"  worst |mass error| {100 * worst:.2f} % (target <= 1 %) {verdict(worst <= 0.01)}")
     return ok and worst <= 0.01
 

@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     models = args.models or (["Arch_02"] if args.quick else ["Arch_04", "Arch_05"])
-    n_train, n_val = (64, 32) if args.quick else (192, 64)
+    n_train, n_val = (64, 32) if args.quick else (160, 64)
     lr = 1e-4
     print(f"floodlib training benchmark — epoch = train + validation pass, batch {args.batch}, "
           f"{args.threads} threads, torch {torch.__version__}")

@@ -184,7 +184,8 @@ class AlternatingDownsampler(nn.Module):
             stride=first.stride,
         )
         hidden = F.leaky_relu(hidden, 0.01, inplace=True)
-        rows = F.leaky_relu(alternating_stride_rows(hidden, alternating.weight, alternating.bias), 0.01)
+        # In place: the row matrix is needed by nothing but this activation, whose backward uses its output.
+        rows = F.leaky_relu(alternating_stride_rows(hidden, alternating.weight, alternating.bias), 0.01, inplace=True)
         n, m = hidden.shape[-2] // BLOCK, hidden.shape[-1] // BLOCK
         # last.weight (1, c2, a, b) -> ((a, b, c2), 1), matching the rows' (a, b) order per block.
         kernel = last.weight[0].permute(1, 2, 0).reshape(-1, 1)

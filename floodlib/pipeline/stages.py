@@ -16,7 +16,8 @@ import yaml
 from floodlib.data.dataset import PatchDataset, SplitSpec, load_splits
 from floodlib.data.samples import SampleSpec
 from floodlib.models import create_model
-from floodlib.pipeline.config import Profile, ProfileError, StageA, StageB, StageC, TrainSettings, load_profile
+from floodlib.pipeline.config import (Profile, ProfileError, ProjectConfig, StageA, StageB, StageC, TrainSettings,
+                                      load_profile)
 from floodlib.training import PlateauSchedule, fit, load_model
 from floodlib.training.artifacts import atomic_json, atomic_write
 
@@ -92,29 +93,35 @@ def write_summary(run: Run, stage: str, summary: dict[str, Any]) -> Path:
     return atomic_json({"stage": stage, **summary}, run.stage_dir(stage) / SUMMARY_FILE)
 
 
+def project_spec(project: ProjectConfig):
+    """The :class:`~floodlib.data.simulate.ProjectSpec` of a profile's simulated project."""
+    from floodlib.data.simulate import ProjectSpec
+    from floodlib.data.terrain import DemSource, ValleyParams
+
+    terrain = project.terrain
+    if terrain.kind == "dem":
+        if not terrain.path:
+            raise ProfileError(f"data.simulate[{project.name}].terrain: kind 'dem' needs a path")
+        source = DemSource(path=str(terrain.path), row_offset=terrain.row_offset, col_offset=terrain.col_offset)
+    else:
+        source = ValleyParams(**terrain.valley)
+    options = {k: v for k, v in (("peak_discharge_m3s", project.peak_discharge_m3s),
+                                  ("manning_n", project.manning_n)) if v is not None}
+    return ProjectSpec(name=project.name, terrain=source, n_plans=project.n_plans, seed=project.seed,
+                       rows=project.rows, cols=project.cols, duration_s=project.duration_s, **options)
+
+
 def prepare_data(run: Run, *, progress: bool = True) -> Path:
     """Simulate the profile's projects and read its HEC-RAS plans into ``run_dir/data`` (once: plans already
     there are kept). Returns the data folder."""
     from floodlib.data.hecras import convert_hecras
-    from floodlib.data.simulate import ProjectSpec, simulate_project
-    from floodlib.data.terrain import DemSource, ValleyParams
+    from floodlib.data.simulate import simulate_project
 
     data = run.profile.data
     if not data.simulate and not data.hecras:
         raise ProfileError(f"{run.run_dir / PROFILE_FILE}: data: lists neither projects to simulate nor HEC-RAS plans")
     for project in data.simulate:
-        terrain = project.terrain
-        if terrain.kind == "dem":
-            if not terrain.path:
-                raise ProfileError(f"data.simulate[{project.name}].terrain: kind 'dem' needs a path")
-            source = DemSource(path=str(terrain.path), row_offset=terrain.row_offset, col_offset=terrain.col_offset)
-        else:
-            source = ValleyParams(**terrain.valley)
-        options = {k: v for k, v in (("peak_discharge_m3s", project.peak_discharge_m3s),
-                                      ("manning_n", project.manning_n)) if v is not None}
-        spec = ProjectSpec(name=project.name, terrain=source, n_plans=project.n_plans, seed=project.seed,
-                           rows=project.rows, cols=project.cols, duration_s=project.duration_s, **options)
-        simulate_project(spec, run.data_dir, workers=data.workers, progress=progress)
+        simulate_project(project_spec(project), run.data_dir, workers=data.workers, progress=progress)
     for plan in data.hecras:
         from floodlib.data.hecras import read_hecras
 
