@@ -143,3 +143,27 @@ def test_a_failing_stage_names_the_executed_notebook(tmp_path):
     assert "stage A failed in cell" in message and "missing.tif" in message
     assert str(tmp_path / "outputs" / "tiny" / "A" / "A_train.ipynb") in message
     assert not (tmp_path / "outputs" / "tiny" / "A" / "summary.json").exists()
+
+
+SHARED = ROOT.parent / "shared" / "data"
+
+
+@pytest.mark.skipif(not SHARED.is_dir(), reason=f"shared sample data not found at {SHARED}")
+def test_a_profile_can_read_hecras_plans_into_the_run(tmp_path):
+    from floodlib.data import read_hecras, read_simulation
+
+    plan = SHARED / "hecras" / "Muncie2DOnly_SI.p01.hdf"
+    terrain = SHARED / "dem" / "pyhmt2d_muncie_subterrain_5m_deflate.tif"
+    profile = {"name": "muncie", "data": {"hecras": [{"file": str(plan), "terrain": str(terrain)}]}}
+    path = tmp_path / "muncie.yaml"
+    path.write_text(yaml.safe_dump(profile))
+    run = stages.open_run(tmp_path / "run", path)
+    data_dir = stages.prepare_data(run)
+    files = sorted(data_dir.glob("*/*.h5"))
+    assert len(files) == 1
+    stored = read_simulation(files[0])
+    expected = read_hecras(plan, terrain=terrain)
+    np.testing.assert_array_equal(stored.water_depth, expected.water_depth)
+    before = files[0].stat().st_mtime_ns
+    stages.prepare_data(run)  # already there: kept as it is
+    assert files[0].stat().st_mtime_ns == before

@@ -114,8 +114,9 @@ def project_spec(project: ProjectConfig):
 def prepare_data(run: Run, *, progress: bool = True) -> Path:
     """Simulate the profile's projects and read its HEC-RAS plans into ``run_dir/data`` (once: plans already
     there are kept). Returns the data folder."""
-    from floodlib.data.hecras import convert_hecras
+    from floodlib.data.hecras import read_hecras
     from floodlib.data.simulate import simulate_project
+    from floodlib.data.store import write_simulation
 
     data = run.profile.data
     if not data.simulate and not data.hecras:
@@ -123,12 +124,10 @@ def prepare_data(run: Run, *, progress: bool = True) -> Path:
     for project in data.simulate:
         simulate_project(project_spec(project), run.data_dir, workers=data.workers, progress=progress)
     for plan in data.hecras:
-        from floodlib.data.hecras import read_hecras
-
         simulation = read_hecras(plan.file, terrain=plan.terrain, area=plan.area, project=plan.project, plan=plan.plan)
         target = run.data_dir / simulation.project / f"{simulation.plan}.h5"
         if not target.exists():
-            convert_hecras(plan.file, target, terrain=plan.terrain, area=plan.area, project=plan.project, plan=plan.plan)
+            write_simulation(target, simulation)
     return run.data_dir
 
 

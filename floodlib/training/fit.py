@@ -103,12 +103,11 @@ class SurrogateModule(L.LightningModule):
     def forward(self, terrain: torch.Tensor, depths: torch.Tensor) -> torch.Tensor:
         return self.model(terrain, depths)
 
-    def _step(self, batch, stage: str) -> torch.Tensor:
+    def _step(self, batch, stage: str, batch_idx: int) -> torch.Tensor:
         prediction = self.model(batch.terrain, batch.depths)
         loss = F.l1_loss(prediction.float(), batch.depth_change.float())
         if not torch.isfinite(loss):
-            raise NonFiniteLossError(
-                f"{stage} loss is {loss.item()} at epoch {self.current_epoch + 1}, batch {self._sums[stage][1] // max(1, batch.depth_change[0].numel())}")
+            raise NonFiniteLossError(f"{stage} loss is {loss.item()} at epoch {self.current_epoch + 1}, batch {batch_idx + 1}")
         sums = self._sums.get(stage)
         if sums is not None:
             sums[0] += float(loss.detach()) * batch.depth_change.numel()
@@ -116,13 +115,13 @@ class SurrogateModule(L.LightningModule):
         return loss
 
     def training_step(self, batch, batch_idx):
-        return self._step(batch, "train")
+        return self._step(batch, "train", batch_idx)
 
     def validation_step(self, batch, batch_idx):
-        return self._step(batch, "val")
+        return self._step(batch, "val", batch_idx)
 
     def test_step(self, batch, batch_idx):
-        loss = self._step(batch, "test")
+        loss = self._step(batch, "test", batch_idx)
         self.log("test_loss", loss, batch_size=len(batch.depths))
         return loss
 
