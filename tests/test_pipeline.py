@@ -43,6 +43,9 @@ def test_tiny_profile_runs_a_to_c_headless(tiny_run):
     losses = [row["best_val_loss"] for row in a["ranking"]]
     assert losses == sorted(losses)
     assert a["splits"]["small_train"]["samples"] > 0
+    own = json.loads((run_dir / "A" / "models" / "Arch_02" / "summary.json").read_text())["settings"]
+    other = json.loads((run_dir / "A" / "models" / "Arch_03" / "summary.json").read_text())["settings"]
+    assert (own["epochs"], own["lr"]) == (2, 0.002) and (other["epochs"], other["lr"]) == (1, 0.001)
     b = json.loads((run_dir / "B" / "summary.json").read_text())
     assert b["tuned"]["arch"] == "Arch_04" and b["trials"] == {"COMPLETE": 2}
     assert b["beats_default"] == (b["tuned"]["best_val_loss"] < b["default_arch04_val_loss"])
@@ -82,6 +85,10 @@ def test_a_misspelt_profile_key_is_refused_before_anything_runs(tmp_path):
     profile["A"] = {"epochs": "ten"}
     path.write_text(yaml.safe_dump(profile))
     with pytest.raises(ProfileError, match=r"section A: epochs = 'ten': Input should be a valid integer"):
+        load_profile(path)
+    profile["A"] = {"per_model": {"Arch_02": {"learning_rate": 0.1}}}
+    path.write_text(yaml.safe_dump(profile))
+    with pytest.raises(ProfileError, match=r"per_model\['Arch_02'\]: unknown setting 'learning_rate'"):
         load_profile(path)
 
 

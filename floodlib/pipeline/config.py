@@ -90,6 +90,25 @@ class TrainSettings(Strict):
     downsampler: str = "alternating"
     seed: int = 0
     progress: Literal["auto", "bar", "epoch", "none"] = "auto"
+    per_model: dict[str, dict[str, Any]] = Field(default_factory=dict)  # e.g. {"Arch_08": {"lr": 3e-4}}
+
+    @field_validator("per_model")
+    @classmethod
+    def _known_overrides(cls, value: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        allowed = {"lr": float, "batch_size": int, "epochs": int, "patience": int}
+        for name, overrides in value.items():
+            if name not in ("Arch_04_tuned",):
+                _check_models([name])
+            if not isinstance(overrides, dict):
+                raise ValueError(f"per_model[{name!r}] = {overrides!r} must map settings to values")
+            for key, setting in overrides.items():
+                if key not in allowed:
+                    raise ValueError(f"per_model[{name!r}]: unknown setting {key!r}; expected some of {sorted(allowed)}")
+                kind = allowed[key]
+                if isinstance(setting, bool) or not isinstance(setting, (int, float) if kind is float else int) \
+                        or setting <= 0:
+                    raise ValueError(f"per_model[{name!r}].{key} = {setting!r} must be a positive {kind.__name__}")
+        return value
 
     @field_validator("downsampler")
     @classmethod

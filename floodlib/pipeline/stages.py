@@ -156,8 +156,11 @@ def train_one(run: Run, stage: str, settings: TrainSettings, train, val, *, name
     torch.manual_seed(settings.seed)
     model = create_model(arch, downsampler=downsampler or settings.downsampler,
                          downsampler_kwargs=downsampler_kwargs, **(arch_kwargs or {}))
-    result = fit(model, train, val, out_dir=stage_dir, name=name, epochs=settings.epochs, lr=lr or settings.lr,
-                 batch_size=settings.batch_size, patience=settings.patience, plateau=_plateau(settings),
+    # The seed's settings are per architecture: the stage's values, unless per_model says otherwise.
+    own = settings.per_model.get(name, {})
+    result = fit(model, train, val, out_dir=stage_dir, name=name, epochs=own.get("epochs", settings.epochs),
+                 lr=own.get("lr", lr or settings.lr), batch_size=own.get("batch_size", settings.batch_size),
+                 patience=own.get("patience", settings.patience), plateau=_plateau(settings),
                  seed=settings.seed, progress=settings.progress, callbacks=list(callbacks))
     return json.loads(result.summary_path.read_text())
 
