@@ -74,6 +74,16 @@ def test_a_rerun_skips_finished_stages(tiny_run):
     assert log.count("complete already, skipped") == 3
 
 
+def test_force_redoes_a_stage_and_keeps_the_old_results(tiny_run):
+    old = json.loads((tiny_run / "C" / "summary.json").read_text())
+    run_pipeline(TINY, outputs=tiny_run.parent, stages=["C"], force=True)
+    kept = sorted(tiny_run.glob("C.replaced-*"))
+    assert len(kept) == 1 and json.loads((kept[0] / "summary.json").read_text()) == old
+    new = json.loads((tiny_run / "C" / "summary.json").read_text())
+    assert [row["name"] for row in new["ranking"]] and (tiny_run / "C" / "C_train_big.ipynb").exists()
+    assert "--force, previous results kept in" in (tiny_run / "pipeline.log").read_text()
+
+
 def test_a_misspelt_profile_key_is_refused_before_anything_runs(tmp_path):
     profile = yaml.safe_load(TINY.read_text())
     profile["A"]["epoch"] = 3

@@ -112,8 +112,11 @@ def run_pipeline(profile_path: str | Path, *, stages: list[str] | None = None, f
         if not force and (run_dir / stage / SUMMARY_FILE).exists():
             _log(log_file, f"[{index}/{len(wanted)}] stage {stage}: complete already, skipped (--force redoes it)")
             continue
-        if force and (run_dir / stage / SUMMARY_FILE).exists():
-            (run_dir / stage / SUMMARY_FILE).unlink()
+        if force and (run_dir / stage).exists():
+            # Redo from scratch, but keep what was there: the old stage folder is renamed, not deleted.
+            kept = run_dir / f"{stage}.replaced-{time.strftime('%Y%m%d-%H%M%S')}"
+            (run_dir / stage).rename(kept)
+            _log(log_file, f"[{index}/{len(wanted)}] stage {stage}: --force, previous results kept in {kept}")
         start = time.perf_counter()
         _log(log_file, f"[{index}/{len(wanted)}] stage {stage}: running {NOTEBOOKS[stage]}")
         parameters = profile.stage_parameters(stage, run_dir.resolve())

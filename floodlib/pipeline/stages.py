@@ -147,21 +147,25 @@ def train_one(run: Run, stage: str, settings: TrainSettings, train, val, *, name
 
     A model whose summary exists is not trained again (the stage was interrupted after it).
     """
-    stage_dir = run.stage_dir(stage)
-    existing = stage_dir / "models" / name / "summary.json"
-    if existing.exists() and not callbacks:
-        return json.loads(existing.read_text())
     import torch
 
+    stage_dir = run.stage_dir(stage)
     torch.manual_seed(settings.seed)
     model = create_model(arch, downsampler=downsampler or settings.downsampler,
                          downsampler_kwargs=downsampler_kwargs, **(arch_kwargs or {}))
     # The seed's settings are per architecture: the stage's values, unless per_model says otherwise.
     own = settings.per_model.get(name, {})
-    result = fit(model, train, val, out_dir=stage_dir, name=name, epochs=own.get("epochs", settings.epochs),
-                 lr=own.get("lr", lr or settings.lr), batch_size=own.get("batch_size", settings.batch_size),
-                 patience=own.get("patience", settings.patience), plateau=_plateau(settings),
-                 seed=settings.seed, progress=settings.progress, callbacks=list(callbacks))
+    chosen = {"epochs": own.get("epochs", settings.epochs), "lr": own.get("lr", lr or settings.lr),
+              "batch_size": own.get("batch_size", settings.batch_size),
+              "patience": own.get("patience", settings.patience), "seed": settings.seed}
+    existing = stage_dir / "models" / name / "summary.json"
+    if existing.exists() and not callbacks:
+        # Finished before this stage was interrupted: kept when it was trained exactly as asked now.
+        previous = json.loads(existing.read_text())
+        if previous["config"] == model.config and all(previous["settings"].get(k) == v for k, v in chosen.items()):
+            return previous
+    result = fit(model, train, val, out_dir=stage_dir, name=name, plateau=_plateau(settings),
+                 progress=settings.progress, callbacks=list(callbacks), **chosen)
     return json.loads(result.summary_path.read_text())
 
 
