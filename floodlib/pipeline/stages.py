@@ -6,7 +6,6 @@ The notebooks are reports over these calls; everything here is importable and te
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -75,10 +74,6 @@ def open_run(run_dir: str | Path, profile: str | Path = "") -> Run:
                                     "<profile>` or pass the profile to use")
         write_profile(load_profile(profile), run_dir)
     return Run(run_dir=run_dir, profile=load_profile(params))
-
-
-def stage_complete(run: Run, stage: str) -> bool:
-    return (run.stage_dir(stage) / SUMMARY_FILE).exists()
 
 
 def read_summary(run: Run, stage: str) -> dict[str, Any]:
@@ -379,7 +374,3 @@ def rebuild_all(run: Run, stage: str) -> dict[str, Any]:
     """Every model of a completed stage rebuilt from its checkpoint alone (proof the run folder suffices)."""
     return {row["name"]: load_model(run.stage_dir(stage) / row["model_path"])
             for row in read_summary(run, stage)["ranking"]}
-
-
-def elapsed(start: float) -> float:
-    return round(time.perf_counter() - start, 1)
