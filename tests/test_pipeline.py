@@ -19,24 +19,18 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "params" / "tiny.yaml"
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    outputs = tmp_path_factory.mktemp("outputs")
-    run_dir = run_pipeline(TINY, outputs=outputs)
-    return run_dir
-
-
-def test_tiny_profile_runs_a_to_c_headless(tiny_run):
+def test_tiny_profile_runs_a_to_d_headless(tiny_run):
     run_dir = tiny_run
     assert (run_dir / "params.yaml").exists()
     assert load_profile(run_dir / "params.yaml").name == "tiny"
-    for stage, notebook in (("A", "A_train"), ("B", "B_tune"), ("C", "C_train_big")):
+    for stage, notebook in (("A", "A_train"), ("B", "B_tune"), ("C", "C_train_big"), ("D", "D_evaluate")):
         folder = run_dir / stage
         assert (folder / "summary.json").exists()
         executed = json.loads((folder / f"{notebook}.ipynb").read_text())
         assert any(cell.get("outputs") for cell in executed["cells"] if cell["cell_type"] == "code")
         assert (folder / f"{notebook}.html").stat().st_size > 10_000
-        assert (folder / "figures" / "learning_curves.png").stat().st_size > 5_000
+        figure = "learning_curves.png" if stage != "D" else "rae_boxplots_C.png"
+        assert (folder / "figures" / figure).stat().st_size > 5_000
     a = json.loads((run_dir / "A" / "summary.json").read_text())
     assert sorted(row["arch"] for row in a["ranking"]) == ["Arch_02", "Arch_03", "Arch_04", "Arch_05", "Arch_07",
                                                             "Arch_08", "Arch_09"]
@@ -50,7 +44,7 @@ def test_tiny_profile_runs_a_to_c_headless(tiny_run):
     assert b["tuned"]["arch"] == "Arch_04" and b["trials"] == {"COMPLETE": 2}
     assert b["beats_default"] == (b["tuned"]["best_val_loss"] < b["default_arch04_val_loss"])
     log = (run_dir / "pipeline.log").read_text()
-    assert "stage A: done" in log and "stage C: done" in log
+    assert "stage A: done" in log and "stage C: done" in log and "stage D: done" in log
 
 
 def test_the_run_folder_alone_rebuilds_every_model(tiny_run):
@@ -71,7 +65,7 @@ def test_a_rerun_skips_finished_stages(tiny_run):
     run_pipeline(TINY, outputs=tiny_run.parent)
     assert {p: p.stat().st_mtime_ns for p in tiny_run.glob("*/summary.json")} == before
     log = (tiny_run / "pipeline.log").read_text()
-    assert log.count("complete already, skipped") == 3
+    assert log.count("complete already, skipped") == 4
 
 
 def test_force_redoes_a_stage_and_keeps_the_old_results(tiny_run):

@@ -76,6 +76,7 @@ class PatchDataset(Dataset):
             memory_map = sum(f.stat().st_size for f in self.files if f.exists()) > _memory_budget_bytes()
         self.memory_map = bool(memory_map)
         entries, per_plan, dry, masked, plans = [], [], 0, 0, []
+        self.output_intervals_s: list[float] = []
         for plan_id, path in enumerate(self.files):
             simulation = read_simulation(path, memory_map=True)
             plan_index = index_plan(simulation, spec, plan_id)
@@ -84,6 +85,7 @@ class PatchDataset(Dataset):
             dry += plan_index.dry_dropped
             masked += plan_index.masked_dropped
             plans.append(f"{simulation.project}/{simulation.plan}")
+            self.output_intervals_s.append(float(simulation.output_interval_s))
         self.index = np.concatenate(entries) if entries else np.zeros(0, dtype=INDEX_DTYPE)
         self.summary = SplitSummary(name=name, plans=plans, samples=len(self.index), dry_dropped=dry,
                                     masked_dropped=masked, samples_per_plan=per_plan)
@@ -116,10 +118,13 @@ class PatchDataset(Dataset):
         return state
 
     def sample_info(self, item: int) -> dict:
-        """Where sample ``item`` comes from: plan file, snapshot frames, patch origin (cells), transform."""
+        """Where sample ``item`` comes from: plan file, snapshot frames and their times (s), patch origin
+        (cells), transform."""
         entry = self.index[item]
-        return {"file": str(self.files[int(entry["plan"])]), "plan": self.summary.plans[int(entry["plan"])],
+        plan, interval = int(entry["plan"]), self.output_intervals_s[int(entry["plan"])]
+        return {"file": str(self.files[plan]), "plan": self.summary.plans[plan],
                 "frame": int(entry["frame"]), "next_frame": int(entry["next_frame"]),
+                "time_s": int(entry["frame"]) * interval, "next_time_s": int(entry["next_frame"]) * interval,
                 "row": int(entry["row"]), "col": int(entry["col"]), "transform": int(entry["transform"])}
 
 

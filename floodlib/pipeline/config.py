@@ -152,9 +152,29 @@ class StageC(TrainSettings):
 
 
 class StageD(Strict):
-    """Notebook D: evaluation (its parameters grow with the evaluation stage)."""
+    """Notebook D: evaluate stage C's models (and A's and B's for context) on every split."""
 
     run_dir: str
+    context_stages: list[Literal["A", "B"]] = Field(default_factory=lambda: ["A", "B"])
+    splits: list[str] = Field(default_factory=list)  # empty: every split of the run
+    test_split: str = "big_test"
+    batch_size: int = Field(default=64, ge=1)
+    device: str = "auto"
+    min_mean_change_m: float = Field(default=1e-3, ge=0)
+    wet_thresholds_m: list[Annotated[float, Field(strict=False, gt=0)]] = Field(default_factory=lambda: [0.05, 0.3],
+                                                                                min_length=1)
+    pages: int = Field(default=2, ge=0)
+    samples_per_page: int = Field(default=4, ge=1)
+    latency_repeats: int = Field(default=10, ge=1)
+    seed: int = 0
+    show_viewer: bool = True
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        if value not in ("auto", "cpu") and not value.startswith("cuda"):
+            raise ValueError(f"unknown device {value!r}; expected 'auto', 'cpu' or 'cuda[:<index>]'")
+        return value
 
 
 STAGES = {"A": StageA, "B": StageB, "C": StageC, "D": StageD}

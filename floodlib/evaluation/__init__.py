@@ -1,0 +1,29 @@
+"""Evaluation: RAE against the no-change baseline and other metrics, figures, and a run folder's report.
+
+- :mod:`floodlib.evaluation.metrics` — per-sample RAE, MAE, RMSE, wet/dry CSI, split summaries;
+- :mod:`floodlib.evaluation.figures` — static figures (one sample, prediction pages, boxplots, comparison),
+  shared with the prediction viewer;
+- :mod:`floodlib.evaluation.run` — a run folder's models on every split, saved metrics, the comparison.
+
+>>> models = run_models("outputs/smoke")                  # stage C's models, A's and B's for context
+>>> samples = evaluate_models(models, stages.splits(run))  # one row per model, split and sample
+>>> summary_table(samples).xs("big_test", level="split")
+"""
+
+from floodlib.evaluation.figures import (SampleView, figure_png, format_rae, plot_comparison, plot_rae_boxplots,
+                                         prediction_page, sample_figure, view_sample)
+from floodlib.evaluation.metrics import (MetricSpec, evaluate_dataset, predict_dataset, resolve_device,
+                                         sample_metrics, summarise)
+from floodlib.evaluation.run import (REFERENCE_MEDIAN_RAE, EvaluationError, RunModel, choose_samples, compare_models,
+                                     evaluate_models, headline, headline_text, inference_latency, prediction_pages,
+                                     read_sample_metrics, report_summary, run_models, save_metrics, save_table,
+                                     summary_table)
+
+__all__ = [
+    "EvaluationError", "MetricSpec", "REFERENCE_MEDIAN_RAE", "RunModel", "SampleView", "choose_samples",
+    "compare_models", "evaluate_dataset", "evaluate_models", "figure_png", "format_rae", "headline",
+    "headline_text", "inference_latency", "plot_comparison", "plot_rae_boxplots", "predict_dataset",
+    "prediction_page", "prediction_pages", "read_sample_metrics", "report_summary", "resolve_device",
+    "run_models", "sample_figure", "sample_metrics", "save_metrics", "save_table", "summarise", "summary_table",
+    "view_sample",
+]

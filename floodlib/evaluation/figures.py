@@ -1,0 +1,193 @@
+"""Static figures of the evaluation: one sample's prediction, pages of them, RAE boxplots, the model comparison.
+
+The prediction viewer draws with the same functions, so a headless run saves exactly the pictures the
+viewer shows. Every function returns a matplotlib Figure and shows nothing.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from floodlib.evaluation.metrics import MetricSpec, resolve_device, sample_metrics
+
+PANELS = ("terrain (m)", "depth at n (m)", "true change (m)", "predicted change (m)", "error: predicted − true (m)")
+
+
+@dataclass
+class SampleView:
+    """One sample with a model's prediction, ready to draw.
+
+    ``terrain`` (T, T), m; ``depth_now``, ``truth``, ``prediction`` (P, P), m; ``rae`` and
+    ``small_denominator`` as in :func:`~floodlib.evaluation.metrics.sample_metrics`; ``info`` where the
+    sample comes from (:meth:`~floodlib.data.dataset.PatchDataset.sample_info`).
+    """
+
+    terrain: np.ndarray
+    depth_now: np.ndarray
+    truth: np.ndarray
+    prediction: np.ndarray
+    rae: float
+    small_denominator: bool
+    model: str = ""
+    split: str = ""
+    item: int = 0
+    info: dict = field(default_factory=dict)
+
+    @property
+    def error(self) -> np.ndarray:
+        return self.prediction - self.truth
+
+    def label(self) -> str:
+        where = ""
+        if self.info:
+            where = (f" · {self.info['plan']} · n = {self.info['time_s'] / 60:g} min · patch origin cell "
+                     f"({self.info['row']}, {self.info['col']})")
+        return f"{self.model} · {self.split}[{self.item}]{where}"
+
+
+def format_rae(rae: float, small_denominator: bool) -> str:
+    """How a sample's RAE is shown: four significant digits, flagged when its denominator is too small."""
+    text = f"RAE {rae:.4g}"
+    return text + " (small denominator: the patch barely changes)" if small_denominator else text
+
+
+def view_sample(model: torch.nn.Module, dataset, item: int, *, name: str = "", spec: MetricSpec = MetricSpec(),
+                device: str | torch.device = "cpu") -> SampleView:
+    """Predict sample ``item`` of ``dataset`` with ``model`` and score it."""
+    if not 0 <= item < len(dataset):
+        raise IndexError(f"sample {item} is outside split {dataset.name!r} ({len(dataset)} samples)")
+    sample = dataset[item]
+    device = resolve_device(device)
+    model = model.to(device).eval()
+    with torch.inference_mode():
+        prediction = model(sample.terrain[None].to(device), sample.depths[None].to(device))[0, 0].float().cpu().numpy()
+    truth, depth_now = sample.depth_change[0].numpy(), sample.depths[1].numpy()
+    metrics = sample_metrics(prediction[None], truth[None], depth_now[None], spec=spec)
+    return SampleView(terrain=sample.terrain[0].numpy(), depth_now=depth_now, truth=truth, prediction=prediction,
+                      rae=float(metrics["rae"][0]), small_denominator=bool(metrics["small_denominator"][0]),
+                      model=name, split=dataset.name, item=int(item), info=dataset.sample_info(item))
+
+
+def _limits(views: Sequence[SampleView]) -> tuple[float, float]:
+    change = max(max(float(np.abs(v.truth).max()), float(np.abs(v.prediction).max()), float(np.abs(v.error).max()))
+                 for v in views)
+    depth = max(float(v.depth_now.max()) for v in views)
+    return change or 1e-3, depth or 1e-3
+
+
+def _draw_row(fig, axes, view: SampleView, *, change_limit: float, depth_limit: float, titles: bool) -> None:
+    styles = (
+        (view.terrain, dict(cmap="terrain")),
+        (view.depth_now, dict(cmap="Blues", vmin=0, vmax=depth_limit)),
+        (view.truth, dict(cmap="RdBu", vmin=-change_limit, vmax=change_limit)),
+        (view.prediction, dict(cmap="RdBu", vmin=-change_limit, vmax=change_limit)),
+        (view.error, dict(cmap="PuOr", vmin=-change_limit, vmax=change_limit)),
+    )
+    for ax, (image, style), title in zip(axes, styles, PANELS):
+        shown = ax.imshow(image, interpolation="nearest", **style)
+        fig.colorbar(shown, ax=ax, shrink=0.8)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if titles:
+            ax.set_title(title, fontsize=10)
+
+
+def sample_figure(view: SampleView):
+    """One sample: terrain, depth at n, true and predicted change and their error, with the sample's RAE.
+
+    Change, prediction and error share one symmetric colour scale, so their colours compare directly.
+    """
+    import matplotlib.pyplot as plt
+
+    change_limit, depth_limit = _limits([view])
+    fig, axes = plt.subplots(1, 5, figsize=(17, 3.6), constrained_layout=True)
+    _draw_row(fig, axes, view, change_limit=change_limit, depth_limit=depth_limit, titles=True)
+    fig.suptitle(f"{view.label()}\n{format_rae(view.rae, view.small_denominator)}", fontsize=11)
+    return fig
+
+
+def prediction_page(views: Sequence[SampleView], *, title: str = ""):
+    """Several samples, one row each, on shared colour scales (one page of the prediction figures)."""
+    import matplotlib.pyplot as plt
+
+    if not views:
+        raise ValueError("a prediction page needs at least one sample")
+    change_limit, depth_limit = _limits(views)
+    fig, axes = plt.subplots(len(views), 5, figsize=(17, 3.3 * len(views)), squeeze=False, constrained_layout=True)
+    for row, view in enumerate(views):
+        _draw_row(fig, axes[row], view, change_limit=change_limit, depth_limit=depth_limit, titles=row == 0)
+        info = view.info
+        axes[row, 0].set_ylabel(f"[{view.item}] {info.get('plan', '')}\nn = {info.get('time_s', 0) / 60:g} min\n"
+                                f"{format_rae(view.rae, view.small_denominator)}", fontsize=8)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def figure_png(fig, *, dpi: int = 90) -> bytes:
+    """The figure as PNG bytes (and closed, so a long session does not keep every figure alive)."""
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def plot_rae_boxplots(samples: pd.DataFrame, *, splits: Sequence[str] | None = None, title: str = ""):
+    """Per-sample RAE per split (x) and model (colour), log scale, the no-change baseline at 1.
+
+    ``samples``: the per-sample rows of :func:`~floodlib.evaluation.run.evaluate_models`. Samples with a
+    too-small denominator are left out of the boxes; their count per model and split is in the legend's
+    note below the plot and in the summary table.
+    """
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    order = list(splits) if splits is not None else list(dict.fromkeys(samples["split"]))
+    shown = samples[~samples["small_denominator"].astype(bool) & samples["split"].isin(order)]
+    models = list(dict.fromkeys(samples["model"]))
+    fig, ax = plt.subplots(figsize=(max(8, 1.3 * len(order) * max(1, len(models)) ** 0.5), 5), constrained_layout=True)
+    sns.boxplot(data=shown, x="split", y="rae", hue="model", order=order, hue_order=models, ax=ax,
+                log_scale=True, fliersize=2, linewidth=0.8)
+    ax.axhline(1.0, color="black", linestyle="--", linewidth=1, label="no-change baseline")
+    ax.set_ylabel("per-sample RAE (log)")
+    ax.set_xlabel("")
+    ax.tick_params(axis="x", rotation=20)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    dropped = int(samples.loc[samples["split"].isin(order), "small_denominator"].astype(bool).sum())
+    ax.set_title(title or "RAE against the no-change baseline (1 = no better than predicting no change)")
+    if dropped:
+        ax.annotate(f"{dropped} sample-model pairs with a too-small denominator are not drawn (counted in the table)",
+                    xy=(0, -0.22), xycoords="axes fraction", fontsize=8)
+    return fig
+
+
+def plot_comparison(comparison: pd.DataFrame, *, accuracy: str = "median_test_rae"):
+    """Runtime, size and accuracy side by side: CPU latency against test RAE (marker area ~ MB on disk),
+    and training time per epoch. ``comparison``: :func:`~floodlib.evaluation.run.compare_models`."""
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(14, 5), constrained_layout=True)
+    size = comparison["size_mb"].to_numpy(dtype=float)
+    area = 40 + 400 * size / max(size.max(), 1e-9)
+    colours = [f"C{i % 10}" for i in range(len(comparison))]
+    left.scatter(comparison["latency_cpu_ms"], comparison[accuracy], s=area, c=colours, alpha=0.7, edgecolors="black")
+    for label, x, y in zip(comparison["model"], comparison["latency_cpu_ms"], comparison[accuracy]):
+        left.annotate(label, (x, y), fontsize=8, xytext=(4, 4), textcoords="offset points")
+    left.set_xscale("log")
+    left.set_xlabel("CPU latency per sample, batch of 1 (ms, log)")
+    left.set_ylabel(accuracy.replace("_", " "))
+    left.axhline(1.0, color="black", linestyle="--", linewidth=1)
+    left.set_title("accuracy against runtime (marker area ~ MB on disk)")
+    right.barh(comparison["model"], comparison["seconds_per_epoch"], color=colours)
+    right.invert_yaxis()
+    right.set_xlabel("training time per epoch (s; train + validation pass)")
+    right.set_title("training cost")
+    return fig

@@ -1,0 +1,289 @@
+"""Evaluation of a run folder: its trained models on every split, saved metrics, the headline and the
+runtime / size / accuracy comparison (what ``notebooks/D_evaluate.ipynb`` reports)."""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from floodlib.data.dataset import PatchDataset
+from floodlib.evaluation.figures import SampleView, prediction_page, view_sample
+from floodlib.evaluation.metrics import MetricSpec, evaluate_dataset, resolve_device, summarise
+from floodlib.training.artifacts import atomic_write, load_model
+
+#: The reference's published median per-sample RAE (Arch_05 on its own HEC-RAS data).
+REFERENCE_MEDIAN_RAE = 0.108
+REFERENCE_NOTE = ("the reference's published median per-sample RAE, Arch_05 on its own HEC-RAS data; the data "
+                  "differ, so this is context, not a like-for-like comparison")
+
+
+class EvaluationError(ValueError):
+    """A run folder cannot be evaluated: a stage's models are missing or a checkpoint is unusable."""
+
+
+@dataclass
+class RunModel:
+    """A trained model of a run folder, with what its stage recorded about it."""
+
+    stage: str
+    name: str
+    arch: str
+    path: Path
+    parameters: int
+    seconds_per_epoch: float
+    train_samples: int
+    model: torch.nn.Module | None = None
+
+    @property
+    def key(self) -> str:
+        """``<stage>/<name>``: unique in a run (A and C both train e.g. Arch_05)."""
+        return f"{self.stage}/{self.name}"
+
+
+def _stage_rows(run_dir: Path, stage: str) -> list[dict]:
+    summary_path = run_dir / stage / "summary.json"
+    if not summary_path.exists():
+        raise EvaluationError(
+            f"{summary_path}: run folder {run_dir} has no models of stage {stage} (the stage has not completed); "
+            f"run it first: python -m floodlib.pipeline {run_dir / 'params.yaml'} --only {stage}")
+    try:
+        summary = json.loads(summary_path.read_text())
+    except json.JSONDecodeError as error:
+        raise EvaluationError(f"{summary_path}: not valid JSON ({error}); run stage {stage} again with --force") from None
+    if stage == "B":
+        tuned = summary.get("tuned") or {}
+        if "model_path" not in tuned:
+            raise EvaluationError(f"{summary_path}: field 'tuned.model_path' missing; expected stage B's tuned Arch_04")
+        return [{"name": "Arch_04_tuned", "arch": tuned.get("arch", "Arch_04"), "model_path": tuned["model_path"]}]
+    rows = summary.get("ranking")
+    if not isinstance(rows, list) or not rows:
+        raise EvaluationError(f"{summary_path}: field 'ranking' = {rows!r}; expected the list of stage {stage}'s models")
+    return rows
+
+
+def run_models(run_dir: str | Path, stages: Sequence[str] = ("C",), *, context: Sequence[str] = ("A", "B"),
+               load: bool = True, device: str | torch.device = "cpu") -> list[RunModel]:
+    """The trained models of ``stages`` (required) and of ``context`` stages (skipped with a warning when
+    absent), each rebuilt from its checkpoint and checked to hold the architecture its stage recorded.
+
+    Raises EvaluationError when a required stage has no models, and CheckpointError naming the file when a
+    checkpoint is missing, corrupted or of another architecture.
+    """
+    run_dir = Path(run_dir)
+    if not (run_dir / "params.yaml").exists():
+        raise EvaluationError(f"{run_dir}: not a floodlib run folder (no params.yaml); expected outputs/<run>/")
+    models = []
+    for stage in [*stages, *(s for s in context if s not in stages)]:
+        try:
+            rows = _stage_rows(run_dir, stage)
+        except EvaluationError as error:
+            if stage in stages:
+                raise
+            warnings.warn(f"context models of stage {stage} skipped: {error}", stacklevel=2)
+            continue
+        for row in rows:
+            path = run_dir / stage / row["model_path"]
+            details = {}
+            own = path.parent / "summary.json"
+            if own.exists():
+                details = json.loads(own.read_text())
+            entry = RunModel(stage=stage, name=row["name"], arch=row["arch"], path=path,
+                             parameters=int(row.get("parameters", details.get("parameters", 0))),
+                             seconds_per_epoch=float(row.get("seconds_per_epoch", details.get("seconds_per_epoch", np.nan))),
+                             train_samples=int(details.get("train_samples", 0)))
+            if load:
+                entry.model = load_model(path, expected_arch=row["arch"], device=device)
+                if not entry.parameters:
+                    entry.parameters = sum(p.numel() for p in entry.model.parameters())
+            models.append(entry)
+    return models
+
+
+def evaluate_models(models: Sequence[RunModel], datasets: dict[str, PatchDataset], *, spec: MetricSpec = MetricSpec(),
+                    batch_size: int = 64, device: str | torch.device = "auto", log=print) -> pd.DataFrame:
+    """Per-sample metrics of every model on every split: one row per (model, split, sample).
+
+    Splits are unions of plans and a plan's samples do not depend on the split, so each model predicts
+    every plan once; each split's rows are then taken from those, in the split's own sample order.
+    """
+    if not datasets:
+        raise ValueError("no splits to evaluate")
+    first = next(iter(datasets.values()))
+    files = list(dict.fromkeys(f for d in datasets.values() for f in d.files))
+    union = PatchDataset(files, spec=first.spec, name="all plans", memory_map=first.memory_map)
+    frames = []
+    for entry in models:
+        if entry.model is None:
+            raise ValueError(f"{entry.key}: model not loaded (run_models(load=True))")
+        start = time.perf_counter()
+        rows = evaluate_dataset(entry.model, union, spec=spec, batch_size=batch_size, device=device)
+        if log:
+            log(f"{entry.key}: {len(rows)} samples of {len(files)} plans in {time.perf_counter() - start:.1f} s")
+        by_file = {file: part for file, part in rows.groupby("file", sort=False)}
+        for split, dataset in datasets.items():
+            parts = [by_file[str(f)] for f in dataset.files if str(f) in by_file]
+            part = pd.concat(parts, ignore_index=True) if parts else rows.iloc[:0].copy()
+            part["sample"] = np.arange(len(part))
+            part.insert(0, "split", split)
+            part.insert(0, "arch", entry.arch)
+            part.insert(0, "stage", entry.stage)
+            part.insert(0, "model", entry.key)
+            frames.append(part)
+    return pd.concat(frames, ignore_index=True)
+
+
+def summary_table(samples: pd.DataFrame, spec: MetricSpec = MetricSpec()) -> pd.DataFrame:
+    """Figures per model and split (:func:`~floodlib.evaluation.metrics.summarise`), indexed (model, split)."""
+    rows = []
+    for (model, split), part in samples.groupby(["model", "split"], sort=False):
+        rows.append({"model": model, "stage": part["stage"].iloc[0], "arch": part["arch"].iloc[0], "split": split,
+                     **summarise(part, spec)})
+    return pd.DataFrame(rows).set_index(["model", "split"])
+
+
+def save_metrics(stage_dir: str | Path, samples: pd.DataFrame, table: pd.DataFrame) -> list[Path]:
+    """Write ``metrics/<stage>/<model>/<split>.csv`` (per sample) and ``metrics/summary.csv``, atomically."""
+    stage_dir = Path(stage_dir)
+    written = []
+    for (model, split), part in samples.groupby(["model", "split"], sort=False):
+        path = stage_dir / "metrics" / model / f"{split}.csv"
+        written.append(atomic_write(path, lambda temporary, part=part: part.drop(columns=["file"]).to_csv(temporary, index=False)))
+    written.append(atomic_write(stage_dir / "metrics" / "summary.csv", lambda temporary: table.to_csv(temporary)))
+    return written
+
+
+def save_table(table: pd.DataFrame, path: str | Path) -> Path:
+    """Write a table as CSV, atomically."""
+    return atomic_write(path, lambda temporary: table.to_csv(temporary))
+
+
+def report_summary(result: dict, table: pd.DataFrame, comparison: pd.DataFrame | None = None) -> dict:
+    """What stage D's summary.json holds: the headline, the table per model and split, the comparison
+    (as JSON-ready records: a missing figure such as GPU latency without a GPU is null)."""
+    summary = {"headline": result, "table": json.loads(table.reset_index().to_json(orient="records"))}
+    if comparison is not None:
+        summary["comparison"] = json.loads(comparison.to_json(orient="records"))
+    return summary
+
+
+def read_sample_metrics(stage_dir: str | Path, model: str, split: str) -> pd.DataFrame:
+    """The per-sample metrics :func:`save_metrics` wrote for ``model`` (``<stage>/<name>``) on ``split``."""
+    path = Path(stage_dir) / "metrics" / model / f"{split}.csv"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no metrics of {model} on {split}; run stage D first")
+    return pd.read_csv(path)
+
+
+def headline(table: pd.DataFrame, *, stage: str = "C", split: str = "big_test") -> dict:
+    """The best ``stage`` model by median per-sample RAE on ``split``, whether every one beats the no-change
+    baseline (pooled RAE < 1), and the reference's published figure beside it."""
+    rows = table.xs(split, level="split")
+    rows = rows[rows["stage"] == stage]
+    if rows.empty:
+        raise EvaluationError(f"no stage {stage} model was evaluated on split {split!r}")
+    best = rows["median_rae"].idxmin()
+    return {
+        "split": split,
+        "best_model": best,
+        "best_median_rae": float(rows.loc[best, "median_rae"]),
+        "best_pooled_rae": float(rows.loc[best, "pooled_rae"]),
+        "pooled_rae": {model: float(value) for model, value in rows["pooled_rae"].items()},
+        "all_beat_baseline": bool((rows["pooled_rae"] < 1).all()),
+        "reference_median_rae": REFERENCE_MEDIAN_RAE,
+        "reference_note": REFERENCE_NOTE,
+    }
+
+
+def headline_text(result: dict) -> str:
+    beat = "every stage C model beats" if result["all_beat_baseline"] else "NOT every stage C model beats"
+    pooled = ", ".join(f"{model} {value:.3f}" for model, value in result["pooled_rae"].items())
+    return (f"{result['split']}: best model {result['best_model']}, median per-sample RAE "
+            f"{result['best_median_rae']:.3f} (pooled {result['best_pooled_rae']:.3f}) — reference "
+            f"{result['reference_median_rae']:.3f} ({result['reference_note']}).\n"
+            f"Pooled RAE: {pooled}; {beat} the no-change baseline (RAE 1).")
+
+
+def inference_latency(model: torch.nn.Module, terrain: torch.Tensor, depths: torch.Tensor, *,
+                      device: str | torch.device = "cpu", batch_size: int = 1, repeats: int = 10,
+                      warmup: int = 2) -> float:
+    """Median seconds per sample of a forward pass on ``batch_size`` copies of one sample."""
+    device = torch.device(device)
+    model = model.to(device).eval()
+    terrain = terrain.expand(batch_size, *terrain.shape[1:]).contiguous().to(device)
+    depths = depths.expand(batch_size, *depths.shape[1:]).contiguous().to(device)
+    times = []
+    with torch.inference_mode():
+        for step in range(warmup + repeats):
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            model(terrain, depths)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            if step >= warmup:
+                times.append(time.perf_counter() - start)
+    return float(np.median(times)) / batch_size
+
+
+def compare_models(models: Sequence[RunModel], table: pd.DataFrame, dataset: PatchDataset, *,
+                   repeats: int = 10, batch_size: int = 32, devices: Sequence[str] | None = None) -> pd.DataFrame:
+    """Parameters, MB on disk, inference time per sample (batch of 1 and batched; CPU, and CUDA when
+    present), training time per epoch and accuracy on ``dataset``'s split, one row per model."""
+    if len(dataset) == 0:
+        raise EvaluationError(f"split {dataset.name!r} has no samples to time the models on")
+    devices = list(devices) if devices is not None else ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    sample = dataset[0]
+    terrain, depths = sample.terrain[None], sample.depths[None]
+    rows = []
+    for entry in models:
+        row = {"model": entry.key, "stage": entry.stage, "arch": entry.arch, "parameters": entry.parameters,
+               "size_mb": entry.path.stat().st_size / 1e6}
+        for device in ("cpu", "cuda"):
+            if device in devices:
+                row[f"latency_{device}_ms"] = 1e3 * inference_latency(entry.model, terrain, depths, device=device,
+                                                                      repeats=repeats)
+                row[f"batched_{device}_ms_per_sample"] = 1e3 * inference_latency(
+                    entry.model, terrain, depths, device=device, batch_size=batch_size, repeats=max(2, repeats // 3))
+            else:
+                row[f"latency_{device}_ms"] = row[f"batched_{device}_ms_per_sample"] = float("nan")
+        entry.model.to("cpu")
+        row["seconds_per_epoch"] = entry.seconds_per_epoch
+        row["train_samples"] = entry.train_samples
+        figures = table.loc[(entry.key, dataset.name)]
+        row["median_test_rae"] = float(figures["median_rae"])
+        row["pooled_test_rae"] = float(figures["pooled_rae"])
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def choose_samples(samples: pd.DataFrame, *, count: int, seed: int = 0) -> list[int]:
+    """``count`` random sample numbers of one model's split rows, preferring samples that change
+    (a meaningful RAE denominator), sorted."""
+    changing = samples.loc[~samples["small_denominator"].astype(bool), "sample"].to_numpy()
+    pool = changing if len(changing) >= count else samples["sample"].to_numpy()
+    rng = np.random.default_rng(seed)
+    return sorted(int(i) for i in rng.choice(pool, size=min(count, len(pool)), replace=False))
+
+
+def prediction_pages(entry: RunModel, dataset: PatchDataset, items: Sequence[int], *, per_page: int = 4,
+                     spec: MetricSpec = MetricSpec(), device: str | torch.device = "cpu") -> list:
+    """Figures of ``entry``'s predictions for samples ``items`` of ``dataset``, ``per_page`` rows each."""
+    views: list[SampleView] = [view_sample(entry.model, dataset, item, name=entry.key, spec=spec, device=device)
+                               for item in items]
+    pages = [views[i:i + per_page] for i in range(0, len(views), per_page)]
+    return [prediction_page(page, title=f"{entry.key} on {dataset.name}: page {number} of {len(pages)}")
+            for number, page in enumerate(pages, 1)]
+
+
+__all__ = ["EvaluationError", "REFERENCE_MEDIAN_RAE", "RunModel", "choose_samples",
+           "compare_models", "evaluate_models", "headline", "headline_text", "inference_latency",
+           "prediction_pages", "read_sample_metrics", "report_summary", "resolve_device", "run_models",
+           "save_metrics", "save_table", "summary_table"]

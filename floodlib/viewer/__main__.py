@@ -1,0 +1,5 @@
+import sys
+
+from floodlib.viewer.serve import main
+
+sys.exit(main())

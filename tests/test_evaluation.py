@@ -1,0 +1,172 @@
+"""Evaluation: metrics against known answers, a run folder's evaluation (stage D) and its bad inputs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from floodlib.evaluation import (EvaluationError, MetricSpec, evaluate_dataset, evaluate_models, run_models,
+                                 sample_metrics, summarise, summary_table, view_sample)
+from floodlib.models import create_model
+from floodlib.pipeline import stages
+from floodlib.pipeline.runner import StageFailed, run_pipeline
+from floodlib.training import CheckpointError, save_model
+
+
+def _metrics_frame(prediction, truth, depth_now, spec=MetricSpec()):
+    return pd.DataFrame(sample_metrics(prediction, truth, depth_now, spec=spec))
+
+
+def test_rae_of_known_predictions():
+    rng = np.random.default_rng(0)
+    truth = rng.normal(0, 0.2, size=(3, 32, 32))
+    depth = np.abs(rng.normal(0.5, 0.3, size=(3, 32, 32)))
+    assert np.allclose(sample_metrics(np.zeros_like(truth), truth, depth)["rae"], 1.0)  # the no-change baseline
+    assert np.allclose(sample_metrics(truth, truth, depth)["rae"], 0.0)
+    assert np.allclose(sample_metrics(2 * truth, truth, depth)["rae"], 1.0)
+    half = sample_metrics(0.5 * truth, truth, depth)
+    np.testing.assert_allclose(half["rae"], 0.5)
+    np.testing.assert_allclose(half["abs_error_sum_m"], 0.5 * np.abs(truth).sum(axis=(1, 2)))
+    np.testing.assert_allclose(half["squared_error_sum_m2"], 0.25 * (truth ** 2).sum(axis=(1, 2)))
+    assert list(half["cells"]) == [1024] * 3
+
+
+def test_a_barely_changing_sample_is_flagged_not_dropped():
+    truth = np.zeros((3, 4, 4))
+    truth[0] = 0.5
+    truth[1, 0, 0] = 0.01  # mean |change| 0.625 mm, below the 1 mm default
+    prediction = np.full((3, 4, 4), 0.01)
+    metrics = sample_metrics(prediction, truth, np.ones((3, 4, 4)))
+    assert list(metrics["small_denominator"]) == [False, True, True]
+    assert metrics["rae"][2] == np.inf  # a change predicted where there is none: no finite RAE
+    np.testing.assert_allclose(metrics["rae"][1], 0.15 / 0.01)
+    summary = summarise(pd.DataFrame(metrics))
+    assert summary["samples"] == 3 and summary["small_denominator"] == 2
+    # Pooled over every sample, the flagged ones included; the distribution over the meaningful one only.
+    np.testing.assert_allclose(summary["pooled_rae"], (0.49 * 16 + 0.15 + 0.16) / (0.5 * 16 + 0.01))
+    np.testing.assert_allclose(summary["median_rae"], 0.49 / 0.5)
+    np.testing.assert_allclose(summary["mae_m"], (0.49 * 16 + 0.15 + 0.16) / 48)
+    np.testing.assert_allclose(summary["baseline_mae_m"], (0.5 * 16 + 0.01) / 48)
+    assert sample_metrics(np.zeros((1, 4, 4)), np.zeros((1, 4, 4)), np.zeros((1, 4, 4)))["rae"][0] == 0.0
+
+
+def test_wet_dry_agreement_counts_cells():
+    depth = np.zeros((1, 2, 3))
+    truth = np.array([[[0.4, 0.4, 0.0], [0.1, 0.0, 0.0]]])
+    prediction = np.array([[[0.4, 0.2, 0.35], [0.0, 0.0, 0.06]]])
+    metrics = sample_metrics(prediction, truth, depth, spec=MetricSpec(wet_thresholds_m=(0.05, 0.3)))
+    # 0.05 m: wet truly at (0,0) (0,1) (1,0); predicted wet at (0,0) (0,1) (0,2) (1,2).
+    assert (metrics["hits_0.05m"][0], metrics["misses_0.05m"][0], metrics["false_alarms_0.05m"][0]) == (2, 1, 2)
+    # 0.3 m: wet truly at (0,0) (0,1); predicted at (0,0) (0,2).
+    assert (metrics["hits_0.3m"][0], metrics["misses_0.3m"][0], metrics["false_alarms_0.3m"][0]) == (1, 1, 1)
+    summary = summarise(pd.DataFrame(metrics), MetricSpec(wet_thresholds_m=(0.05, 0.3)))
+    assert summary["csi_0.05m"] == pytest.approx(2 / 5) and summary["csi_0.3m"] == pytest.approx(1 / 3)
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"min_mean_change_m": -1.0}, "min_mean_change_m=-1.0"),
+    ({"wet_thresholds_m": (0.0,)}, "wet_thresholds_m=(0.0,)"),
+    ({"wet_thresholds_m": ()}, "must be positive depths"),
+])
+def test_metric_spec_refuses_bad_values(bad, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        MetricSpec(**bad)
+
+
+def test_batched_evaluation_matches_one_sample_at_a_time(tiny_run):
+    run = stages.open_run(tiny_run)
+    test = stages.splits(run, ["big_test"])["big_test"]
+    torch.manual_seed(0)
+    model = create_model("Arch_02").eval()
+    rows = evaluate_dataset(model, test, batch_size=3, device="cpu")
+    assert len(rows) == len(test) > 0
+    for item in range(len(test)):
+        view = view_sample(model, test, item)
+        assert rows.loc[item, "rae"] == pytest.approx(view.rae, rel=1e-5)
+        info = test.sample_info(item)
+        assert (rows.loc[item, "plan"], rows.loc[item, "frame"], rows.loc[item, "row"]) == \
+            (info["plan"], info["frame"], info["row"])
+
+
+def test_splits_taken_from_one_pass_over_all_plans_equal_each_split_evaluated_alone(tiny_run):
+    run = stages.open_run(tiny_run)
+    datasets = stages.splits(run, ["small_train", "big_test", "big_val"])
+    models = run_models(tiny_run, ["C"], context=[])
+    samples = evaluate_models(models[:1], datasets, device="cpu", log=None)
+    for name, dataset in datasets.items():
+        alone = evaluate_dataset(models[0].model, dataset, device="cpu")
+        mine = samples[samples["split"] == name].reset_index(drop=True)
+        assert list(mine["sample"]) == list(range(len(dataset)))
+        assert list(mine["plan"]) == list(alone["plan"]) and list(mine["col"]) == list(alone["col"])
+        np.testing.assert_allclose(mine["rae"], alone["rae"], rtol=1e-6)
+
+
+def test_stage_d_reports_every_model_on_every_split(tiny_run):
+    stage_dir = tiny_run / "D"
+    summary = json.loads((stage_dir / "summary.json").read_text())
+    c_models = [f"C/{row['name']}" for row in json.loads((tiny_run / "C" / "summary.json").read_text())["ranking"]]
+    run = stages.open_run(tiny_run)
+    datasets = stages.splits(run)
+    table = pd.read_csv(stage_dir / "metrics" / "summary.csv")
+    assert set(c_models) <= set(table["model"]) and {"A/Arch_07", "B/Arch_04_tuned"} <= set(table["model"])
+    assert set(table["split"]) == set(datasets)
+    headline = summary["headline"]
+    test_rows = table[(table["split"] == "big_test") & (table["stage"] == "C")].set_index("model")
+    assert headline["best_model"] == test_rows["median_rae"].idxmin()
+    assert headline["best_median_rae"] == pytest.approx(test_rows["median_rae"].min())
+    assert headline["reference_median_rae"] == 0.108
+    assert headline["all_beat_baseline"] == bool((test_rows["pooled_rae"] < 1).all())
+    # The saved per-sample RAE is what the model predicts for those samples now.
+    best = next(entry for entry in run_models(tiny_run, ["C"], context=[]) if entry.key == headline["best_model"])
+    saved = pd.read_csv(stage_dir / "metrics" / best.key / "big_test.csv")
+    recomputed = evaluate_dataset(best.model, datasets["big_test"], device="cpu")
+    np.testing.assert_allclose(saved["rae"], recomputed["rae"], rtol=1e-5)
+    assert test_rows.loc[best.key, "pooled_rae"] == pytest.approx(
+        saved["abs_error_sum_m"].sum() / saved["abs_change_sum_m"].sum())
+    comparison = pd.read_csv(stage_dir / "comparison.csv")
+    assert set(c_models) <= set(comparison["model"])
+    assert (comparison["latency_cpu_ms"] > 0).all() and (comparison["size_mb"] > 0).all()
+    assert (comparison["parameters"] > 0).all() and (comparison["seconds_per_epoch"] > 0).all()
+    pages = sorted(p.name for p in (stage_dir / "figures").glob("predictions_*.png"))
+    assert pages == sorted(f"predictions_{name.split('/')[1]}_1.png" for name in c_models)
+    assert (stage_dir / "figures" / "comparison.png").stat().st_size > 10_000
+
+
+def _break_run(run_dir, damage):
+    c = json.loads((run_dir / "C" / "summary.json").read_text())
+    row = c["ranking"][0]
+    path = run_dir / "C" / row["model_path"]
+    if damage == "no stage C":
+        shutil.rmtree(run_dir / "C")
+        return "has no models of stage C", str(run_dir / "C" / "summary.json")
+    if damage == "corrupted weights":
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+        return "not a readable model checkpoint", str(path)
+    other = "Arch_09" if row["arch"] != "Arch_09" else "Arch_02"
+    save_model(create_model(other), path)
+    return f"holds architecture '{other}', expected '{row['arch']}'", str(path)
+
+
+@pytest.mark.parametrize("damage", ["no stage C", "corrupted weights", "another architecture"])
+def test_bad_run_folders_are_clear_errors_in_the_library(run_copy, damage):
+    message, where = _break_run(run_copy, damage)
+    error = EvaluationError if damage == "no stage C" else CheckpointError
+    with pytest.raises(error) as info:
+        run_models(run_copy)
+    assert message in str(info.value) and where in str(info.value)
+
+
+@pytest.mark.parametrize("damage", ["no stage C", "corrupted weights", "another architecture"])
+def test_bad_run_folders_are_clear_errors_in_the_notebook(run_copy, damage):
+    message, where = _break_run(run_copy, damage)
+    with pytest.raises(StageFailed) as info:
+        run_pipeline(run_copy / "params.yaml", run_dir=run_copy, stages=["D"])
+    assert message in str(info.value) and where in str(info.value)
+    assert str(run_copy / "D" / "D_evaluate.ipynb") in str(info.value)
+    assert not (run_copy / "D" / "summary.json").exists() and not (run_copy / "D" / "metrics").exists()
