@@ -42,6 +42,8 @@ benchmark: $(STAMP)
 	$(PY) benchmarks/models.py
 	$(PY) benchmarks/data.py
 	$(PY) benchmarks/training.py
+	@if [ -f outputs/smoke/C/summary.json ]; then $(PY) benchmarks/evaluation.py; \
+	else echo "benchmarks/evaluation.py times stage D on a finished smoke run: run 'make run' first"; fi
 
 clean:
 	rm -rf $(VENV)

@@ -24,3 +24,11 @@ def test_model_benchmark_prints_both_settings_side_by_side():
     assert float(megabytes) > 0.4  # 101,266 float32 weights
     assert abs(float(fast) / float(slow) - float(ratio)) < 0.1
     assert any(line.startswith("alternating downsampler") for line in lines)
+
+
+def test_evaluation_benchmark_prints_one_pass_against_per_split(tiny_run):
+    result = subprocess.run([sys.executable, "benchmarks/evaluation.py", "--run", str(tiny_run), "--quick"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300, check=True)
+    row = next(line for line in result.stdout.splitlines() if line.startswith("evaluate every model"))
+    fast, slow, ratio = map(float, re.search(r"([\d.]+)\s+([\d.]+)\s+([\d.]+)x$", row).groups())
+    assert fast > 0 and slow > 0 and abs(slow / fast - ratio) < 0.05 * ratio + 0.01

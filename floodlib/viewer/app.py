@@ -34,7 +34,7 @@ class ViewerError(ValueError):
 
 def _error_html(message: str) -> str:
     return (f"<div style='color:#a40000;white-space:pre-wrap;font-family:monospace'>"
-            f"{html.escape(message)}</div>")
+            f"{html.escape(message, quote=False)}</div>")
 
 
 class PredictionViewer:

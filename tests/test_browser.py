@@ -1,0 +1,114 @@
+"""The prediction viewer as a page: served by Voilà, opened in headless Chromium (Debian's chromium and
+chromium-driver, driven by Selenium; no browser is downloaded)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from floodlib.evaluation import format_rae, view_sample
+from floodlib.pipeline import stages
+from floodlib.training import load_model
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+
+pytestmark = pytest.mark.skipif(
+    not (CHROMIUM and CHROMEDRIVER),
+    reason="needs Debian's chromium and chromium-driver (`make test` installs them when run as root on Debian)")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def served_viewer(tiny_run, tmp_path):
+    port = _free_port()
+    log = open(tmp_path / "voila.log", "w")
+    process = subprocess.Popen([sys.executable, "-m", "floodlib.viewer", str(tiny_run), "--port", str(port)],
+                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(url, timeout=5):
+                    break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"the viewer did not start: {(tmp_path / 'voila.log').read_text()[-2000:]}")
+                time.sleep(0.5)
+        yield url
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+        log.close()
+
+
+@pytest.fixture
+def browser():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
+                     "--no-first-run", "--disable-background-networking", "--disable-component-update",
+                     "--disable-sync", "--window-size=1600,1200"):
+        options.add_argument(argument)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def test_the_served_viewer_changes_sample_and_shows_floodlibs_rae(tiny_run, served_viewer, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    c_models = [row for row in json.loads((tiny_run / "C" / "summary.json").read_text())["ranking"]]
+    test = stages.splits(stages.open_run(tiny_run), ["big_test"])["big_test"]
+
+    def expected_rae(row, item):
+        view = view_sample(load_model(tiny_run / "C" / row["model_path"]), test, item)
+        return format_rae(view.rae, view.small_denominator), view.rae
+
+    def text(selector):
+        return browser.find_element(By.CSS_SELECTOR, selector).text
+
+    wait = WebDriverWait(browser, 120)
+    browser.get(served_viewer)
+    wait.until(lambda driver: "big_test[0]" in text(".floodlib-details") and "RAE" in text(".floodlib-rae"))
+    before = browser.find_element(By.CSS_SELECTOR, "img.floodlib-picture").screenshot_as_png
+    assert text(".floodlib-rae") == expected_rae(c_models[0], 0)[0]
+
+    browser.find_element(By.CSS_SELECTOR, ".floodlib-next").click()
+    wait.until(lambda driver: "big_test[1]" in text(".floodlib-details"))
+    time.sleep(1.0)  # the new picture's bytes arrive with the same message; let the page paint it
+    after = browser.find_element(By.CSS_SELECTOR, "img.floodlib-picture").screenshot_as_png
+    assert after != before
+    shown, value = text(".floodlib-rae"), expected_rae(c_models[0], 1)
+    assert shown == value[0]
+    assert float(shown.split()[1]) == pytest.approx(value[1], rel=1e-3)
+
+    other = f"C/{c_models[1]['name']}"
+    wanted = expected_rae(c_models[1], 1)[0]
+    Select(browser.find_element(By.CSS_SELECTOR, ".floodlib-model select")).select_by_visible_text(other)
+    wait.until(lambda driver: text(".floodlib-rae") == wanted)
+    assert "big_test[1]" in text(".floodlib-details") and text(".floodlib-error") == ""
