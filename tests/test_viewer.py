@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import ipywidgets as widgets
 import numpy as np
@@ -94,3 +95,15 @@ def test_a_run_without_stage_c_is_refused_with_what_to_do(run_copy, tmp_path):
     assert "floodlib-error" in panel._dom_classes
     with pytest.raises(ViewerError, match="no params.yaml"):
         PredictionViewer(tmp_path / "empty")
+
+
+def test_the_committed_viewer_notebook_is_the_one_the_page_serves():
+    import nbformat
+
+    from floodlib.viewer import viewer_notebook
+
+    committed = nbformat.read(Path(__file__).resolve().parents[1] / "notebooks" / "viewer.ipynb", as_version=4)
+    generated = viewer_notebook("../outputs/last")
+    assert [(c.cell_type, c.source) for c in committed.cells] == [(c.cell_type, c.source) for c in generated.cells]
+    assert committed.cells[1].metadata["tags"] == ["parameters"]
+    assert all(not c.get("outputs") for c in committed.cells if c.cell_type == "code")

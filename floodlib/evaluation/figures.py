@@ -154,18 +154,25 @@ def plot_rae_boxplots(samples: pd.DataFrame, *, splits: Sequence[str] | None = N
     shown = samples[~samples["small_denominator"].astype(bool) & samples["split"].isin(order)]
     models = list(dict.fromkeys(samples["model"]))
     fig, ax = plt.subplots(figsize=(max(8, 1.3 * len(order) * max(1, len(models)) ** 0.5), 5), constrained_layout=True)
-    sns.boxplot(data=shown, x="split", y="rae", hue="model", order=order, hue_order=models, ax=ax,
-                log_scale=True, fliersize=2, linewidth=0.8)
+    if len(order) == 1:  # one split: a box per model, named on the axis
+        sns.boxplot(data=shown, x="model", y="rae", hue="model", order=models, hue_order=models, ax=ax,
+                    log_scale=True, fliersize=2, linewidth=0.8, legend=False)
+        xlabel = order[0]
+    else:
+        sns.boxplot(data=shown, x="split", y="rae", hue="model", order=order, hue_order=models, ax=ax,
+                    log_scale=True, fliersize=2, linewidth=0.8)
+        xlabel = ""
     ax.axhline(1.0, color="black", linestyle="--", linewidth=1, label="no-change baseline")
     ax.set_ylabel("per-sample RAE (log)")
-    ax.set_xlabel("")
-    ax.tick_params(axis="x", rotation=20)
+    for label in ax.get_xticklabels():
+        label.set_rotation(25 if len(order) == 1 else 10)
+        label.set_horizontalalignment("right" if len(order) == 1 else "center")
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     dropped = int(samples.loc[samples["split"].isin(order), "small_denominator"].astype(bool).sum())
-    ax.set_title(title or "RAE against the no-change baseline (1 = no better than predicting no change)")
     if dropped:
-        ax.annotate(f"{dropped} sample-model pairs with a too-small denominator are not drawn (counted in the table)",
-                    xy=(0, -0.22), xycoords="axes fraction", fontsize=8)
+        xlabel += f"\n({dropped} sample-model pairs with a too-small denominator are not drawn; counted in the table)"
+    ax.set_xlabel(xlabel.strip(), fontsize=9)
+    ax.set_title(title or "RAE against the no-change baseline (1 = no better than predicting no change)")
     return fig
 
 

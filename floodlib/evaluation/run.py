@@ -94,7 +94,11 @@ def run_models(run_dir: str | Path, stages: Sequence[str] = ("C",), *, context: 
             details = {}
             own = path.parent / "summary.json"
             if own.exists():
-                details = json.loads(own.read_text())
+                try:
+                    details = json.loads(own.read_text())
+                except json.JSONDecodeError as error:
+                    raise EvaluationError(f"{own}: not valid JSON ({error}); expected the model's training summary") \
+                        from None
             entry = RunModel(stage=stage, name=row["name"], arch=row["arch"], path=path,
                              parameters=int(row.get("parameters", details.get("parameters", 0))),
                              seconds_per_epoch=float(row.get("seconds_per_epoch", details.get("seconds_per_epoch", np.nan))),
@@ -189,7 +193,8 @@ def headline(table: pd.DataFrame, *, stage: str = "C", split: str = "big_test") 
     rows = rows[rows["stage"] == stage]
     if rows.empty:
         raise EvaluationError(f"no stage {stage} model was evaluated on split {split!r}")
-    best = rows["median_rae"].idxmin()
+    # Every sample of a split may barely change (no median): the pooled RAE ranks the models then.
+    best = rows["median_rae"].idxmin() if rows["median_rae"].notna().any() else rows["pooled_rae"].idxmin()
     return {
         "split": split,
         "best_model": best,
