@@ -16,6 +16,7 @@ As a page in the browser: ``python -m floodlib.viewer outputs/smoke`` (served by
 from __future__ import annotations
 
 import html
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Sequence
 
@@ -96,13 +97,12 @@ class PredictionViewer:
         ])
         self.widget.add_class("floodlib-viewer")
 
-        self.model_choice.observe(lambda change: self.refresh(), names="value")
-        self.split_choice.observe(lambda change: self._split_changed(), names="value")
-        self.plan_choice.observe(lambda change: self._plan_changed(), names="value")
-        self.sample_choice.observe(lambda change: self.refresh(), names="value")
+        for widget, what in ((self.model_choice, "model"), (self.split_choice, "split"), (self.plan_choice, "plan"),
+                             (self.sample_choice, "sample")):
+            widget.observe(lambda change, what=what: self._changed(what), names="value")
         self.previous_button.on_click(lambda button: self.step(-1))
         self.next_button.on_click(lambda button: self.step(1))
-        self._split_changed()
+        self._changed("split")
 
     # -- what is selected -------------------------------------------------------------------------------------
 
@@ -147,14 +147,24 @@ class PredictionViewer:
         self._set_sample_range()
         self.sample_choice.value = 0
 
-    def _split_changed(self) -> None:
-        if self._busy:
-            return
+    @contextmanager
+    def _quietly(self):
+        """Change several widgets without each change redrawing the picture."""
         self._busy = True
         try:
-            self._update_plans()
+            yield
         finally:
             self._busy = False
+
+    def _changed(self, what: str) -> None:
+        if self._busy:
+            return
+        with self._quietly():
+            if what == "split":
+                self._update_plans()
+            elif what == "plan":
+                self._set_sample_range()
+                self.sample_choice.value = 0
         self.refresh()
 
     def _set_sample_range(self) -> None:
@@ -162,17 +172,6 @@ class PredictionViewer:
         count = counts[self.plan_choice.value] if counts and self.plan_choice.value is not None else 0
         self.sample_choice.max = max(count - 1, 0)
         self.sample_choice.disabled = count <= 1
-
-    def _plan_changed(self) -> None:
-        if self._busy:
-            return
-        self._busy = True
-        try:
-            self._set_sample_range()
-            self.sample_choice.value = 0
-        finally:
-            self._busy = False
-        self.refresh()
 
     def step(self, offset: int) -> None:
         """Move ``offset`` samples through the split, across plans, wrapping around at its ends."""
@@ -184,8 +183,7 @@ class PredictionViewer:
                sample: int | None = None, item: int | None = None) -> SampleView | None:
         """Change the view from code: ``model`` key, ``split`` name, ``plan`` (index or ``project/plan``) and
         ``sample`` within it, or ``item`` (the sample's number in the split). Returns the new view."""
-        self._busy = True
-        try:
+        with self._quietly():
             if model is not None:
                 if model not in self.entries:
                     raise ValueError(f"unknown model {model!r}; this run has {list(self.entries)}")
@@ -212,8 +210,6 @@ class PredictionViewer:
                 self._set_sample_range()
             if sample is not None:
                 self.sample_choice.value = sample
-        finally:
-            self._busy = False
         self.refresh()
         return self.current_view
 
