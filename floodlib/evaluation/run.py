@@ -196,6 +196,7 @@ def headline(table: pd.DataFrame, *, stage: str = "C", split: str = "big_test") 
     # Every sample of a split may barely change (no median): the pooled RAE ranks the models then.
     best = rows["median_rae"].idxmin() if rows["median_rae"].notna().any() else rows["pooled_rae"].idxmin()
     return {
+        "stage": stage,
         "split": split,
         "best_model": best,
         "best_median_rae": float(rows.loc[best, "median_rae"]),
@@ -208,7 +209,8 @@ def headline(table: pd.DataFrame, *, stage: str = "C", split: str = "big_test") 
 
 
 def headline_text(result: dict) -> str:
-    beat = "every stage C model beats" if result["all_beat_baseline"] else "NOT every stage C model beats"
+    stage = result.get("stage", "C")
+    beat = f"every stage {stage} model beats" if result["all_beat_baseline"] else f"NOT every stage {stage} model beats"
     pooled = ", ".join(f"{model} {value:.3f}" for model, value in result["pooled_rae"].items())
     return (f"{result['split']}: best model {result['best_model']}, median per-sample RAE "
             f"{result['best_median_rae']:.3f} (pooled {result['best_pooled_rae']:.3f}) — reference "
