@@ -45,6 +45,7 @@ def test_tiny_profile_runs_a_to_d_headless(tiny_run):
     assert b["beats_default"] == (b["tuned"]["best_val_loss"] < b["default_arch04_val_loss"])
     log = (run_dir / "pipeline.log").read_text()
     assert "stage A: done" in log and "stage C: done" in log and "stage D: done" in log
+    assert f"python -m floodlib.viewer {run_dir}" in log
 
 
 def test_the_run_folder_alone_rebuilds_every_model(tiny_run):

@@ -129,6 +129,9 @@ def run_pipeline(profile_path: str | Path, *, stages: list[str] | None = None, f
             raise
         _log(log_file, f"[{index}/{len(wanted)}] stage {stage}: done in {time.perf_counter() - start:.0f} s -> {output}")
     _log(log_file, f"run {profile.name} finished in {time.perf_counter() - total:.0f} s")
+    if (run_dir / "D" / SUMMARY_FILE).exists():
+        _log(log_file, f"report: {run_dir / 'D' / 'D_evaluate.html'}; predictions in the browser: "
+                       f"python -m floodlib.viewer {run_dir}")
     return run_dir
 
 
