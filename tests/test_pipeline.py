@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -76,7 +77,19 @@ def test_force_redoes_a_stage_and_keeps_the_old_results(tiny_run):
     assert len(kept) == 1 and json.loads((kept[0] / "summary.json").read_text()) == old
     new = json.loads((tiny_run / "C" / "summary.json").read_text())
     assert [row["name"] for row in new["ranking"]] and (tiny_run / "C" / "C_train_big.ipynb").exists()
-    assert "--force, previous results kept in" in (tiny_run / "pipeline.log").read_text()
+    log = (tiny_run / "pipeline.log").read_text()
+    assert "--force, previous results kept in" in log
+    assert "stage D was made from earlier results of stage C: the next run without --only redoes it" in log
+    # The next full run redoes D (made from the replaced C) and skips A, B and C.
+    old_d = json.loads((tiny_run / "D" / "summary.json").read_text())
+    run_pipeline(TINY, outputs=tiny_run.parent)
+    log = (tiny_run / "pipeline.log").read_text().split("stages A, B, C, D")[-1]
+    assert "stage D: made from earlier results of stage C, previous results kept in" in log
+    assert log.count("complete already, skipped") == 3
+    assert json.loads((sorted(tiny_run.glob("D.replaced-*"))[0] / "summary.json").read_text()) == old_d
+    new_d = json.loads((tiny_run / "D" / "summary.json").read_text())
+    assert new_d["upstream"]["C"] == hashlib.sha256((tiny_run / "C" / "summary.json").read_bytes()).hexdigest()
+    assert stages.stale_upstream(tiny_run, "D") == []
 
 
 def test_a_misspelt_profile_key_is_refused_before_anything_runs(tmp_path):

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from floodlib.pipeline.config import NOTEBOOKS, STAGES, ProfileError, load_profile
-from floodlib.pipeline.stages import SUMMARY_FILE, write_profile
+from floodlib.pipeline.stages import SUMMARY_FILE, stale_upstream, write_profile
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 DEFAULT_NOTEBOOKS = REPOSITORY / "notebooks"
@@ -109,14 +109,17 @@ def run_pipeline(profile_path: str | Path, *, stages: list[str] | None = None, f
             pass
     total = time.perf_counter()
     for index, stage in enumerate(wanted, 1):
-        if not force and (run_dir / stage / SUMMARY_FILE).exists():
+        complete = (run_dir / stage / SUMMARY_FILE).exists()
+        changed = stale_upstream(run_dir, stage) if complete else []
+        if complete and not force and not changed:
             _log(log_file, f"[{index}/{len(wanted)}] stage {stage}: complete already, skipped (--force redoes it)")
             continue
-        if force and (run_dir / stage).exists():
+        if (force or changed) and (run_dir / stage).exists():
             # Redo from scratch, but keep what was there: the old stage folder is renamed, not deleted.
             kept = run_dir / f"{stage}.replaced-{time.strftime('%Y%m%d-%H%M%S')}"
             (run_dir / stage).rename(kept)
-            _log(log_file, f"[{index}/{len(wanted)}] stage {stage}: --force, previous results kept in {kept}")
+            why = "--force" if force else f"made from earlier results of stage {', '.join(changed)}"
+            _log(log_file, f"[{index}/{len(wanted)}] stage {stage}: {why}, previous results kept in {kept}")
         start = time.perf_counter()
         _log(log_file, f"[{index}/{len(wanted)}] stage {stage}: running {NOTEBOOKS[stage]}")
         parameters = profile.stage_parameters(stage, run_dir.resolve())
@@ -129,6 +132,11 @@ def run_pipeline(profile_path: str | Path, *, stages: list[str] | None = None, f
             raise
         _log(log_file, f"[{index}/{len(wanted)}] stage {stage}: done in {time.perf_counter() - start:.0f} s -> {output}")
     _log(log_file, f"run {profile.name} finished in {time.perf_counter() - total:.0f} s")
+    for stage in STAGES:
+        changed = stale_upstream(run_dir, stage) if stage not in wanted else []
+        if changed:
+            _log(log_file, f"stage {stage} was made from earlier results of stage {', '.join(changed)}: "
+                           "the next run without --only redoes it")
     if (run_dir / "D" / SUMMARY_FILE).exists():
         _log(log_file, f"report: {run_dir / 'D' / 'D_evaluate.html'}; predictions in the browser: "
                        f"python -m floodlib.viewer {run_dir}")

@@ -15,8 +15,8 @@ import yaml
 from floodlib.data.dataset import PatchDataset, SplitSpec, load_splits
 from floodlib.data.samples import SampleSpec
 from floodlib.models import create_model
-from floodlib.pipeline.config import (Profile, ProfileError, ProjectConfig, StageA, StageB, StageC, TrainSettings,
-                                      load_profile)
+from floodlib.pipeline.config import (STAGES, Profile, ProfileError, ProjectConfig, StageA, StageB, StageC,
+                                      TrainSettings, load_profile)
 from floodlib.training import PlateauSchedule, fit, load_model
 from floodlib.training.artifacts import atomic_json, atomic_write
 
@@ -83,9 +83,33 @@ def read_summary(run: Run, stage: str) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
+def _digest(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def write_summary(run: Run, stage: str, summary: dict[str, Any]) -> Path:
-    """Write the stage's summary.json last: its presence marks the stage complete."""
-    return atomic_json({"stage": stage, **summary}, run.stage_dir(stage) / SUMMARY_FILE)
+    """Write the stage's summary.json last: its presence marks the stage complete.
+
+    It records which results of the earlier stages it was made from (``upstream``: a digest of each
+    earlier stage's summary.json), so a stage redone later makes this one stale (:func:`stale_upstream`).
+    """
+    order = list(STAGES)
+    upstream = {earlier: _digest(run.stage_dir(earlier) / SUMMARY_FILE) for earlier in order[:order.index(stage)]
+                if (run.stage_dir(earlier) / SUMMARY_FILE).exists()}
+    return atomic_json({"stage": stage, **summary, "upstream": upstream}, run.stage_dir(stage) / SUMMARY_FILE)
+
+
+def stale_upstream(run_dir: str | Path, stage: str) -> list[str]:
+    """The earlier stages whose results changed (or vanished) since ``stage`` was completed from them."""
+    run_dir = Path(run_dir)
+    try:
+        recorded = json.loads((run_dir / stage / SUMMARY_FILE).read_text()).get("upstream") or {}
+    except (OSError, json.JSONDecodeError):
+        return []
+    return [earlier for earlier, digest in recorded.items()
+            if not (run_dir / earlier / SUMMARY_FILE).exists() or _digest(run_dir / earlier / SUMMARY_FILE) != digest]
 
 
 def project_spec(project: ProjectConfig):
