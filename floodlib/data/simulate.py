@@ -148,6 +148,15 @@ class Hydrograph:
         return asdict(self)
 
 
+def _outflow_edge(outflow_edge: str | None, terrain, *, fallback: str) -> str:
+    """The open outflow edge: the one asked for, else a valley's downstream edge, else ``fallback``."""
+    if outflow_edge is not None:
+        return outflow_edge
+    if isinstance(terrain, ValleyParams):
+        return terrain.downstream_edge
+    return fallback
+
+
 @dataclass(frozen=True)
 class PlanSpec:
     """One plan: terrain, grid, inflow and solver settings.
@@ -215,11 +224,7 @@ class PlanSpec:
 
     @property
     def resolved_outflow_edge(self) -> str:
-        if self.outflow_edge is not None:
-            return self.outflow_edge
-        if isinstance(self.terrain, ValleyParams):
-            return self.terrain.downstream_edge
-        return OPPOSITE_EDGE[self.inflow_edge]
+        return _outflow_edge(self.outflow_edge, self.terrain, fallback=OPPOSITE_EDGE[self.inflow_edge])
 
     @property
     def n_frames(self) -> int:
@@ -312,11 +317,7 @@ class ProjectSpec:
 
     @property
     def resolved_outflow_edge(self) -> str:
-        if self.outflow_edge is not None:
-            return self.outflow_edge
-        if isinstance(self.terrain, ValleyParams):
-            return self.terrain.downstream_edge
-        return "south"
+        return _outflow_edge(self.outflow_edge, self.terrain, fallback="south")
 
     def plan_names(self) -> list[str]:
         return [f"plan_{index:03d}" for index in range(self.n_plans)]

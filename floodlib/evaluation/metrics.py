@@ -23,10 +23,6 @@ import numpy as np
 import pandas as pd
 import torch
 
-#: What the per-sample columns hold (units in the name where there is one).
-SAMPLE_COLUMNS = ("rae", "small_denominator", "abs_error_sum_m", "abs_change_sum_m", "squared_error_sum_m2", "cells")
-
-
 @dataclass(frozen=True)
 class MetricSpec:
     """How samples are scored.
@@ -50,7 +46,7 @@ class MetricSpec:
         object.__setattr__(self, "wet_thresholds_m", thresholds)
 
     def csi_columns(self) -> list[str]:
-        return [f"csi_{t:g}m" for t in self.wet_thresholds_m]
+        return [f"csi_{_threshold_key(t)}" for t in self.wet_thresholds_m]
 
 
 def _threshold_key(threshold: float) -> str:
@@ -65,19 +61,20 @@ def sample_metrics(prediction, truth, depth_now, *, spec: MetricSpec = MetricSpe
     prediction, truth : (N, P, P) or (N, 1, P, P) predicted and true depth change, m.
     depth_now : (N, P, P) depth at n, m (for the wet/dry comparison of the next depth).
 
-    Returns a dict of (N,) arrays: the columns of :data:`SAMPLE_COLUMNS` and, per wet threshold d,
+    Returns a dict of (N,) arrays: ``rae``, ``small_denominator``, ``abs_error_sum_m``, ``abs_change_sum_m``,
+    ``squared_error_sum_m2``, ``cells`` and, per wet threshold d,
     ``hits_<d>m``, ``misses_<d>m``, ``false_alarms_<d>m``.
     """
     prediction, truth, depth_now = (np.asarray(a, dtype=np.float64) for a in (prediction, truth, depth_now))
-    n = truth.shape[0]
-    prediction, truth, depth_now = prediction.reshape(n, -1), truth.reshape(n, -1), depth_now.reshape(n, -1)
+    n, cells_per_sample = truth.shape[0], int(np.prod(truth.shape[1:]))
+    prediction, truth, depth_now = (a.reshape(n, cells_per_sample) for a in (prediction, truth, depth_now))
     if prediction.shape != truth.shape or depth_now.shape != truth.shape:
         raise ValueError(f"prediction {prediction.shape}, truth {truth.shape} and depth_now {depth_now.shape} "
                          "must hold the same samples and cells")
     error = prediction - truth
     abs_error = np.abs(error).sum(axis=1)
     abs_change = np.abs(truth).sum(axis=1)
-    cells = np.full(n, truth.shape[1], dtype=np.int64)
+    cells = np.full(n, cells_per_sample, dtype=np.int64)
     with np.errstate(divide="ignore", invalid="ignore"):
         rae = np.where(abs_change > 0, abs_error / abs_change, np.where(abs_error > 0, np.inf, 0.0))
     result = {
@@ -132,8 +129,7 @@ def evaluate_dataset(model: torch.nn.Module, dataset, *, spec: MetricSpec = Metr
     """One row per sample of ``dataset`` (a :class:`~floodlib.data.dataset.PatchDataset`): where it comes
     from (``plan``, ``frame``, ``row``, ``col``, ``transform``) and its metrics (see :func:`sample_metrics`)."""
     prediction, truth, depth_now = predict_dataset(model, dataset, batch_size=batch_size, device=device)
-    metrics = sample_metrics(prediction, truth, depth_now, spec=spec) if len(truth) else \
-        {name: np.zeros(0) for name in SAMPLE_COLUMNS}
+    metrics = sample_metrics(prediction, truth, depth_now, spec=spec)
     index = dataset.index
     frame = pd.DataFrame({
         "sample": np.arange(len(index)),

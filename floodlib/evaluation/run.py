@@ -47,6 +47,14 @@ class RunModel:
         """``<stage>/<name>``: unique in a run (A and C both train e.g. Arch_05)."""
         return f"{self.stage}/{self.name}"
 
+    def load(self, device: str | torch.device = "cpu") -> torch.nn.Module:
+        """Rebuild the model from its checkpoint, checked to hold the architecture its stage recorded
+        (CheckpointError naming the file otherwise)."""
+        self.model = load_model(self.path, expected_arch=self.arch, device=device)
+        if not self.parameters:
+            self.parameters = sum(p.numel() for p in self.model.parameters())
+        return self.model
+
 
 def _stage_rows(run_dir: Path, stage: str) -> list[dict]:
     summary_path = run_dir / stage / "summary.json"
@@ -104,9 +112,7 @@ def run_models(run_dir: str | Path, stages: Sequence[str] = ("C",), *, context: 
                              seconds_per_epoch=float(row.get("seconds_per_epoch", details.get("seconds_per_epoch", np.nan))),
                              train_samples=int(details.get("train_samples", 0)))
             if load:
-                entry.model = load_model(path, expected_arch=row["arch"], device=device)
-                if not entry.parameters:
-                    entry.parameters = sum(p.numel() for p in entry.model.parameters())
+                entry.load(device)
             models.append(entry)
     return models
 

@@ -26,7 +26,8 @@ from floodlib.data.dataset import PatchDataset, discover_plans, split_plans
 from floodlib.evaluation.figures import SampleView, figure_png, format_rae, sample_figure, view_sample
 from floodlib.evaluation.metrics import MetricSpec
 from floodlib.evaluation.run import EvaluationError, RunModel, run_models
-from floodlib.training.artifacts import CheckpointError, atomic_write, load_model
+from floodlib.pipeline.stages import open_run, splits
+from floodlib.training.artifacts import CheckpointError, atomic_write
 
 
 class ViewerError(ValueError):
@@ -56,25 +57,22 @@ class PredictionViewer:
 
     def __init__(self, run_dir: str | Path, *, stages: Sequence[str] = ("C",), context: Sequence[str] = ("A", "B"),
                  spec: MetricSpec = MetricSpec(), device: str = "auto", split: str = "big_test"):
-        from floodlib.pipeline.stages import open_run
-
         self.run_dir = Path(run_dir)
         try:
             self.run = open_run(self.run_dir)
             self.entries: dict[str, RunModel] = {e.key: e for e in run_models(self.run_dir, stages, context=context,
                                                                               load=False)}
-            self._split_files = split_plans(discover_plans(self.run.data_dir), self.run.split_spec())
+            self.split_names = list(split_plans(discover_plans(self.run.data_dir), self.run.split_spec()))
         except (EvaluationError, FileNotFoundError, ValueError) as error:
             raise ViewerError(f"cannot view run folder {self.run_dir}: {error}") from None
         self.spec = spec
         self.device = device
-        self._models: dict[str, object] = {}
         self._datasets: dict[str, PatchDataset] = {}
         self._busy = False
         self.current_view: SampleView | None = None
 
         self.model_choice = widgets.Dropdown(options=list(self.entries), description="model")
-        names = list(self._split_files)
+        names = self.split_names
         self.split_choice = widgets.Dropdown(options=names, value=split if split in names else names[0],
                                              description="split")
         self.plan_choice = widgets.Dropdown(description="plan")
@@ -110,7 +108,7 @@ class PredictionViewer:
         """The dataset of ``split`` (the selected one by default), loaded once."""
         split = split or self.split_choice.value
         if split not in self._datasets:
-            self._datasets[split] = PatchDataset(self._split_files[split], spec=self.run.sample_spec(), name=split)
+            self._datasets[split] = splits(self.run, [split])[split]
         return self._datasets[split]
 
     def _plan_offsets(self) -> list[int]:
@@ -124,17 +122,10 @@ class PredictionViewer:
         return self._plan_offsets()[plan] + self.sample_choice.value if self.dataset().summary.samples_per_plan else 0
 
     def model(self, key: str):
-        """The model ``key`` (``<stage>/<name>``) rebuilt from its checkpoint, once; CheckpointError when unusable."""
-        if key not in self._models:
-            entry = self.entries[key]
-            try:
-                self._models[key] = load_model(entry.path, expected_arch=entry.arch)
-            except CheckpointError as error:
-                self._models[key] = error
-        model = self._models[key]
-        if isinstance(model, CheckpointError):
-            raise model
-        return model
+        """The model ``key`` (``<stage>/<name>``) rebuilt from its checkpoint once; CheckpointError when unusable
+        (tried again on the next selection, so a replaced file is picked up)."""
+        entry = self.entries[key]
+        return entry.model if entry.model is not None else entry.load()
 
     # -- changes ----------------------------------------------------------------------------------------------
 
@@ -189,8 +180,8 @@ class PredictionViewer:
                     raise ValueError(f"unknown model {model!r}; this run has {list(self.entries)}")
                 self.model_choice.value = model
             if split is not None:
-                if split not in self._split_files:
-                    raise ValueError(f"unknown split {split!r}; this run has {list(self._split_files)}")
+                if split not in self.split_names:
+                    raise ValueError(f"unknown split {split!r}; this run has {self.split_names}")
                 if split != self.split_choice.value:
                     self.split_choice.value = split
                     self._update_plans()
@@ -244,7 +235,7 @@ class PredictionViewer:
         """Save the picture shown now as a PNG (atomically)."""
         if self.current_view is None:
             raise ViewerError("nothing is shown to save (see the viewer's error)")
-        data = figure_png(sample_figure(self.current_view))
+        data = self.picture.value  # the shown picture, drawn by sample_figure
         return atomic_write(path, lambda temporary: Path(temporary).write_bytes(data))
 
     def _ipython_display_(self):
