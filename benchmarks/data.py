@@ -1,6 +1,8 @@
 """Data figures, side by side in one run: the built-in simulator (time of a 128x128-cell plan, mass balance
-of every plan of a smoke-sized project), patch extraction against a reference-style per-sample
-materialisation, and the Dataset's delivery rate to a DataLoader.
+of every plan of a smoke-sized project), batches of the smoke data set's splits assembled at once
+(``BatchLoader``, the path ``fit`` takes on CPU) against a DataLoader slicing and collating sample by
+sample, patch extraction against a reference-style per-sample materialisation, and the Dataset's
+delivery rate to a DataLoader.
 
     python benchmarks/data.py            # the figures (a few minutes)
     python benchmarks/data.py --quick    # a smoke run on smaller plans
@@ -27,7 +29,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from floodlib.data.dataset import PatchDataset
+from floodlib.data.batches import BatchLoader, EpochOrder
+from floodlib.data.dataset import PatchDataset, SplitSpec, discover_plans, split_plans
 from floodlib.data.samples import INDEX_DTYPE, SampleSpec, cut_sample, index_plan
 from floodlib.data.simulate import Hydrograph, PlanSpec, simulate_plan, simulate_project
 from floodlib.data.store import Simulation, read_simulation, write_simulation
@@ -41,6 +44,7 @@ TARGET_EXTRACTION_SPEEDUP = 20.0
 TARGET_BYTES_FRACTION = 0.25
 TARGET_LOADER_RATE = 2000.0
 TARGET_SIMULATION_S = 30.0
+TARGET_BATCHED_VS_LOADER = 1.0
 
 
 def synthetic_plan(cells: int, *, minutes: int = 280, seed: int = 0) -> Simulation:
@@ -135,7 +139,7 @@ def loader_rate(dataset: PatchDataset, *, batch: int, workers: int, samples: int
     return seen / (time.perf_counter() - start)
 
 
-def simulator_figures(tmp: Path, *, quick: bool) -> bool:
+def simulator_figures(tmp: Path, *, quick: bool) -> tuple[bool, Path]:
     """Time one 128x128-cell, 280-minute plan; simulate a smoke-sized project and list every mass balance."""
     cells = 64 if quick else 128
     spec = PlanSpec(terrain=ValleyParams(), hydrograph=Hydrograph(peak_discharge_m3s=120.0, time_to_peak_s=2400.0,
@@ -165,7 +169,50 @@ def simulator_figures(tmp: Path, *, quick: bool) -> bool:
     print(f"the smoke data set ({'; '.join(described)}; {profile.data.workers} workers): {seconds:.1f} s; "
           f"mass errors {', '.join(f'{100 * e:+.2f}' for e in errors)} %")
     print(f"  worst |mass error| {100 * worst:.2f} % (target <= 1 %) {verdict(worst <= 0.01)}")
-    return ok and worst <= 0.01
+    return ok and worst <= 0.01, tmp / "projects"
+
+
+def epoch_rate(loader, repeats: int = 3) -> float:
+    """Samples/s over whole epochs (median of ``repeats``; a first epoch opens the files, untimed)."""
+    for _ in loader:
+        pass
+    rates = []
+    for _ in range(repeats):
+        seen, start = 0, time.perf_counter()
+        for batch in loader:
+            seen += len(batch.depths)
+        rates.append(seen / (time.perf_counter() - start))
+    return statistics.median(rates)
+
+
+def batched_figures(data_dir: Path, *, quick: bool) -> bool:
+    """Each split of the smoke data set: BatchLoader (host placement, as fit on CPU) vs a DataLoader over
+    the PatchDataset with the same sampler, at the smoke profile's batch sizes (16, and 8 for Arch_07 and
+    Arch_08), the target's; and, for information, at the seed's 300, where both paths spend most of their
+    time faulting in a fresh batch buffer of ~120 MB (a GPU run cuts such batches on the device, or into
+    pinned host memory that PyTorch keeps allocated)."""
+    profile = load_profile(SMOKE_PROFILE)
+    plans = discover_plans(data_dir)
+    if quick:  # 4 plans per project: too few for the profile's splits; one split of them all
+        splits = {"all plans": [p for files in plans.values() for p in files]}
+    else:
+        splits = split_plans(plans, SplitSpec(**profile.data.splits))
+        splits = {name: splits[name] for name in ("small_train", "small_val", "big_train", "big_test")}
+    print("\nbatches of the smoke data set's splits, samples/s: assembled at once (BatchLoader) vs per sample "
+          "+ collate (DataLoader, 0 workers)")
+    ok = True
+    for name, files in splits.items():
+        dataset = PatchDataset(files, spec=SampleSpec(), name=name)
+        for batch in (8, 16, 300):
+            loader = epoch_rate(torch.utils.data.DataLoader(dataset, batch_size=batch, sampler=EpochOrder(len(dataset))))
+            batched = epoch_rate(BatchLoader(dataset, batch_size=batch, shuffle=True))
+            ratio = batched / loader
+            target = f"(target >= {TARGET_BATCHED_VS_LOADER:.1f}x) {verdict(ratio >= TARGET_BATCHED_VS_LOADER)}"
+            if batch != 300:
+                ok &= ratio >= TARGET_BATCHED_VS_LOADER
+            print(f"  {name:12s} ({len(dataset):4d} samples) batch {batch:3d}: DataLoader {loader:7.0f}   "
+                  f"BatchLoader {batched:7.0f}   ratio {ratio:5.2f}x {target if batch != 300 else '(no target)'}")
+    return ok
 
 
 def verdict(ok: bool) -> str:
@@ -186,7 +233,9 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         print()
-        all_ok &= simulator_figures(tmp, quick=args.quick)
+        simulated_ok, projects = simulator_figures(tmp, quick=args.quick)
+        all_ok &= simulated_ok
+        all_ok &= batched_figures(projects, quick=args.quick)
         plan_path = write_simulation(tmp / "plan.h5", synthetic_plan(cells))
         pickle_path = tmp / "reference_samples.pkl"
         slow, n_slow = best_of(lambda: reference_extraction(plan_path, spec, pickle_path), 1)

@@ -147,6 +147,32 @@ def peak_memory(arch: str, setting: Setting, *, batch: int, threads: int, device
     return queue.get()
 
 
+def arch08_upsampling_step_times(*, batch: int, warmup: int, steps: int, device: torch.device) -> tuple[float, float]:
+    """Median seconds of an Arch_08 train step (floodlib settings) with its decoder's bicubic x2
+    upsampling computed by ``F.interpolate`` (the seed's way) and by matrix products (floodlib's).
+
+    Both models hold the same weights and see the same (``batch``, ...) inputs; their steps alternate so
+    that changing load on the machine affects both alike. Returns (interpolate, matrix products).
+    """
+    from floodlib.models.arch_08 import BicubicUpsample2x
+
+    step_fns = []
+    for interpolate in (True, False):
+        model = build("Arch_08", FLOODLIB, device)
+        for module in model.modules():
+            if isinstance(module, BicubicUpsample2x):
+                module.reference = interpolate
+        step_fns.append(train_step_fn(model, "Arch_08", batch, FLOODLIB, device))
+    times: list[list[float]] = [[], []]
+    for index in range(warmup + steps):
+        for step, recorded in zip(step_fns, times):
+            start = time.perf_counter()
+            step()
+            if index >= warmup:
+                recorded.append(time.perf_counter() - start)
+    return statistics.median(times[0]), statistics.median(times[1])
+
+
 def verdict(ok: bool) -> str:
     return "ok" if ok else "BELOW TARGET"
 
@@ -193,6 +219,15 @@ def main(argv: list[str] | None = None) -> int:
         all_ok &= ratio >= target
         print(f"{label:<26}{params:>12,}{megabytes:>8.2f}{fast:>12.1f}{slow:>13.1f}{ratio:>7.1f}x  "
               f">= {target:.0f}x {verdict(ratio >= target)}", flush=True)
+
+    if "Arch_08" in models:
+        interpolate, matrix = arch08_upsampling_step_times(batch=args.batch, warmup=args.warmup, steps=args.steps,
+                                                           device=device)
+        print(f"\nArch_08 train step (floodlib settings, batch {args.batch}), decoder bicubic x2 upsampling by "
+              "F.interpolate (the seed's way) vs by matrix products:")
+        print(f"{'':<26}{'interpolate ms':>16}{'matrix ms':>11}{'ratio':>8}")
+        print(f"{'Arch_08 upsampling':<26}{interpolate * 1e3:>16.1f}{matrix * 1e3:>11.1f}"
+              f"{interpolate / matrix:>7.2f}x", flush=True)
 
     if not args.no_memory and "Arch_04" in models:
         fast = peak_memory("Arch_04", FLOODLIB, batch=args.memory_batch, threads=args.threads, device=device)

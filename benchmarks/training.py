@@ -35,7 +35,7 @@ from floodlib.data.samples import SampleSpec  # noqa: E402
 from floodlib.data.store import write_simulation  # noqa: E402
 from floodlib.models import create_model, use_reference_layers  # noqa: E402
 from floodlib.training import fit  # noqa: E402
-from floodlib.training.fit import EpochShuffleSampler  # noqa: E402
+from floodlib.data.batches import EpochOrder  # noqa: E402
 
 TARGET_VS_REFERENCE = 3.0
 TARGET_OVERHEAD = 0.10
@@ -72,7 +72,7 @@ def bare_epoch_times(arch: str, train, val, *, batch: int, lr: float, epochs: in
     torch.manual_seed(0)
     model = create_model(arch)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    sampler = EpochShuffleSampler(len(train), seed=0)
+    sampler = EpochOrder(len(train), seed=0)
     train_loader = DataLoader(train, batch_size=batch, sampler=sampler)
     val_loader = DataLoader(val, batch_size=batch)
     times = []

@@ -32,3 +32,20 @@ def test_evaluation_benchmark_prints_one_pass_against_per_split(tiny_run):
     row = next(line for line in result.stdout.splitlines() if line.startswith("evaluate every model"))
     fast, slow, ratio = map(float, re.search(r"([\d.]+)\s+([\d.]+)\s+([\d.]+)x$", row).groups())
     assert fast > 0 and slow > 0 and abs(slow / fast - ratio) < 0.05 * ratio + 0.01
+
+
+def test_gpu_benchmark_runs_on_cpu_and_prints_its_table():
+    """The GPU benchmark's every section, on this CPU with tiny sizes (its figures mean something on a GPU)."""
+    result = subprocess.run(
+        [sys.executable, "benchmarks/gpu.py", "--archs", "Arch_09", "--plans", "2", "--epochs", "2", "--steps", "1",
+         "--batch", "4"], cwd=ROOT, capture_output=True, text=True, timeout=600, check=True)
+    lines = result.stdout.splitlines()
+    alone32, alone16, fitted, ratio, _ = re.match(
+        r"Arch_09\s+([\d,]+)\s+([\d,]+)\s+([\d,]+)\s+([\d.]+)\s+(nan|[\d.]+)",
+        next(line for line in lines if line.startswith("Arch_09"))).groups()
+    fitted, alone16 = float(fitted.replace(",", "")), float(alone16.replace(",", ""))
+    assert fitted > 0 and alone16 > 0 and float(alone32.replace(",", "")) > 0
+    # The rates print as whole samples/s: the ratio agrees with them up to that rounding.
+    assert (fitted - 0.5) / (alone16 + 0.5) - 0.01 <= float(ratio) <= (fitted + 0.5) / (alone16 - 0.5) + 0.01
+    assert any(line.startswith("loader: BatchLoader (host)") for line in lines)
+    assert any("interpolate" in line and "matrices" in line for line in lines)

@@ -190,7 +190,7 @@ def test_attention_matches_the_materialised_score_matrix():
         assert_allclose(p_fast.grad.numpy(), p_slow.grad.numpy(), rtol=1e-9, atol=1e-12, err_msg=name)
 
 
-@pytest.mark.parametrize("arch", ["Arch_04", "Arch_07"])
+@pytest.mark.parametrize("arch", ["Arch_04", "Arch_07", "Arch_08"])
 def test_reference_layers_compute_the_same_model(arch):
     model = create_model(arch).double()
     for module in model.modules():

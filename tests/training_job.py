@@ -1,11 +1,12 @@
-"""A real training run for tests that need a separate process (kill and resume): ``python training_job.py DIR EPOCHS``.
+"""A real training run for tests that need separate processes (kill and resume, DDP):
+``python training_job.py DIR EPOCHS``, or under ``torchrun --nproc_per_node 2 ... --devices 2`` for DDP.
 
 Builds a small deterministic data set in DIR (if absent) and fits a small Arch_02 on it with resume on.
 """
 
 from __future__ import annotations
 
-import sys
+import argparse
 from pathlib import Path
 
 import numpy as np
@@ -42,14 +43,23 @@ def datasets(root: Path) -> tuple[PatchDataset, PatchDataset]:
     return PatchDataset(files[:2], spec=SPEC, name="train"), PatchDataset(files[2:], spec=SPEC, name="val")
 
 
-def main(root: str, epochs: str) -> None:
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("root")
+    parser.add_argument("epochs", type=int)
+    parser.add_argument("--devices", type=int, default=1, help="processes; > 1: DDP on CPU (gloo), under torchrun")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--keep", action="store_true", help="keep last.ckpt, so a later call can continue")
+    args = parser.parse_args()
     torch.set_num_threads(1)
-    train, val = datasets(Path(root))
+    train, val = datasets(Path(args.root))
     torch.manual_seed(0)
     model = create_model("Arch_02", downsampler="cubic", layers=4, channels=8)
-    fit(model, train, val, out_dir=Path(root) / "stage", epochs=int(epochs), lr=3e-3, batch_size=8, patience=50,
-        plateau=PlateauSchedule(patience=1, cooldown=0, threshold=0.3), progress="epoch", seed=3)
+    parallel = {"accelerator": "cpu", "devices": args.devices, "strategy": "ddp"} if args.devices > 1 else {}
+    fit(model, train, val, out_dir=Path(args.root) / "stage", epochs=args.epochs, lr=3e-3, batch_size=args.batch_size,
+        patience=50, plateau=PlateauSchedule(patience=1, cooldown=0, threshold=0.3), progress="epoch", seed=3,
+        keep_resume_checkpoint=args.keep, **parallel)
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:3])
+    main()

@@ -204,8 +204,11 @@ def index_plan(simulation: Simulation, spec: SampleSpec, plan_id: int = 0) -> Pl
     return PlanIndex(entries=entries, dry_dropped=dry, masked_dropped=masked, per_snapshot=per_snapshot)
 
 
-def cut_sample(terrain: np.ndarray, water_depth: np.ndarray, entry, spec: SampleSpec):
+def cut_sample(terrain: np.ndarray, water_depth: np.ndarray, entry, spec: SampleSpec, out=None):
     """One sample from a plan's arrays (loaded or memory-mapped) and an index entry.
+
+    ``out``, when given, is a (terrain, depths, depth_change) triple of float32 arrays of the shapes below
+    that the sample is written into (a slot of a batch being assembled), and is returned.
 
     Returns
     -------
@@ -219,11 +222,13 @@ def cut_sample(terrain: np.ndarray, water_depth: np.ndarray, entry, spec: Sample
     terrain_patch = terrain[row * ratio:(row + size) * ratio + 1, col * ratio:(col + size) * ratio + 1]
     now = water_depth[int(entry["frame"]), row:row + size, col:col + size]
     later = water_depth[int(entry["next_frame"]), row:row + size, col:col + size]
-    terrain_out = np.empty((1, size * ratio + 1, size * ratio + 1), dtype=np.float32)
+    if out is None:
+        out = (np.empty((1, size * ratio + 1, size * ratio + 1), dtype=np.float32),
+               np.empty((2, size, size), dtype=np.float32), np.empty((1, size, size), dtype=np.float32))
+    terrain_out, depths, change = out
     terrain_out[0] = apply_transform(terrain_patch, transform)
-    depths = np.empty((2, size, size), dtype=np.float32)
     depths[1] = apply_transform(now, transform)
     depths[0] = apply_transform(later, transform)
-    change = (depths[0] - depths[1])[None]
+    np.subtract(depths[0], depths[1], out=change[0])
     depths[0, ring:-ring, ring:-ring] = 0.0
-    return terrain_out, depths, change
+    return out

@@ -23,6 +23,10 @@ import numpy as np
 import pandas as pd
 import torch
 
+from floodlib.data.batches import BatchLoader
+from floodlib.data.dataset import PatchDataset
+
+
 @dataclass(frozen=True)
 class MetricSpec:
     """How samples are scored.
@@ -110,14 +114,17 @@ def predict_dataset(model: torch.nn.Module, dataset, *, batch_size: int = 64,
     """
     device = resolve_device(device)
     model = model.to(device).eval()
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
+    if isinstance(dataset, PatchDataset):  # batches cut where the model runs (on a GPU: cut there)
+        loader = BatchLoader(dataset, batch_size=batch_size, device=device)
+    else:
+        loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
     predictions, truths, depths = [], [], []
     with torch.inference_mode():
         for batch in loader:
             output = model(batch.terrain.to(device, non_blocking=True), batch.depths.to(device, non_blocking=True))
             predictions.append(output[:, 0].float().cpu().numpy())
-            truths.append(batch.depth_change[:, 0].numpy())
-            depths.append(batch.depths[:, 1].numpy())
+            truths.append(batch.depth_change[:, 0].cpu().numpy())
+            depths.append(batch.depths[:, 1].cpu().numpy())
     if not predictions:
         empty = np.zeros((0, 0, 0), dtype=np.float32)
         return empty, empty, empty

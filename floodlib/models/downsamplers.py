@@ -55,6 +55,7 @@ class _AlternatingStrideConvRows(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_rows: torch.Tensor):
         x_nhwc, kernel = ctx.saved_tensors
+        grad_rows = grad_rows.to(kernel.dtype)
         batch, height, width, channels = x_nhwc.shape
         grad_x = grad_weight = grad_bias = None
         if ctx.needs_input_grad[0]:
@@ -77,7 +78,18 @@ class _AlternatingStrideConvRows(torch.autograd.Function):
 
 def alternating_stride_rows(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """The alternating-stride convolution as a (B * n * m * 4, C_out) matrix, rows ordered (B, i, j, a, b)
-    with n, m = H // 5, W // 5: the layout the alternating downsampler consumes without reshuffling."""
+    with n, m = H // 5, W // 5: the layout the alternating downsampler consumes without reshuffling.
+
+    Under autocast it computes in the autocast dtype, as ``nn.Conv2d`` would: the operands are cast before
+    the hand-written Function (so autograd casts the gradients back to the parameters' dtype), and autocast
+    is off inside it, so its forward and backward products see operands of one dtype.
+    """
+    device_type = x.device.type
+    if torch.is_autocast_enabled(device_type):
+        dtype = torch.get_autocast_dtype(device_type)
+        with torch.autocast(device_type, enabled=False):
+            return _AlternatingStrideConvRows.apply(
+                x.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype))
     return _AlternatingStrideConvRows.apply(x, weight, bias)
 
 

@@ -51,17 +51,18 @@ def self_attention_materialised(query: torch.Tensor, key: torch.Tensor, value: t
 
 
 def use_reference_layers(model: nn.Module, enabled: bool = True) -> nn.Module:
-    """Make every alternating-stride convolution and attention block of ``model`` compute the
-    reference's way (``enabled=True``) or floodlib's fast way (``enabled=False``).
+    """Make every alternating-stride convolution, attention block and Arch_08 bicubic upsampling of
+    ``model`` compute the reference's way (``enabled=True``) or floodlib's fast way (``enabled=False``).
 
     The parameters are untouched, so the function computed stays the same; only speed and memory
     change. Returns ``model`` for chaining.
     """
+    from floodlib.models.arch_08 import BicubicUpsample2x
     from floodlib.models.attention import SelfAttention2d
     from floodlib.models.downsamplers import AlternatingStrideConv2d
 
     for module in model.modules():
-        if isinstance(module, (AlternatingStrideConv2d, SelfAttention2d)):
+        if isinstance(module, (AlternatingStrideConv2d, SelfAttention2d, BicubicUpsample2x)):
             module.reference = enabled
     return model
 

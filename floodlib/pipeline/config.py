@@ -91,6 +91,10 @@ class TrainSettings(Strict):
     seed: int = 0
     progress: Literal["auto", "bar", "epoch", "none"] = "auto"
     per_model: dict[str, dict[str, Any]] = Field(default_factory=dict)  # e.g. {"Arch_08": {"lr": 3e-4}}
+    precision: Literal["auto", "32-true", "bf16-mixed", "16-mixed"] = "auto"  # auto: bf16 autocast on CUDA
+    devices: Annotated[int, Field(ge=1)] | Literal["auto"] = 1  # GPUs (or CPU processes) per node
+    num_nodes: int = Field(default=1, ge=1)
+    strategy: Literal["auto", "ddp"] = "auto"  # ddp: one process per device (started by floodlib, torchrun or SLURM)
 
     @field_validator("per_model")
     @classmethod
@@ -141,6 +145,41 @@ class StageB(TrainSettings):
     attentions: IntPair = (0, 3)
     lr_range: Pair = (1e-4, 3e-3)
     downsamplers: list[str] = Field(default_factory=list_downsamplers)
+    # Empty: the run's own SQLite file <run>/B/study.db. Else a database URL (SQLAlchemy's form, as Optuna's
+    # RDBStorage takes it) that every worker of the search shares, e.g. postgresql://user@host/optuna for a cluster.
+    study_storage: str = ""
+    workers: int = Field(default=1, ge=1)  # trial worker processes this stage starts on this machine
+
+    @field_validator("study_storage")
+    @classmethod
+    def _storage_url(cls, value: str) -> str:
+        """Refuse, before anything runs, a storage URL the search could not open or workers could not share."""
+        if not value:
+            return value
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+        example = "e.g. 'postgresql://user@host/optuna', 'mysql://user@host/optuna' or 'sqlite:////abs/path/study.db'"
+        try:
+            url = make_url(value)
+        except ArgumentError:
+            raise ValueError(f"not a database URL; expected {example}, or empty for <run>/B/study.db") from None
+        try:
+            # Loads SQLAlchemy's dialect for the scheme, not the database driver: a driver installed only where
+            # the search runs still passes here.
+            url.get_dialect()
+        except NoSuchModuleError:
+            hint = " (SQLAlchemy spells it 'postgresql://')" if url.drivername.split("+")[0] == "postgres" else ""
+            raise ValueError(f"unknown database scheme {url.drivername!r}{hint}; expected {example}") from None
+        if url.get_backend_name() == "sqlite":
+            if not url.database or url.database == ":memory:" or url.database.startswith("file::memory:"):
+                raise ValueError("an in-memory SQLite database cannot be shared by worker processes; "
+                                 "name a file, e.g. 'sqlite:////abs/path/study.db'")
+            if not Path(url.database).is_absolute():
+                # The notebook, its workers and a cluster command each run from their own folder.
+                raise ValueError("a SQLite file must be given by its absolute path ('sqlite:////abs/path/study.db': "
+                                 "four slashes), as each worker resolves a relative one from its own folder")
+        return value
 
 
 class StageC(TrainSettings):

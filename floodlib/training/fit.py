@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import shutil
@@ -17,14 +18,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint, TQDMProgressBar
-from torch.utils.data import DataLoader, Sampler
 
 import floodlib
+from floodlib.data.batches import PLACEMENTS, BatchLoader
 from floodlib.models import FloodModel
 from floodlib.training.artifacts import atomic_json, atomic_torch_save, save_model
+from floodlib.training.launch import local_processes, local_ranks
 from floodlib.training.monitor import analyse_convergence, no_change_loss
 
 PROGRESS_MODES = ("auto", "bar", "epoch", "none")
+#: Precisions ``fit`` accepts: Lightning's names, and ``"auto"`` (bf16 autocast on CUDA, float32 elsewhere).
+PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed")
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -58,37 +62,31 @@ class TrainingResult:
     seconds_per_epoch: float = float("nan")
 
 
-class EpochShuffleSampler(Sampler[int]):
-    """A random order per epoch derived from (seed, epoch) alone, so a resumed run replays the same batches."""
+@dataclass(frozen=True)
+class LoaderSettings:
+    """How :class:`SurrogateModule` batches its splits (see :class:`~floodlib.data.batches.BatchLoader`)."""
 
-    def __init__(self, length: int, seed: int):
-        self.length = length
-        self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:  # called by Lightning at the start of every epoch
-        self.epoch = epoch
-
-    def __iter__(self):
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        return iter(torch.randperm(self.length, generator=generator).tolist())
-
-    def __len__(self) -> int:
-        return self.length
+    batch_size: int
+    seed: int = 0
+    placement: str = "auto"
 
 
 class SurrogateModule(L.LightningModule):
-    """L1 loss on the depth change, Adam, optional ReduceLROnPlateau; one shared step for train/val/test.
+    """L1 loss on the depth change, Adam, optional ReduceLROnPlateau; one shared step for train and val.
 
-    Epoch losses are exact sample-weighted means (sums of |error| over cells / cells), and the per-epoch
-    history, the best validation loss and the plateau scheduler live in the checkpoint, so a resumed run
-    continues exactly where the interrupted one stopped.
+    Epoch losses are exact sample-weighted means (sums of |error| over cells / cells, summed over every
+    process under data parallelism), and the per-epoch history, the best validation loss and the plateau
+    scheduler live in the checkpoint, so a resumed run continues exactly where the interrupted one stopped.
+    Batches are assembled where the model runs (:class:`~floodlib.data.batches.BatchLoader`); only the
+    process of global rank 0 writes files.
     """
 
-    def __init__(self, model: FloodModel, *, lr: float, plateau: PlateauSchedule | None, best_model_path: Path,
-                 baseline_val_loss: float):
+    def __init__(self, model: FloodModel, train, val, *, loader: LoaderSettings, lr: float,
+                 plateau: PlateauSchedule | None, best_model_path: Path, baseline_val_loss: float):
         super().__init__()
         self.model = model
+        self.train_split, self.val_split = train, val
+        self.loader = loader
         self.lr = lr
         self.plateau_settings = plateau
         self.best_model_path = best_model_path
@@ -96,22 +94,39 @@ class SurrogateModule(L.LightningModule):
         self.history: dict[str, list[float]] = {"train_loss": [], "val_loss": [], "lr": [], "epoch_time_s": []}
         self.best_val_loss = math.inf
         self.best_epoch = 0
+        self.best_state: dict[str, torch.Tensor] | None = None
         self.plateau: torch.optim.lr_scheduler.ReduceLROnPlateau | None = None
-        self._sums = {"train": [0.0, 0], "val": [0.0, 0]}
+        self._sums: dict[str, torch.Tensor] = {}
+        self._first_non_finite: torch.Tensor | None = None
         self._epoch_start = time.perf_counter()
 
-    def forward(self, terrain: torch.Tensor, depths: torch.Tensor) -> torch.Tensor:
-        return self.model(terrain, depths)
+    def _loader(self, split, *, training: bool) -> BatchLoader:
+        return BatchLoader(split, batch_size=self.loader.batch_size, device=self.trainer.strategy.root_device,
+                           shuffle=training, seed=self.loader.seed, placement=self.loader.placement,
+                           rank=self.trainer.global_rank, world_size=self.trainer.world_size, even=training)
+
+    def train_dataloader(self) -> BatchLoader:
+        return self._loader(self.train_split, training=True)
+
+    def val_dataloader(self) -> BatchLoader:
+        return self._loader(self.val_split, training=False)
 
     def _step(self, batch, stage: str, batch_idx: int) -> torch.Tensor:
         prediction = self.model(batch.terrain, batch.depths)
         loss = F.l1_loss(prediction.float(), batch.depth_change.float())
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(f"{stage} loss is {loss.item()} at epoch {self.current_epoch + 1}, batch {batch_idx + 1}")
-        sums = self._sums.get(stage)
-        if sums is not None:
-            sums[0] += float(loss.detach()) * batch.depth_change.numel()
-            sums[1] += batch.depth_change.numel()
+        finite = torch.isfinite(loss)
+        if loss.device.type == "cpu":
+            if not finite:
+                raise NonFiniteLossError(f"{stage} loss is {loss.item()} at epoch {self.current_epoch + 1}, "
+                                         f"batch {batch_idx + 1}")
+        else:
+            # Checking on the GPU would stall it every step: the first bad batch is recorded there and
+            # checked once, before the epoch's validation (and so before any checkpoint of it is written).
+            first = self._first_non_finite
+            self._first_non_finite = torch.where(~finite & (first < 0), batch_idx, first)
+        sums = self._sums.setdefault(stage, torch.zeros(2, dtype=torch.float64, device=loss.device))
+        sums[0] += loss.detach().double() * batch.depth_change.numel()
+        sums[1] += batch.depth_change.numel()
         return loss
 
     def training_step(self, batch, batch_idx):
@@ -119,11 +134,6 @@ class SurrogateModule(L.LightningModule):
 
     def validation_step(self, batch, batch_idx):
         return self._step(batch, "val", batch_idx)
-
-    def test_step(self, batch, batch_idx):
-        loss = self._step(batch, "test", batch_idx)
-        self.log("test_loss", loss, batch_size=len(batch.depths))
-        return loss
 
     def configure_optimizers(self):
         optimizer = torch.optim.Adam(self.model.parameters(), lr=self.lr)
@@ -139,19 +149,29 @@ class SurrogateModule(L.LightningModule):
         return optimizer
 
     def on_train_epoch_start(self) -> None:
-        self._sums["train"] = [0.0, 0]
+        self._sums.pop("train", None)
+        self._first_non_finite = torch.tensor(-1, device=self.trainer.strategy.root_device)
         self._epoch_start = time.perf_counter()
 
     def on_validation_epoch_start(self) -> None:
-        self._sums["val"] = [0.0, 0]
+        self._sums.pop("val", None)
+        first = self._first_non_finite
+        if first is not None and first.device.type != "cpu" and int(first) >= 0:
+            raise NonFiniteLossError(f"train loss is not finite at epoch {self.current_epoch + 1}, batch {int(first) + 1}")
+
+    def _epoch_loss(self, stage: str) -> float:
+        """The epoch's mean loss of ``stage`` over every process's samples."""
+        sums = self._sums.get(stage)
+        if sums is None:
+            sums = torch.zeros(2, dtype=torch.float64, device=self.trainer.strategy.root_device)
+        total, count = self.trainer.strategy.reduce(sums, reduce_op="sum").tolist()
+        return total / max(count, 1)
 
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:
             return
-        train_sum, train_count = self._sums["train"]
-        val_sum, val_count = self._sums["val"]
-        train_loss = train_sum / max(train_count, 1)
-        val_loss = val_sum / max(val_count, 1)
+        train_loss = self._epoch_loss("train")
+        val_loss = self._epoch_loss("val")
         lr = self.trainer.optimizers[0].param_groups[0]["lr"]
         self.history["train_loss"].append(train_loss)
         self.history["val_loss"].append(val_loss)
@@ -162,8 +182,11 @@ class SurrogateModule(L.LightningModule):
         if val_loss < self.best_val_loss:
             self.best_val_loss = val_loss
             self.best_epoch = len(self.history["val_loss"])
-            save_model(self.model, self.best_model_path, epoch=self.best_epoch, best_val_loss=val_loss,
-                       extra={"baseline_val_loss": self.baseline_val_loss})
+            # Every rank keeps the best weights (they are identical under DDP); rank 0 also saves them.
+            self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+            if self.trainer.is_global_zero:
+                save_model(self.model, self.best_model_path, epoch=self.best_epoch, best_val_loss=val_loss,
+                           extra={"baseline_val_loss": self.baseline_val_loss})
         if self.plateau is not None:
             self.plateau.step(val_loss)
 
@@ -195,7 +218,7 @@ class EpochLines(Callback):
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         history = pl_module.history
-        if not history["val_loss"]:
+        if not history["val_loss"] or not trainer.is_global_zero:
             return
         print(f"{self.name} epoch {len(history['val_loss'])}/{trainer.max_epochs}: train {history['train_loss'][-1]:.5f}"
               f"  val {history['val_loss'][-1]:.5f}  no-change {self.baseline:.5f}  lr {history['lr'][-1]:.2e}"
@@ -217,7 +240,16 @@ def _progress_mode(progress: str) -> str:
     return "bar" if sys.stderr.isatty() else "epoch"
 
 
-def _check_arguments(model, train, val, epochs, lr, batch_size, patience) -> None:
+def resolve_precision(precision: str, *, on_gpu: bool) -> str:
+    """Lightning's precision for ``precision`` (``"auto"``: ``"bf16-mixed"`` on CUDA, ``"32-true"`` elsewhere)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision={precision!r}; expected one of {list(PRECISIONS)}")
+    if precision == "auto":
+        return "bf16-mixed" if on_gpu else "32-true"
+    return precision
+
+
+def _check_arguments(model, train, val, epochs, lr, batch_size, patience, placement, strategy) -> None:
     if not isinstance(model, FloodModel):
         raise TypeError(f"fit needs a model from floodlib.models.create_model, got {type(model).__name__}")
     for name, value in (("epochs", epochs), ("batch_size", batch_size), ("patience", patience)):
@@ -225,6 +257,11 @@ def _check_arguments(model, train, val, epochs, lr, batch_size, patience) -> Non
             raise ValueError(f"{name}={value!r} must be a positive integer")
     if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
         raise ValueError(f"lr={lr!r} must be a positive learning rate")
+    if placement not in PLACEMENTS:
+        raise ValueError(f"placement={placement!r}; expected one of {list(PLACEMENTS)}")
+    if isinstance(strategy, str) and strategy.startswith("ddp_"):
+        raise ValueError(f"strategy={strategy!r}: fit keeps its history in the process that called it; use "
+                         "strategy='ddp' (floodlib starts the other processes, or torchrun / SLURM does)")
     for split_name, split in (("train", train), ("val", val)):
         if len(split) == 0:
             raise ValueError(f"the {split_name} split ({getattr(split, 'name', '?')!r}) has no samples")
@@ -243,9 +280,13 @@ def fit(
     patience: int = 30,
     plateau: PlateauSchedule | None = None,
     seed: int = 0,
-    num_workers: int = 0,
     progress: str = "auto",
     accelerator: str = "auto",
+    precision: str = "auto",
+    devices: int | str = 1,
+    num_nodes: int = 1,
+    strategy: str = "auto",
+    placement: str = "auto",
     resume: bool = True,
     keep_resume_checkpoint: bool = False,
     callbacks: Sequence[Callback] = (),
@@ -255,19 +296,25 @@ def fit(
     Parameters
     ----------
     model : a model from :func:`floodlib.models.create_model` (initialised there: Xavier or Kaiming).
-    train, val : datasets of :class:`~floodlib.data.dataset.Sample` items.
+    train, val : :class:`~floodlib.data.dataset.PatchDataset` splits.
     out_dir : the stage folder; writes ``models/<name>/model.pth`` (best weights, self-describing),
         ``losses/<name>/losses.pt`` (per-epoch train/val loss, learning rate, epoch time, no-change val loss),
         ``models/<name>/summary.json`` and, while running, ``checkpoints/<name>/last.ckpt``.
     name : folder name of this model (default: the architecture's name).
     epochs : maximum epochs; ``patience`` epochs without a better validation loss stop earlier.
-    lr, batch_size : Adam's learning rate and the batch size.
+    lr, batch_size : Adam's learning rate and the batch size (the global batch under data parallelism:
+        each of the processes trains on its share of every batch).
     plateau : a :class:`PlateauSchedule` to reduce the learning rate on a validation plateau, or None.
     seed : seeds initial shuffles and every epoch's order; the same seed gives the same run on CPU.
-    num_workers : DataLoader worker processes.
     progress : ``"bar"`` (tqdm; a widget in JupyterLab), ``"epoch"`` (a line per epoch), ``"none"``, or
         ``"auto"`` (a bar in a terminal or notebook, lines otherwise).
-    accelerator : Lightning's accelerator (``"auto"`` = CUDA when present, else CPU). bf16 autocast on GPU.
+    accelerator : Lightning's accelerator (``"auto"`` = CUDA when present, else CPU).
+    precision : ``"auto"`` (bf16 autocast on CUDA, float32 on CPU), ``"32-true"``, ``"bf16-mixed"`` or
+        ``"16-mixed"``.
+    devices, num_nodes, strategy : Lightning's data parallelism (e.g. ``devices=4, strategy="ddp"``; under
+        ``torchrun`` or SLURM, the processes it started). Only global rank 0 writes files.
+    placement : where batches are assembled (:func:`floodlib.data.batches.resolve_placement`): ``"auto"``
+        (on a GPU with room for the split, else on the host), ``"device"`` or ``"host"``.
     resume : continue from ``checkpoints/<name>/last.ckpt`` when a previous run was interrupted.
     keep_resume_checkpoint : keep last.ckpt (with optimizer state) after a completed run.
     callbacks : further Lightning callbacks (e.g. an Optuna pruning callback).
@@ -276,7 +323,7 @@ def fit(
     -------
     TrainingResult with the best weights loaded into ``result.model``.
     """
-    _check_arguments(model, train, val, epochs, lr, batch_size, patience)
+    _check_arguments(model, train, val, epochs, lr, batch_size, patience, placement, strategy)
     mode = _progress_mode(progress)
     name = name or model.arch
     out_dir = Path(out_dir)
@@ -290,13 +337,10 @@ def fit(
         logging.getLogger(noisy).setLevel(logging.WARNING)
     L.seed_everything(seed, workers=True, verbose=False)
     baseline = no_change_loss(val, batch_size=max(batch_size, 256))
-    module = SurrogateModule(model, lr=lr, plateau=plateau, best_model_path=model_path, baseline_val_loss=baseline)
-
-    train_loader = DataLoader(train, batch_size=batch_size, sampler=EpochShuffleSampler(len(train), seed),
-                              num_workers=num_workers, persistent_workers=num_workers > 0)
-    val_loader = DataLoader(val, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                            persistent_workers=num_workers > 0)
+    module = SurrogateModule(model, train, val, loader=LoaderSettings(batch_size=batch_size, seed=seed, placement=placement),
+                             lr=lr, plateau=plateau, best_model_path=model_path, baseline_val_loss=baseline)
     on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    precision = resolve_precision(precision, on_gpu=on_gpu)
     extra_callbacks = list(callbacks)
     callbacks: list[Callback] = [
         EarlyStopping(monitor="val_loss", patience=patience, mode="min", check_finite=True),
@@ -305,14 +349,45 @@ def fit(
     ]
     callbacks = [*extra_callbacks, *callbacks]
     if mode == "bar":
-        callbacks.append(TQDMProgressBar(refresh_rate=max(1, len(train_loader) // 20)))
+        callbacks.append(TQDMProgressBar(refresh_rate=max(1, math.ceil(len(train) / batch_size) // 20)))
     elif mode == "epoch":
         callbacks.append(EpochLines(name, baseline))
+    # Several processes on this machine that no launcher started: floodlib starts the other ranks.
+    processes = local_processes(strategy=strategy, devices=devices, num_nodes=num_nodes, on_gpu=on_gpu)
+    if processes and extra_callbacks:
+        raise ValueError("callbacks cannot be sent to the processes fit starts for devices > 1; start them with "
+                         "torchrun or SLURM instead, or train on one device")
+    launch = contextlib.nullcontext()
+    if processes:
+        launch = local_ranks(processes, model=model, train=train, val=val, settings={
+            "out_dir": str(out_dir), "name": name, "epochs": epochs, "lr": lr, "batch_size": batch_size,
+            "patience": patience, "plateau": asdict(plateau) if plateau else None, "seed": seed, "progress": "none",
+            "accelerator": accelerator, "precision": precision, "devices": devices, "num_nodes": num_nodes,
+            "strategy": strategy, "placement": placement, "resume": resume,
+            "keep_resume_checkpoint": keep_resume_checkpoint})
+    with launch:
+        trainer, resumed_from, elapsed = _train(module, callbacks, epochs=epochs, accelerator=accelerator,
+                                                devices=devices, num_nodes=num_nodes, strategy=strategy,
+                                                precision=precision, mode=mode, out_dir=out_dir, name=name,
+                                                resume=resume, model_path=model_path,
+                                                last_checkpoint=last_checkpoint)
+    return _finish(module, trainer, train, val, resumed_from=resumed_from, elapsed=elapsed, epochs=epochs, lr=lr,
+                   batch_size=batch_size, patience=patience, seed=seed, plateau=plateau, placement=placement,
+                   name=name, out_dir=out_dir, model_path=model_path, losses_path=losses_path,
+                   summary_path=summary_path, checkpoint_dir=checkpoint_dir,
+                   keep_resume_checkpoint=keep_resume_checkpoint)
+
+
+def _train(module: SurrogateModule, callbacks, *, epochs, accelerator, devices, num_nodes, strategy, precision, mode,
+           out_dir: Path, name: str, resume: bool, model_path: Path, last_checkpoint: Path):
+    """Run Lightning's fit loop; returns (trainer, epoch resumed from, wall seconds)."""
     trainer = L.Trainer(
         max_epochs=epochs,
         accelerator=accelerator,
-        devices=1,
-        precision="bf16-mixed" if on_gpu else "32-true",
+        devices=devices,
+        num_nodes=num_nodes,
+        strategy=strategy,
+        precision=precision,
         # Our CPU kernels are deterministic at a fixed thread count; torch.use_deterministic_algorithms would
         # also fill every new tensor with NaN (measured: 7x slower epochs) without changing a result.
         deterministic=False,
@@ -328,28 +403,42 @@ def fit(
     if resume and last_checkpoint.exists():
         ckpt_path = str(last_checkpoint)
         resumed_from = int(torch.load(last_checkpoint, map_location="cpu", weights_only=True)["epoch"]) + 1
-    model.train()
+    module.model.train()
     started = time.perf_counter()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
         try:
-            trainer.fit(module, train_loader, val_loader, ckpt_path=ckpt_path, weights_only=True)
+            trainer.fit(module, ckpt_path=ckpt_path, weights_only=True)
         except NonFiniteLossError as error:
             raise NonFiniteLossError(
                 f"{name}: {error}. Training stopped; the best weights so far are in {model_path}"
                 + (f" and the last complete epoch in {last_checkpoint}" if last_checkpoint.exists() else "")
             ) from None
-    elapsed = time.perf_counter() - started
+    return trainer, resumed_from, time.perf_counter() - started
 
+
+def _finish(module: SurrogateModule, trainer, train, val, *, resumed_from, elapsed, epochs, lr, batch_size, patience,
+            seed, plateau, placement, name, out_dir: Path, model_path: Path, losses_path: Path, summary_path: Path,
+            checkpoint_dir: Path, keep_resume_checkpoint: bool) -> TrainingResult:
+    """Best weights into the model; on global rank 0, the losses, the summary and the clean-up."""
+    model, baseline = module.model, module.baseline_val_loss
     history = module.history
     if not history["val_loss"]:
         raise RuntimeError(f"{name}: no epoch completed")
-    best = torch.load(model_path, map_location="cpu", weights_only=True)
-    model.load_state_dict(best["state_dict"])
-    model.eval()
+    if module.best_state is not None:
+        model.load_state_dict(module.best_state)
+    else:  # resumed after the best epoch: its weights are only in the file
+        model.load_state_dict(torch.load(model_path, map_location="cpu", weights_only=True)["state_dict"])
+    model.cpu().eval()
     analysis = analyse_convergence(history["train_loss"], history["val_loss"], baseline_val_loss=baseline,
                                    max_epochs=epochs).to_dict()
+    epochs_here = max(1, len(history["val_loss"]) - resumed_from)
+    result = TrainingResult(name=name, model=model, history=history, baseline_val_loss=baseline, analysis=analysis,
+                            model_path=model_path, losses_path=losses_path, summary_path=summary_path,
+                            resumed_from_epoch=resumed_from, seconds_per_epoch=elapsed / epochs_here)
+    if not trainer.is_global_zero:
+        return result
     atomic_torch_save({
         "train_loss": torch.tensor(history["train_loss"], dtype=torch.float64),
         "val_loss": torch.tensor(history["val_loss"], dtype=torch.float64),
@@ -357,7 +446,6 @@ def fit(
         "epoch_time_s": torch.tensor(history["epoch_time_s"], dtype=torch.float64),
         "baseline_val_loss": baseline,
     }, losses_path)
-    epochs_here = max(1, len(history["val_loss"]) - resumed_from)
     summary = {
         "name": name,
         "arch": model.arch,
@@ -368,8 +456,11 @@ def fit(
         "train_samples": len(train),
         "val_samples": len(val),
         "settings": {"epochs": epochs, "lr": lr, "batch_size": batch_size, "patience": patience, "seed": seed,
-                     "plateau": asdict(plateau) if plateau else None, "accelerator": str(trainer.accelerator.__class__.__name__),
-                     "precision": trainer.precision},
+                     "plateau": asdict(plateau) if plateau else None,
+                     "accelerator": str(trainer.accelerator.__class__.__name__), "precision": trainer.precision,
+                     "devices": trainer.num_devices, "num_nodes": trainer.num_nodes,
+                     "world_size": trainer.world_size, "strategy": type(trainer.strategy).__name__,
+                     "placement": placement},
         "parameters": sum(p.numel() for p in model.parameters()),
         "seconds_per_epoch": float(np.median(history["epoch_time_s"][resumed_from:] or history["epoch_time_s"])),
         "wall_time_s": elapsed,
@@ -385,6 +476,4 @@ def fit(
             if parent == out_dir or not parent.is_dir() or any(parent.iterdir()):
                 break
             parent.rmdir()
-    return TrainingResult(name=name, model=model, history=history, baseline_val_loss=baseline, analysis=analysis,
-                          model_path=model_path, losses_path=losses_path, summary_path=summary_path,
-                          resumed_from_epoch=resumed_from, seconds_per_epoch=elapsed / epochs_here)
+    return result

@@ -7,10 +7,12 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from floodlib.data.batches import BatchLoader
+
 
 def no_change_loss(dataset, *, batch_size: int = 512) -> float:
     """L1 loss of predicting zero depth change on ``dataset``: mean |depth change| over all cells, m."""
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    loader = BatchLoader(dataset, batch_size=batch_size, placement="host")
     total, count = 0.0, 0
     for batch in loader:
         total += float(batch.depth_change.double().abs().sum())

@@ -1,0 +1,100 @@
+"""Data-parallel training with Lightning's DDP: two real processes on CPU (gloo), started by torchrun.
+
+Two ranks with half the batch each see, together, exactly the batches of one process, and DDP averages
+their gradients — the mean of the two halves' mean losses is the whole batch's mean — so the run follows
+the single-process run with the same global batch up to the order of floating-point sums (relative 1e-4
+over four epochs). Only rank 0 writes files; a run continued from its checkpoint under DDP ends where an
+uninterrupted DDP run does; started from one plain process, fit starts the other rank itself.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from floodlib.training import read_checkpoint
+
+JOB = Path(__file__).parent / "training_job.py"
+EPOCHS = 4
+
+
+def _run(root: Path, epochs: int, *, devices: int = 1, keep: bool = False, torchrun: bool = True) -> str:
+    command = [str(JOB), str(root), str(epochs), "--devices", str(devices), *(["--keep"] if keep else [])]
+    if devices > 1 and torchrun:
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={devices}",
+                   *command]
+    else:
+        command = [sys.executable, *command]
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    return done.stdout
+
+
+def _losses(root: Path) -> dict:
+    return torch.load(root / "stage" / "losses" / "Arch_02" / "losses.pt", weights_only=True)
+
+
+def _files(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root / "stage")) for p in (root / "stage").rglob("*") if p.is_file())
+
+
+def test_two_process_ddp_matches_one_process_and_writes_once(tmp_path):
+    single = tmp_path / "single"
+    _run(single, EPOCHS)
+    ddp = tmp_path / "ddp"
+    output = _run(ddp, EPOCHS, devices=2)
+
+    a, b = _losses(single), _losses(ddp)
+    for key in ("train_loss", "val_loss"):
+        np.testing.assert_allclose(b[key].numpy(), a[key].numpy(), rtol=1e-4, err_msg=key)
+    np.testing.assert_array_equal(b["lr"].numpy(), a["lr"].numpy())
+    assert float(b["val_loss"][-1]) < float(b["baseline_val_loss"])  # it learned
+
+    summary = json.loads((ddp / "stage" / "models" / "Arch_02" / "summary.json").read_text())
+    assert summary["settings"]["world_size"] == 2 and summary["settings"]["strategy"] == "DDPStrategy"
+    assert summary["train_samples"] == json.loads(
+        (single / "stage" / "models" / "Arch_02" / "summary.json").read_text())["train_samples"]
+    # The same files as one process (nothing per rank), each written once: one epoch line per epoch.
+    assert _files(ddp) == _files(single) == ["losses/Arch_02/losses.pt", "models/Arch_02/model.pth",
+                                             "models/Arch_02/summary.json"]
+    assert sum(line.startswith("Arch_02 epoch ") for line in output.splitlines()) == EPOCHS
+    weights_a = read_checkpoint(single / "stage" / "models" / "Arch_02" / "model.pth")["state_dict"]
+    weights_b = read_checkpoint(ddp / "stage" / "models" / "Arch_02" / "model.pth")["state_dict"]
+    for key in weights_a:
+        torch.testing.assert_close(weights_b[key], weights_a[key], rtol=1e-3, atol=1e-5)
+
+
+def test_ddp_run_continues_from_its_checkpoint(tmp_path):
+    whole = tmp_path / "whole"
+    _run(whole, EPOCHS, devices=2)
+    parts = tmp_path / "parts"
+    _run(parts, 2, devices=2, keep=True)
+    assert (parts / "stage" / "checkpoints" / "Arch_02" / "last.ckpt").exists()
+    _run(parts, EPOCHS, devices=2)
+    summary = json.loads((parts / "stage" / "models" / "Arch_02" / "summary.json").read_text())
+    assert summary["resumed_from_epoch"] == 2
+    a, b = _losses(whole), _losses(parts)
+    for key in ("train_loss", "val_loss", "lr"):
+        np.testing.assert_allclose(b[key].numpy(), a[key].numpy(), rtol=1e-6, err_msg=key)
+
+
+def test_ddp_started_from_one_process_matches_torchrun(tmp_path):
+    """A plain ``python`` process (or a notebook's kernel) asking for two devices: fit starts the second rank
+    itself, and the run is the one torchrun gives."""
+    launched = tmp_path / "torchrun"
+    _run(launched, 2, devices=2)
+    own = tmp_path / "own"
+    output = _run(own, 2, devices=2, torchrun=False)
+    a, b = _losses(launched), _losses(own)
+    for key in ("train_loss", "val_loss", "lr"):
+        np.testing.assert_allclose(b[key].numpy(), a[key].numpy(), rtol=1e-6, err_msg=key)
+    assert json.loads((own / "stage" / "models" / "Arch_02" / "summary.json").read_text())["settings"]["world_size"] == 2
+    assert _files(own) == _files(launched)
+    assert sum(line.startswith("Arch_02 epoch ") for line in output.splitlines()) == 2
