@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -15,9 +16,11 @@ import pytest
 import torch
 from numpy.testing import assert_array_equal
 
+from floodlib.data.dataset import PatchDataset
 from floodlib.models import create_model
 from floodlib.training import (CheckpointError, NonFiniteLossError, analyse_convergence, fit, load_model,
                                no_change_loss, read_checkpoint)
+from floodlib.training.fit import SurrogateModule
 
 sys.path.insert(0, str(Path(__file__).parent))
 from training_job import datasets  # noqa: E402
@@ -112,14 +115,21 @@ def test_early_stopping_on_a_plateau(splits, tmp_path):
     assert len(result.history["val_loss"]) < 50
 
 
-def test_non_finite_loss_stops_with_a_clear_message_and_keeps_the_last_good_model(splits, tmp_path):
+@pytest.mark.parametrize(("each_step", "message"), [
+    (None, r"Arch_02: train loss is nan at epoch 1, batch 1\..*best weights so far are in"),
+    # As on a GPU: the first bad batch is recorded on the device and reported before the epoch's validation.
+    (False, r"Arch_02: train loss is not finite at epoch 1, batch 1\..*best weights so far are in"),
+])
+def test_non_finite_loss_stops_with_a_clear_message_and_keeps_the_last_good_model(splits, tmp_path, monkeypatch,
+                                                                                   each_step, message):
     train, val = splits
     model = create_model("Arch_02", downsampler="cubic", layers=3, channels=4)
     fit(model, train, val, out_dir=tmp_path, epochs=1, lr=1e-3, batch_size=8, progress="none")
     good = read_checkpoint(tmp_path / "models" / "Arch_02" / "model.pth")
     with torch.no_grad():
         model.body.net[0].weight.fill_(float("nan"))
-    with pytest.raises(NonFiniteLossError, match=r"Arch_02: train loss is nan at epoch 1.*best weights so far are in"):
+    monkeypatch.setattr(SurrogateModule, "check_loss_each_step", each_step)
+    with pytest.raises(NonFiniteLossError, match=message):
         fit(model, train, val, out_dir=tmp_path, epochs=3, lr=1e-3, batch_size=8, progress="none")
     kept = read_checkpoint(tmp_path / "models" / "Arch_02" / "model.pth")
     for key, value in good["state_dict"].items():
@@ -140,12 +150,17 @@ def test_bad_arguments_fail_before_any_work(splits, tmp_path, kwargs, pattern):
     assert not any(tmp_path.iterdir())
 
 
-def test_empty_split_is_refused(splits, tmp_path):
+def test_empty_split_or_not_a_patch_dataset_is_refused(splits, tmp_path):
     train, val = splits
-    empty = torch.utils.data.Subset(val, [])
-    with pytest.raises(ValueError, match="the val split .* has no samples"):
-        fit(create_model("Arch_02", downsampler="cubic", layers=3, channels=4), train, empty, out_dir=tmp_path,
+    all_dry = PatchDataset(val.files, spec=dataclasses.replace(val.spec, dry_threshold_m=1e9), name="val")
+    assert len(all_dry) == 0
+    with pytest.raises(ValueError, match=r"the val split \('val'\) has no samples"):
+        fit(create_model("Arch_02", downsampler="cubic", layers=3, channels=4), train, all_dry, out_dir=tmp_path,
             epochs=1, progress="none")
+    with pytest.raises(TypeError, match="fit's val split must be a PatchDataset .* got Subset"):
+        fit(create_model("Arch_02", downsampler="cubic", layers=3, channels=4), train,
+            torch.utils.data.Subset(val, [0, 1]), out_dir=tmp_path, epochs=1, progress="none")
+    assert not any(tmp_path.iterdir())
 
 
 def test_checkpoint_errors(tmp_path, splits):

@@ -21,6 +21,7 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 
 import floodlib
 from floodlib.data.batches import PLACEMENTS, BatchLoader
+from floodlib.data.dataset import PatchDataset
 from floodlib.models import FloodModel
 from floodlib.training.artifacts import atomic_json, atomic_torch_save, save_model
 from floodlib.training.launch import local_processes, local_ranks
@@ -111,17 +112,22 @@ class SurrogateModule(L.LightningModule):
     def val_dataloader(self) -> BatchLoader:
         return self._loader(self.val_split, training=False)
 
+    #: Check each step's loss on the host as it is computed (None: on a CPU, where that costs nothing).
+    #: Otherwise — on a GPU, where reading the loss back would stall it every step — the first non-finite
+    #: training batch is recorded on the device and checked once, before the epoch's validation (and so
+    #: before any checkpoint of that epoch is written).
+    check_loss_each_step: bool | None = None
+
     def _step(self, batch, stage: str, batch_idx: int) -> torch.Tensor:
         prediction = self.model(batch.terrain, batch.depths)
         loss = F.l1_loss(prediction.float(), batch.depth_change.float())
         finite = torch.isfinite(loss)
-        if loss.device.type == "cpu":
+        each_step = self.check_loss_each_step
+        if each_step or (each_step is None and loss.device.type == "cpu"):
             if not finite:
                 raise NonFiniteLossError(f"{stage} loss is {loss.item()} at epoch {self.current_epoch + 1}, "
                                          f"batch {batch_idx + 1}")
-        else:
-            # Checking on the GPU would stall it every step: the first bad batch is recorded there and
-            # checked once, before the epoch's validation (and so before any checkpoint of it is written).
+        elif stage == "train":
             first = self._first_non_finite
             self._first_non_finite = torch.where(~finite & (first < 0), batch_idx, first)
         sums = self._sums.setdefault(stage, torch.zeros(2, dtype=torch.float64, device=loss.device))
@@ -156,7 +162,7 @@ class SurrogateModule(L.LightningModule):
     def on_validation_epoch_start(self) -> None:
         self._sums.pop("val", None)
         first = self._first_non_finite
-        if first is not None and first.device.type != "cpu" and int(first) >= 0:
+        if first is not None and int(first) >= 0:
             raise NonFiniteLossError(f"train loss is not finite at epoch {self.current_epoch + 1}, batch {int(first) + 1}")
 
     def _epoch_loss(self, stage: str) -> float:
@@ -263,6 +269,9 @@ def _check_arguments(model, train, val, epochs, lr, batch_size, patience, placem
         raise ValueError(f"strategy={strategy!r}: fit keeps its history in the process that called it; use "
                          "strategy='ddp' (floodlib starts the other processes, or torchrun / SLURM does)")
     for split_name, split in (("train", train), ("val", val)):
+        if not isinstance(split, PatchDataset):
+            raise TypeError(f"fit's {split_name} split must be a PatchDataset (e.g. from floodlib.data.load_splits), "
+                            f"got {type(split).__name__}")
         if len(split) == 0:
             raise ValueError(f"the {split_name} split ({getattr(split, 'name', '?')!r}) has no samples")
 
