@@ -110,6 +110,29 @@ def test_a_misspelt_profile_key_is_refused_before_anything_runs(tmp_path):
         load_profile(path)
 
 
+@pytest.mark.parametrize(("section", "pattern"), [
+    ({"precision": "bf16"}, r"section C: precision = 'bf16': Input should be 'auto', '32-true', 'bf16-mixed' or '16-mixed'"),
+    ({"strategy": "ddp_spawn"}, r"section C: strategy = 'ddp_spawn': Input should be 'auto' or 'ddp'"),
+    ({"devices": 0}, r"section C: devices = 0: Value error, devices=0 must be a positive number of devices or 'auto'"),
+    ({"num_nodes": 2}, r"section C: .*num_nodes=2: the pipeline trains on one machine .* torchrun or SLURM"),
+])
+def test_gpu_and_parallel_settings_are_checked_before_anything_runs(tmp_path, section, pattern):
+    profile = yaml.safe_load(TINY.read_text())
+    profile["C"].update(section)
+    path = tmp_path / "gpu.yaml"
+    path.write_text(yaml.safe_dump(profile))
+    with pytest.raises(ProfileError, match=pattern):
+        run_pipeline(path, outputs=tmp_path / "outputs")
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_the_pipeline_refuses_to_run_as_one_of_several_launched_processes(tmp_path, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    with pytest.raises(ProfileError, match=r"one of 4 \(torchrun or SLURM\): start it with plain python"):
+        run_pipeline(TINY, outputs=tmp_path / "outputs")
+    assert not (tmp_path / "outputs").exists()
+
+
 def test_the_notebook_itself_refuses_an_unknown_parameter(tiny_run, tmp_path):
     import papermill
 

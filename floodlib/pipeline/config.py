@@ -92,7 +92,7 @@ class TrainSettings(Strict):
     progress: Literal["auto", "bar", "epoch", "none"] = "auto"
     per_model: dict[str, dict[str, Any]] = Field(default_factory=dict)  # e.g. {"Arch_08": {"lr": 3e-4}}
     precision: Literal["auto", "32-true", "bf16-mixed", "16-mixed"] = "auto"  # auto: bf16 autocast on CUDA
-    devices: Annotated[int, Field(ge=1)] | Literal["auto"] = 1  # GPUs (or CPU processes) per node
+    devices: int | Literal["auto"] = 1  # GPUs (or CPU processes) per node
     num_nodes: int = Field(default=1, ge=1)
     strategy: Literal["auto", "ddp"] = "auto"  # ddp: one process per device (started by floodlib, torchrun or SLURM)
 
@@ -118,6 +118,22 @@ class TrainSettings(Strict):
     @classmethod
     def _known_downsampler(cls, value: str) -> str:
         return _check_downsampler(value)
+
+    @field_validator("devices")
+    @classmethod
+    def _device_count(cls, value: int | str) -> int | str:
+        if value != "auto" and value < 1:
+            raise ValueError(f"devices={value!r} must be a positive number of devices or 'auto'")
+        return value
+
+    @field_validator("num_nodes")
+    @classmethod
+    def _one_machine(cls, value: int) -> int:
+        if value != 1:
+            raise ValueError(f"num_nodes={value}: the pipeline trains on one machine (devices: N with strategy: ddp "
+                             "starts one process per device there); for several machines call "
+                             "floodlib.training.fit from a script under torchrun or SLURM (see the README)")
+        return value
 
 
 class StageA(TrainSettings):

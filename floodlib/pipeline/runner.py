@@ -88,6 +88,10 @@ def run_pipeline(profile_path: str | Path, *, stages: list[str] | None = None, f
     A stage whose summary.json exists is skipped unless ``force``. Stages run by default: A, B, C and
     D where its notebook exists.
     """
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ProfileError(f"the pipeline runs as one process, but this is one of {os.environ['WORLD_SIZE']} "
+                           "(torchrun or SLURM): start it with plain python; `devices` and `strategy: ddp` in the "
+                           "profile's stage sections start a training process per device on this machine")
     profile = load_profile(profile_path)
     run_dir = Path(run_dir) if run_dir else Path(outputs) / profile.name
     notebooks = Path(notebooks)
