@@ -57,6 +57,18 @@ def test_every_sample_equals_patch_dataset(dataset, split_class):
         assert torch.equal(getattr(cut, field), getattr(expected, field)), field
 
 
+def test_overlapping_patches_and_frequent_snapshots_are_cut_alike(dataset):
+    """More samples per simulation (a snapshot every 2 min, origins every 16 cells): the device path still
+    gives PatchDataset's samples bit for bit."""
+    spec = SampleSpec(snapshot_every_s=120.0, delta_t_s=120.0, dry_threshold_m=40.0, patch_stride_cells=16)
+    dense = PatchDataset(dataset.files, spec=spec, name="dense")
+    assert len(dense) > 2 * len(dataset)
+    indices = torch.randperm(len(dense), generator=torch.Generator().manual_seed(1))[:200]
+    cut, expected = DeviceSplit(dense, "cpu").batch(indices), _stack(dense, indices)
+    for field in Sample._fields:
+        assert torch.equal(getattr(cut, field), getattr(expected, field)), field
+
+
 def test_loader_gives_the_dataloader_batches_in_order(dataset):
     """Same epoch order as a DataLoader with the same sampler; a new order per epoch, the same after a restart."""
     for epoch in (0, 3):

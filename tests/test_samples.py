@@ -41,6 +41,51 @@ def test_patch_origins_standard_and_dual():
     assert patch_origins(20, 32, dual=False).size == 0
 
 
+def test_more_samples_from_the_same_simulation_snapshots_every_k_minutes_and_overlapping_patches():
+    """24x20 cells, 8 frames 5 min apart, P=8, dt 5 min: a snapshot every 10 min gives n = 0, 10, 20, 30 min
+    (n = 35 min would need a frame at 40 min); origins every 4 cells overlap."""
+    simulation = coded_simulation()
+    spec = SampleSpec(patch_cells=8, terrain_ratio=4, snapshot_every_s=600, delta_t_s=300, patch_stride_cells=4)
+    assert spec.snapshot_times(7 * 300.0) == (0.0, 600.0, 1200.0, 1800.0)
+    plan_index = index_plan(simulation, spec)
+    entries = plan_index.entries
+    # standard grid: origins 0,4,..,16 x 0,4,..,12 -> 5x4; dual grid: 4,8,12,16 x 4,8,12 -> 4x3
+    assert plan_index.per_snapshot == [20, 12, 20, 12]
+    assert_array_equal(np.unique(entries["frame"]), [0, 2, 4, 6])
+    assert_array_equal(entries["next_frame"] - entries["frame"], 1)
+    assert_array_equal(np.unique(entries["row"][entries["frame"] == 2]), [4, 8, 12, 16])
+    assert_array_equal(entries["transform"], np.repeat([0, 1, 2, 3], [20, 12, 20, 12]))
+    # every sample is still the coded slice of its origin, frame and transform
+    for entry in entries[::7]:
+        terrain, depths, change = cut_sample(simulation.terrain, simulation.water_depth, entry, spec)
+        r, c, f, t = int(entry["row"]), int(entry["col"]), int(entry["frame"]), int(entry["transform"])
+        assert_array_equal(depths[1], apply_transform(simulation.water_depth[f, r:r + 8, c:c + 8], t))
+        assert_array_equal(change[0], apply_transform(simulation.water_depth[f + 1, r:r + 8, c:c + 8]
+                                                      - simulation.water_depth[f, r:r + 8, c:c + 8], t))
+        assert_array_equal(terrain[0], apply_transform(simulation.terrain[4 * r:4 * r + 33, 4 * c:4 * c + 33], t))
+    # the seed's definition is untouched by the new options' defaults
+    seed = index_plan(simulation, SPEC).entries
+    assert len(seed) == 20 and SampleSpec().stride == 32 and SampleSpec().snapshot_times(1e9) == SampleSpec().snapshot_times_s
+    assert spec.describe() == ("a snapshot every 10 min, 5 min ahead; 8-cell patches, origins every 4 cells "
+                               "(overlapping)")
+    assert SampleSpec().describe() == "snapshots at 0/70/140/210 min, 60 min ahead; 32-cell patches, origins every 32 cells"
+
+
+def test_sampling_options_are_checked():
+    with pytest.raises(ValueError, match=r"snapshot_every_s=600 and snapshot_times_s=\(0, 300\) are alternatives"):
+        SampleSpec(snapshot_every_s=600, snapshot_times_s=(0, 300))
+    with pytest.raises(ValueError, match=r"snapshot_every_s=-1 must be >= 0 s"):
+        SampleSpec(snapshot_every_s=-1)
+    with pytest.raises(ValueError, match=r"patch_stride_cells=-4 must be an integer >= 0"):
+        SampleSpec(patch_stride_cells=-4)
+    with pytest.raises(ValueError, match=r"snapshot time 450 s is not a multiple of the output interval 300 s"):
+        index_plan(coded_simulation(), SampleSpec(patch_cells=8, terrain_ratio=4, snapshot_every_s=450,
+                                                  delta_t_s=300))
+    with pytest.raises(ValueError, match=r"delta_t 3000 s is longer than plan p/plan_000 \(2100 s\)"):
+        index_plan(coded_simulation(), SampleSpec(patch_cells=8, terrain_ratio=4, snapshot_every_s=600,
+                                                  delta_t_s=3000))
+
+
 def test_transforms_are_the_reference_schedule():
     a = np.arange(9).reshape(3, 3)
     assert_array_equal(apply_transform(a, 0), a)
@@ -233,7 +278,8 @@ def test_dataset_delivers_float32_samples_deterministically(tmp_path):
     train = datasets["small_train"]
     assert train.summary.samples == len(train) == 3 * 20
     assert train.summary.plans == ["alpha/plan_000", "alpha/plan_001", "alpha/plan_002"]
-    assert "3 plans, 60 samples (0 dry and 0 out-of-area patches dropped)" in str(train.summary)
+    assert "3 plans, 60 samples (0 dry and 0 out-of-area patches dropped); snapshots at 0/10/20/30 min" \
+        in str(train.summary)
     sample = train[20]
     assert sample.terrain.dtype == sample.depths.dtype == torch.float32
     info = train.sample_info(20)

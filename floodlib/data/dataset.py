@@ -35,13 +35,15 @@ class SplitSummary:
     dry_dropped: int
     masked_dropped: int
     samples_per_plan: list[int] = field(default_factory=list)
+    drawn: str = ""  # how samples were drawn (SampleSpec.describe)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     def __str__(self) -> str:
         return (f"{self.name}: {len(self.plans)} plans, {self.samples} samples "
-                f"({self.dry_dropped} dry and {self.masked_dropped} out-of-area patches dropped)")
+                f"({self.dry_dropped} dry and {self.masked_dropped} out-of-area patches dropped)"
+                + (f"; {self.drawn}" if self.drawn else ""))
 
 
 def _memory_budget_bytes() -> int:
@@ -88,7 +90,7 @@ class PatchDataset(Dataset):
             self.output_intervals_s.append(float(simulation.output_interval_s))
         self.index = np.concatenate(entries) if entries else np.zeros(0, dtype=INDEX_DTYPE)
         self.summary = SplitSummary(name=name, plans=plans, samples=len(self.index), dry_dropped=dry,
-                                    masked_dropped=masked, samples_per_plan=per_plan)
+                                    masked_dropped=masked, samples_per_plan=per_plan, drawn=spec.describe())
         self._arrays: list[tuple[np.ndarray, np.ndarray]] | None = None
 
     def _plan_arrays(self) -> list[tuple[np.ndarray, np.ndarray]]:

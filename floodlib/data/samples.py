@@ -22,6 +22,11 @@ snapshot   grid      transform (rows, cols)
 
 A patch is dropped as dry when the sum of its depths at n and n + dt is below ``dry_threshold_m``, and
 excluded when it touches a cell outside the model's area (NaN).
+
+Beyond the seed, more samples come from the same simulations at no extra simulation cost: a snapshot
+every ``snapshot_every_s`` seconds (the stores hold a frame per output interval), and overlapping patches
+with origins every ``patch_stride_cells`` cells. Samples stay lazily sliced; splits stay by plan, so
+overlapping patches of one plan never fall on both sides of a split.
 """
 
 from __future__ import annotations
@@ -44,6 +49,8 @@ INDEX_DTYPE = np.dtype([
 ])
 
 TRANSFORMS = ("none", "anti-diagonal reflection", "reverse rows", "reverse columns")
+#: The seed's snapshot times n, s: 0, 70, 140 and 210 min.
+SEED_SNAPSHOT_TIMES_S = (0.0, 4200.0, 8400.0, 12600.0)
 
 
 @dataclass(frozen=True)
@@ -61,16 +68,23 @@ class SampleSpec:
     edge_trim_cells : cells trimmed from every edge before cutting (the reference trims 100 from grids
         larger than ``trim_above_cells``); 0 disables it.
     trim_above_cells : trim only grids with more rows or columns than this.
+    snapshot_every_s : more samples from the same simulations: when > 0, a snapshot every this many
+        seconds from the start of each plan, for as long as n + dt lies within it, instead of
+        ``snapshot_times_s`` (the grids and transforms still take turns by snapshot); 0 (default): off.
+    patch_stride_cells : when > 0, patch origins every this many cells along each grid (overlapping
+        patches when below ``patch_cells``); 0 (default): ``patch_cells``, the seed's whole patches.
     """
 
     patch_cells: int = 32
     terrain_ratio: int = 10
-    snapshot_times_s: tuple[float, ...] = (0.0, 4200.0, 8400.0, 12600.0)
+    snapshot_times_s: tuple[float, ...] = SEED_SNAPSHOT_TIMES_S
     delta_t_s: float = 3600.0
     ring_cells: int = 2
     dry_threshold_m: float = 2.0
     edge_trim_cells: int = 0
     trim_above_cells: int = 240
+    snapshot_every_s: float = 0.0
+    patch_stride_cells: int = 0
 
     def __post_init__(self):
         def positive_int(name, minimum=1):
@@ -83,6 +97,13 @@ class SampleSpec:
         positive_int("ring_cells")
         positive_int("edge_trim_cells", 0)
         positive_int("trim_above_cells", 0)
+        positive_int("patch_stride_cells", 0)
+        if not (isinstance(self.snapshot_every_s, (int, float)) and math.isfinite(self.snapshot_every_s)
+                and self.snapshot_every_s >= 0):
+            raise ValueError(f"SampleSpec.snapshot_every_s={self.snapshot_every_s!r} must be >= 0 s (0: off)")
+        if self.snapshot_every_s > 0 and tuple(float(t) for t in self.snapshot_times_s) != SEED_SNAPSHOT_TIMES_S:
+            raise ValueError(f"SampleSpec: snapshot_every_s={self.snapshot_every_s:g} and snapshot_times_s="
+                             f"{tuple(self.snapshot_times_s)} are alternatives; set one of them")
         if self.patch_cells % 2:
             raise ValueError(f"SampleSpec.patch_cells={self.patch_cells} must be even (the dual grid is offset by half a patch)")
         if 2 * self.ring_cells > self.patch_cells:
@@ -101,13 +122,36 @@ class SampleSpec:
         """Terrain points per patch side, T = P * r + 1."""
         return self.patch_cells * self.terrain_ratio + 1
 
+    @property
+    def stride(self) -> int:
+        """Cells between neighbouring patch origins of a grid."""
+        return self.patch_stride_cells or self.patch_cells
 
-def patch_origins(cells: int, patch: int, dual: bool, trim: int = 0) -> np.ndarray:
-    """First cell of every whole patch along an axis of ``cells`` cells: 0, P, 2P, ... on the standard
-    grid, P/2, 3P/2, ... on the dual grid, inside ``[trim, cells - trim)``."""
+    def snapshot_times(self, duration_s: float) -> tuple[float, ...]:
+        """Snapshot times n (s) for a plan whose last output is at ``duration_s``."""
+        if self.snapshot_every_s <= 0:
+            return self.snapshot_times_s
+        last = duration_s - self.delta_t_s
+        count = int(math.floor(last / self.snapshot_every_s + 1e-9)) + 1 if last >= 0 else 0
+        return tuple(k * float(self.snapshot_every_s) for k in range(count))
+
+    def describe(self) -> str:
+        """How samples are drawn, in words (for dataset summaries)."""
+        if self.snapshot_every_s > 0:
+            when = f"a snapshot every {self.snapshot_every_s / 60:g} min"
+        else:
+            when = "snapshots at " + "/".join(f"{t / 60:g}" for t in self.snapshot_times_s) + " min"
+        stride = (f"origins every {self.stride} cells (overlapping)" if self.stride < self.patch_cells
+                  else f"origins every {self.stride} cells")
+        return f"{when}, {self.delta_t_s / 60:g} min ahead; {self.patch_cells}-cell patches, {stride}"
+
+
+def patch_origins(cells: int, patch: int, dual: bool, trim: int = 0, stride: int | None = None) -> np.ndarray:
+    """First cell of every whole patch along an axis of ``cells`` cells: 0, S, 2S, ... on the standard
+    grid, P/2, P/2 + S, ... on the dual grid, inside ``[trim, cells - trim)``; the stride S is P unless given."""
     start = trim + (patch // 2 if dual else 0)
     stop = cells - trim - patch
-    return np.arange(start, stop + 1, patch) if stop >= start else np.zeros(0, dtype=np.int64)
+    return np.arange(start, stop + 1, stride or patch) if stop >= start else np.zeros(0, dtype=np.int64)
 
 
 def apply_transform(array: np.ndarray, transform: int) -> np.ndarray:
@@ -163,21 +207,25 @@ def index_plan(simulation: Simulation, spec: SampleSpec, plan_id: int = 0) -> Pl
             f"plan {simulation.project}/{simulation.plan}: terrain ratio {simulation.terrain_ratio} "
             f"(cell {simulation.cell_size_m:g} m / terrain {simulation.terrain_spacing_m:g} m) differs from "
             f"SampleSpec.terrain_ratio={spec.terrain_ratio}")
-    required = max(spec.snapshot_times_s) + spec.delta_t_s
     last = (simulation.water_depth.shape[0] - 1) * simulation.output_interval_s
+    times = spec.snapshot_times(last)
+    if not times:
+        raise ValueError(f"delta_t {spec.delta_t_s:g} s is longer than plan {simulation.project}/{simulation.plan} "
+                         f"({last:g} s): no snapshot n has an output at n + delta_t")
+    required = max(times) + spec.delta_t_s
     if required > last + 1e-6:
-        raise ValueError(f"snapshots up to {max(spec.snapshot_times_s):g} s plus delta_t {spec.delta_t_s:g} s need plans "
+        raise ValueError(f"snapshots up to {max(times):g} s plus delta_t {spec.delta_t_s:g} s need plans "
                          f"of at least {required:g} s; plan {simulation.project}/{simulation.plan} ends at {last:g} s")
     rows_total, cols_total = simulation.grid_shape
     trim = spec.edge_trim_cells if max(rows_total, cols_total) > spec.trim_above_cells else 0
     size = spec.patch_cells
     chunks, dry, masked, per_snapshot = [], 0, 0, []
-    for k, time_s in enumerate(spec.snapshot_times_s):
+    for k, time_s in enumerate(times):
         frame = _frame(simulation, time_s, "snapshot time")
         next_frame = _frame(simulation, time_s + spec.delta_t_s, "snapshot time + delta_t")
         dual = k % 2 == 1
-        rows = patch_origins(rows_total, size, dual, trim)
-        cols = patch_origins(cols_total, size, dual, trim)
+        rows = patch_origins(rows_total, size, dual, trim, spec.stride)
+        cols = patch_origins(cols_total, size, dual, trim, spec.stride)
         if rows.size == 0 or cols.size == 0:
             per_snapshot.append(0)
             continue
