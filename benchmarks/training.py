@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Subset, TensorDataset
+from torch.utils.data import DataLoader, TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from data import synthetic_plan  # noqa: E402
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         dataset = PatchDataset([plan], spec=SampleSpec(), name="bench")
         if len(dataset) < n_train + n_val:
             raise SystemExit(f"the benchmark plan holds {len(dataset)} samples, fewer than {n_train + n_val}")
-        train, val = Subset(dataset, range(n_train)), Subset(dataset, range(n_train, n_train + n_val))
+        train, val = dataset.subset(range(n_train), "train"), dataset.subset(range(n_train, n_train + n_val), "val")
         samples = n_train + n_val
         print(f"split: {n_train} training and {n_val} validation samples of one 256x256-cell plan\n")
         header = f"{'model':<10}{'reference/s':>13}{'bare loop/s':>13}{'fit/s':>9}{'fit vs ref':>12}{'fit vs bare':>13}"

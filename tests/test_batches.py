@@ -126,6 +126,19 @@ def test_prefetching_gives_the_same_batches_stops_cleanly_and_passes_errors_on(d
         list(loader._prefetched(Failing(dataset), loader.batch_indices()))
 
 
+def test_a_subset_is_a_patch_dataset_of_those_samples(dataset):
+    """What fit takes for a smaller training set: the chosen samples, in order, on either path."""
+    chosen = [5, 0, 17, 3, len(dataset) - 1]
+    part = dataset.subset(chosen, "five")
+    assert isinstance(part, PatchDataset) and len(part) == 5 and part.name == "five"
+    assert part.summary.samples == 5 and sum(part.summary.samples_per_plan) == 5
+    assert dataset.summary.samples == len(dataset)  # the original is untouched
+    expected = _stack(dataset, chosen)
+    for cut in (DeviceSplit(part, "cpu").batch(torch.arange(5)), next(iter(BatchLoader(part, batch_size=5)))):
+        for field in Sample._fields:
+            assert torch.equal(getattr(cut, field), getattr(expected, field)), field
+
+
 def test_placement(dataset):
     assert resolve_placement(dataset, "cpu") == "host"
     assert resolve_placement(dataset, "cpu", "device") == "device"

@@ -49,3 +49,14 @@ def test_gpu_benchmark_runs_on_cpu_and_prints_its_table():
     assert (fitted - 0.5) / (alone16 + 0.5) - 0.01 <= float(ratio) <= (fitted + 0.5) / (alone16 - 0.5) + 0.01
     assert any(line.startswith("loader: BatchLoader (host)") for line in lines)
     assert any("interpolate" in line and "matrices" in line for line in lines)
+
+
+def test_training_benchmark_prints_fit_beside_the_reference_and_bare_loops():
+    result = subprocess.run([sys.executable, "benchmarks/training.py", "--quick", "--epochs", "2"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=600, check=True)
+    row = next(line for line in result.stdout.splitlines() if line.startswith("Arch_02"))
+    reference, bare, fitted, vs_reference, vs_bare = map(float, re.match(
+        r"Arch_02\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)x\s+([\d.]+)x", row).groups())
+    assert min(reference, bare, fitted) > 0
+    assert abs(fitted / reference - vs_reference) < 0.05 * vs_reference + 0.1
+    assert abs(fitted / bare - vs_bare) < 0.05 * vs_bare + 0.01

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -113,6 +115,17 @@ class PatchDataset(Dataset):
         entry = self.index[item]
         terrain, depth = self._plan_arrays()[int(entry["plan"])]
         return Sample(*(torch.from_numpy(a) for a in cut_sample(terrain, depth, entry, self.spec)))
+
+    def subset(self, indices, name: str | None = None) -> "PatchDataset":
+        """A PatchDataset of the samples ``indices`` (in that order), over the same plans and arrays — e.g. a
+        training set of fewer samples. Its summary counts its own samples per plan."""
+        chosen = copy.copy(self)
+        chosen.index = self.index[np.asarray(indices, dtype=np.int64)]
+        chosen.name = name or f"{self.name} ({len(chosen.index)} samples)"
+        per_plan = np.bincount(chosen.index["plan"], minlength=len(self.files)).tolist()
+        chosen.summary = dataclasses.replace(self.summary, name=chosen.name, samples=len(chosen.index),
+                                             samples_per_plan=per_plan)
+        return chosen
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
