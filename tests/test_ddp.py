@@ -98,3 +98,26 @@ def test_ddp_started_from_one_process_matches_torchrun(tmp_path):
     assert json.loads((own / "stage" / "models" / "Arch_02" / "summary.json").read_text())["settings"]["world_size"] == 2
     assert _files(own) == _files(launched)
     assert sum(line.startswith("Arch_02 epoch ") for line in output.splitlines()) == 2
+
+
+def test_a_stage_notebook_trains_on_two_processes_from_its_kernel(tiny_run, tmp_path):
+    """The pipeline's use: `devices: 2, strategy: ddp` in a stage section. Inside the Jupyter kernel that
+    papermill runs, fit starts the second rank itself; the notebook (rank 0) alone writes the stage."""
+    import yaml
+
+    from floodlib.pipeline.runner import run_pipeline
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "data").symlink_to(tiny_run / "data", target_is_directory=True)
+    profile = yaml.safe_load((tiny_run / "params.yaml").read_text())
+    profile["A"].update({"models": ["Arch_02"], "epochs": 2, "per_model": {}, "devices": 2, "strategy": "ddp"})
+    (tmp_path / "ddp.yaml").write_text(yaml.safe_dump(profile))
+    run_pipeline(tmp_path / "ddp.yaml", run_dir=run, stages=["A"])
+    summary = json.loads((run / "A" / "models" / "Arch_02" / "summary.json").read_text())
+    assert summary["settings"]["world_size"] == 2 and summary["analysis"]["epochs_run"] == 2
+    assert [row["name"] for row in json.loads((run / "A" / "summary.json").read_text())["ranking"]] == ["Arch_02"]
+    assert sorted(str(p.relative_to(run / "A")) for p in (run / "A").rglob("*") if p.is_file()) == [
+        "A_train.html", "A_train.ipynb", "figures/learning_curves.png", "figures/preview_small_train.png",
+        "figures/preview_small_val.png", "losses/Arch_02/losses.pt",
+        "models/Arch_02/model.pth", "models/Arch_02/summary.json", "summary.json"]

@@ -24,7 +24,7 @@ from floodlib.data.batches import PLACEMENTS, BatchLoader
 from floodlib.data.dataset import PatchDataset
 from floodlib.models import FloodModel
 from floodlib.training.artifacts import atomic_json, atomic_torch_save, save_model
-from floodlib.training.launch import local_processes, local_ranks
+from floodlib.training.launch import local_processes, local_ranks, started_ddp_strategy
 from floodlib.training.monitor import analyse_convergence, no_change_loss
 
 PROGRESS_MODES = ("auto", "bar", "epoch", "none")
@@ -366,8 +366,9 @@ def fit(
     if processes and extra_callbacks:
         raise ValueError("callbacks cannot be sent to the processes fit starts for devices > 1; start them with "
                          "torchrun or SLURM instead, or train on one device")
-    launch = contextlib.nullcontext()
+    launch, trainer_strategy = contextlib.nullcontext(), strategy
     if processes:
+        trainer_strategy = started_ddp_strategy()
         launch = local_ranks(processes, model=model, train=train, val=val, settings={
             "out_dir": str(out_dir), "name": name, "epochs": epochs, "lr": lr, "batch_size": batch_size,
             "patience": patience, "plateau": asdict(plateau) if plateau else None, "seed": seed, "progress": "none",
@@ -376,7 +377,7 @@ def fit(
             "keep_resume_checkpoint": keep_resume_checkpoint})
     with launch:
         trainer, resumed_from, elapsed = _train(module, callbacks, epochs=epochs, accelerator=accelerator,
-                                                devices=devices, num_nodes=num_nodes, strategy=strategy,
+                                                devices=devices, num_nodes=num_nodes, strategy=trainer_strategy,
                                                 precision=precision, mode=mode, out_dir=out_dir, name=name,
                                                 resume=resume, model_path=model_path,
                                                 last_checkpoint=last_checkpoint)

@@ -48,6 +48,18 @@ def local_processes(*, strategy, devices, num_nodes: int, on_gpu: bool) -> int:
     return count
 
 
+def started_ddp_strategy():
+    """Lightning's DDP for processes that already exist (started by :func:`local_ranks`): Lightning launches
+    none, so it also runs inside a Jupyter kernel, where its script launcher refuses to start."""
+    from lightning.pytorch.strategies import DDPStrategy
+
+    class StartedDDPStrategy(DDPStrategy):
+        def _configure_launcher(self) -> None:
+            self._launcher = None
+
+    return StartedDDPStrategy()
+
+
 def _split_description(split) -> dict[str, Any]:
     if not all(hasattr(split, a) for a in ("files", "spec", "name", "memory_map")):
         raise TypeError(f"data-parallel fit started from one process needs PatchDataset splits, got "
