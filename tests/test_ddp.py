@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from floodlib.training import read_checkpoint
+from floodlib.training.launch import split_description, split_from_description
 
 JOB = Path(__file__).parent / "training_job.py"
 EPOCHS = 4
@@ -43,6 +44,21 @@ def _losses(root: Path) -> dict:
 
 def _files(root: Path) -> list[str]:
     return sorted(str(p.relative_to(root / "stage")) for p in (root / "stage").rglob("*") if p.is_file())
+
+
+def test_a_split_sent_to_another_rank_keeps_exactly_its_samples(tmp_path):
+    """The job a self-started rank rebuilds its splits from: a subset stays that subset, sample for sample."""
+    sys.path.insert(0, str(JOB.parent))
+    from training_job import datasets
+
+    train, _ = datasets(tmp_path)
+    part = train.subset([7, 2, 11, 0], "four")
+    rebuilt = split_from_description(json.loads(json.dumps(split_description(part, tmp_path))))
+    assert len(rebuilt) == 4 and rebuilt.name == "four"
+    np.testing.assert_array_equal(rebuilt.index, part.index)
+    for i in range(4):
+        for a, b in zip(rebuilt[i], part[i]):
+            assert torch.equal(a, b)
 
 
 def test_two_process_ddp_matches_one_process_and_writes_once(tmp_path):

@@ -324,3 +324,11 @@ class BatchLoader:
                     ready.get_nowait()
                 except queue.Empty:
                     worker.join(timeout=0.05)
+
+
+def batches_of(dataset, *, batch_size: int, device: str | torch.device = "cpu"):
+    """Batches of ``dataset`` in order: a :class:`BatchLoader` for a PatchDataset (cut where the model
+    runs), a DataLoader for any other dataset of :class:`~floodlib.data.dataset.Sample` items."""
+    if isinstance(dataset, PatchDataset):
+        return BatchLoader(dataset, batch_size=batch_size, device=device)
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)

@@ -119,11 +119,16 @@ class PatchDataset(Dataset):
     def subset(self, indices, name: str | None = None) -> "PatchDataset":
         """A PatchDataset of the samples ``indices`` (in that order), over the same plans and arrays — e.g. a
         training set of fewer samples. Its summary counts its own samples per plan."""
+        index = self.index[np.asarray(indices, dtype=np.int64)]
+        return self.with_index(index, name or f"{self.name} ({len(index)} samples)")
+
+    def with_index(self, index: np.ndarray, name: str) -> "PatchDataset":
+        """This dataset's plans and arrays with another sample index (``INDEX_DTYPE`` entries of its plans)."""
         chosen = copy.copy(self)
-        chosen.index = self.index[np.asarray(indices, dtype=np.int64)]
-        chosen.name = name or f"{self.name} ({len(chosen.index)} samples)"
+        chosen.index = np.asarray(index, dtype=INDEX_DTYPE)
+        chosen.name = name
         per_plan = np.bincount(chosen.index["plan"], minlength=len(self.files)).tolist()
-        chosen.summary = dataclasses.replace(self.summary, name=chosen.name, samples=len(chosen.index),
+        chosen.summary = dataclasses.replace(self.summary, name=name, samples=len(chosen.index),
                                              samples_per_plan=per_plan)
         return chosen
 

@@ -23,8 +23,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from floodlib.data.batches import BatchLoader
-from floodlib.data.dataset import PatchDataset
+from floodlib.data.batches import batches_of
 
 
 @dataclass(frozen=True)
@@ -114,10 +113,7 @@ def predict_dataset(model: torch.nn.Module, dataset, *, batch_size: int = 64,
     """
     device = resolve_device(device)
     model = model.to(device).eval()
-    if isinstance(dataset, PatchDataset):  # batches cut where the model runs (on a GPU: cut there)
-        loader = BatchLoader(dataset, batch_size=batch_size, device=device)
-    else:
-        loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
+    loader = batches_of(dataset, batch_size=batch_size, device=device)  # on a GPU, cut there
     predictions, truths, depths = [], [], []
     with torch.inference_mode():
         for batch in loader:

@@ -25,6 +25,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Iterator
 
+import numpy as np
 import torch
 
 #: Variables by which a launcher (torchrun, SLURM, Lightning) tells a process its rank.
@@ -60,12 +61,25 @@ def started_ddp_strategy():
     return StartedDDPStrategy()
 
 
-def _split_description(split) -> dict[str, Any]:
-    if not all(hasattr(split, a) for a in ("files", "spec", "name", "memory_map")):
-        raise TypeError(f"data-parallel fit started from one process needs PatchDataset splits, got "
-                        f"{type(split).__name__}")
+def split_description(split, folder: Path) -> dict[str, Any]:
+    """What rebuilds ``split`` in another process (:func:`split_from_description`): its plan files, sample
+    definition and name, and its sample index saved as ``<name>.npy`` in ``folder`` — a subset's too."""
+    index_path = folder / f"{len(list(folder.glob('*.npy')))}.npy"
+    np.save(index_path, split.index, allow_pickle=False)
     return {"files": [str(f) for f in split.files], "spec": asdict(split.spec), "name": split.name,
-            "memory_map": split.memory_map}
+            "memory_map": split.memory_map, "index": str(index_path)}
+
+
+def split_from_description(description: dict[str, Any]):
+    """The split :func:`split_description` described, with exactly its samples."""
+    from floodlib.data.dataset import PatchDataset
+    from floodlib.data.samples import SampleSpec
+
+    spec = dict(description["spec"])
+    spec["snapshot_times_s"] = tuple(spec["snapshot_times_s"])
+    split = PatchDataset(description["files"], spec=SampleSpec(**spec), name=description["name"],
+                         memory_map=description["memory_map"])
+    return split.with_index(np.load(description["index"], allow_pickle=False), description["name"])
 
 
 def _free_port() -> int:
@@ -87,8 +101,8 @@ def local_ranks(processes: int, *, model, train, val, settings: dict[str, Any]) 
     with tempfile.TemporaryDirectory(prefix="floodlib-ddp-") as folder:
         folder = Path(folder)
         save_model(model, folder / "initial.pth")
-        job = {"model": str(folder / "initial.pth"), "train": _split_description(train),
-               "val": _split_description(val), "fit": settings}
+        job = {"model": str(folder / "initial.pth"), "train": split_description(train, folder),
+               "val": split_description(val, folder), "fit": settings}
         (folder / "job.json").write_text(json.dumps(job))
         saved = {name: os.environ.get(name) for name in _ENVIRONMENT}
         shared = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "WORLD_SIZE": str(processes),
@@ -152,24 +166,15 @@ def _failure(folder: Path, ranks: list[int]) -> str:
 
 def run_rank(job_path: str | Path) -> None:
     """One rank other than 0 of a data-parallel ``fit`` started by :func:`local_ranks`."""
-    from floodlib.data.dataset import PatchDataset
-    from floodlib.data.samples import SampleSpec
     from floodlib.training.artifacts import load_model
     from floodlib.training.fit import PlateauSchedule, fit
 
     job = json.loads(Path(job_path).read_text())
     model = load_model(job["model"])
-
-    def split(description):
-        spec = description["spec"]
-        spec["snapshot_times_s"] = tuple(spec["snapshot_times_s"])
-        return PatchDataset(description["files"], spec=SampleSpec(**spec), name=description["name"],
-                            memory_map=description["memory_map"])
-
     settings = dict(job["fit"])
     if settings.get("plateau") is not None:
         settings["plateau"] = PlateauSchedule(**settings["plateau"])
-    fit(model, split(job["train"]), split(job["val"]), **settings)
+    fit(model, split_from_description(job["train"]), split_from_description(job["val"]), **settings)
 
 
 if __name__ == "__main__":

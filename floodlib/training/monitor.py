@@ -6,12 +6,12 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from floodlib.data.batches import BatchLoader
+from floodlib.data.batches import batches_of
 
 
 def no_change_loss(dataset, *, batch_size: int = 512) -> float:
     """L1 loss of predicting zero depth change on ``dataset``: mean |depth change| over all cells, m."""
-    loader = BatchLoader(dataset, batch_size=batch_size, placement="host")
+    loader = batches_of(dataset, batch_size=batch_size)
     total, count = 0.0, 0
     for batch in loader:
         total += float(batch.depth_change.double().abs().sum())
