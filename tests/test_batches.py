@@ -106,6 +106,15 @@ def test_ranks_share_every_global_batch(dataset):
     seen = torch.cat([torch.cat(s.batch_indices()) for s in shares])
     assert sorted(seen.tolist()) == list(range(len(dataset)))
     assert [len(s) for s in shares] == [batches] * tail + [batches - 1] * (3 - tail)
+    # More ranks than samples to evaluate: a rank with none steps through one empty batch, so the ranks'
+    # end-of-epoch reductions meet; the samples still count once.
+    two = dataset.subset([4, 9], "two")
+    shares = [BatchLoader(two, batch_size=16, rank=r, world_size=4, even=False) for r in range(4)]
+    assert [len(s) for s in shares] == [1, 1, 1, 1]
+    assert [s.batch_indices()[0].tolist() for s in shares] == [[0], [1], [], []]
+    for placement in ("host", "device"):
+        empty = next(iter(BatchLoader(two, batch_size=16, rank=3, world_size=4, even=False, placement=placement)))
+        assert [tuple(t.shape) for t in empty] == [(0, 1, 321, 321), (0, 2, 32, 32), (0, 1, 32, 32)], placement
 
 
 def test_prefetching_gives_the_same_batches_stops_cleanly_and_passes_errors_on(dataset):

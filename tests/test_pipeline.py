@@ -114,7 +114,9 @@ def test_a_misspelt_profile_key_is_refused_before_anything_runs(tmp_path):
     ({"precision": "bf16"}, r"section C: precision = 'bf16': Input should be 'auto', '32-true', 'bf16-mixed' or '16-mixed'"),
     ({"strategy": "ddp_spawn"}, r"section C: strategy = 'ddp_spawn': Input should be 'auto' or 'ddp'"),
     ({"devices": 0}, r"section C: devices = 0: Value error, devices=0 must be a positive number of devices or 'auto'"),
-    ({"num_nodes": 2}, r"section C: .*num_nodes=2: the pipeline trains on one machine .* torchrun or SLURM"),
+    ({"num_nodes": 2}, r"section C: .*num_nodes=2 with strategy='auto': training on several machines needs "
+                       r"strategy: ddp .*floodlib.training.launch --serve RUN_DIR --node-rank K"),
+    ({"num_nodes": 0}, r"section C: num_nodes = 0: Input should be greater than or equal to 1"),
 ])
 def test_gpu_and_parallel_settings_are_checked_before_anything_runs(tmp_path, section, pattern):
     profile = yaml.safe_load(TINY.read_text())

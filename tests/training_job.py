@@ -1,5 +1,6 @@
 """A real training run for tests that need separate processes (kill and resume, DDP):
-``python training_job.py DIR EPOCHS``, or under ``torchrun --nproc_per_node 2 ... --devices 2`` for DDP.
+``python training_job.py DIR EPOCHS``, or under ``torchrun --nproc_per_node 2 ... --devices 2`` for DDP, or
+``--num-nodes 2`` with ``python -m floodlib.training.launch --serve DIR --node-rank 1`` running beside it.
 
 Builds a small deterministic data set in DIR (if absent) and fits a small Arch_02 on it with resume on.
 """
@@ -48,6 +49,7 @@ def main() -> None:
     parser.add_argument("root")
     parser.add_argument("epochs", type=int)
     parser.add_argument("--devices", type=int, default=1, help="processes; > 1: DDP on CPU (gloo), under torchrun")
+    parser.add_argument("--num-nodes", type=int, default=1, help="machines (> 1: each other one runs launch --serve)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--keep", action="store_true", help="keep last.ckpt, so a later call can continue")
     args = parser.parse_args()
@@ -55,7 +57,8 @@ def main() -> None:
     train, val = datasets(Path(args.root))
     torch.manual_seed(0)
     model = create_model("Arch_02", downsampler="cubic", layers=4, channels=8)
-    parallel = {"accelerator": "cpu", "devices": args.devices, "strategy": "ddp"} if args.devices > 1 else {}
+    parallel = {"accelerator": "cpu", "devices": args.devices, "num_nodes": args.num_nodes, "strategy": "ddp"} \
+        if args.devices > 1 or args.num_nodes > 1 else {}
     fit(model, train, val, out_dir=Path(args.root) / "stage", epochs=args.epochs, lr=3e-3, batch_size=args.batch_size,
         patience=50, plateau=PlateauSchedule(patience=1, cooldown=0, threshold=0.3), progress="epoch", seed=3,
         keep_resume_checkpoint=args.keep, **parallel)

@@ -223,7 +223,8 @@ class BatchLoader:
     rank, world_size : this process's share under data parallelism.
     even : every rank gets the same number of batches, as DDP's gradient synchronisation needs: a last
         global batch of fewer samples than ranks is topped up with the epoch's first samples. Without it
-        (evaluation) a rank whose share is empty skips that batch, and every sample counts once.
+        (evaluation) a rank whose share is empty skips that batch, and every sample counts once (a rank
+        with no sample at all gets one empty batch).
     prefetch : host placement for a GPU: batches prepared ahead in a background thread (0: none).
     """
 
@@ -271,6 +272,10 @@ class BatchLoader:
                 if len(batch) == 0:
                     continue
             batches.append(batch)
+        if not batches and self.world_size > 1 and len(order):
+            # A rank whose share of a small evaluation split is empty still steps through the epoch (with
+            # an empty batch), so that the ranks' end-of-epoch reductions meet.
+            batches.append(order[:0])
         return batches
 
     def __iter__(self) -> Iterator[Sample]:

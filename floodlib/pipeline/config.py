@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from floodlib.models import list_downsamplers, list_models, resolve_model_name
 
@@ -126,14 +126,13 @@ class TrainSettings(Strict):
             raise ValueError(f"devices={value!r} must be a positive number of devices or 'auto'")
         return value
 
-    @field_validator("num_nodes")
-    @classmethod
-    def _one_machine(cls, value: int) -> int:
-        if value != 1:
-            raise ValueError(f"num_nodes={value}: the pipeline trains on one machine (devices: N with strategy: ddp "
-                             "starts one process per device there); for several machines call "
-                             "floodlib.training.fit from a script under torchrun or SLURM (see the README)")
-        return value
+    @model_validator(mode="after")
+    def _machines_need_ddp(self):
+        if self.num_nodes > 1 and self.strategy != "ddp":
+            raise ValueError(f"num_nodes={self.num_nodes} with strategy={self.strategy!r}: training on several "
+                             "machines needs strategy: ddp (each other machine runs `python -m "
+                             "floodlib.training.launch --serve RUN_DIR --node-rank K`; see the README)")
+        return self
 
 
 class StageA(TrainSettings):

@@ -386,7 +386,8 @@ def _search_worker(run: Run, config: StageB, train, val, n_trials: int, seed: in
     study = open_study(run, config, seed=seed)
     # A trial trains on one device (its pruning callback lives in this process); trials run side by side
     # through `workers` instead. The tuned model trains with the stage's devices.
-    trial_settings = config.model_copy(update={"epochs": config.trial_epochs, "devices": 1, "strategy": "auto"})
+    trial_settings = config.model_copy(update={"epochs": config.trial_epochs, "devices": 1, "num_nodes": 1,
+                                                 "strategy": "auto"})
     worker = f"{socket.gethostname()}:{os.getpid()}"
     numbers = []
 

@@ -24,7 +24,6 @@ from floodlib.data.batches import PLACEMENTS, BatchLoader
 from floodlib.data.dataset import PatchDataset
 from floodlib.models import FloodModel
 from floodlib.training.artifacts import atomic_json, atomic_torch_save, save_model
-from floodlib.training.launch import local_processes, local_ranks, started_ddp_strategy
 from floodlib.training.monitor import analyse_convergence, no_change_loss
 
 PROGRESS_MODES = ("auto", "bar", "epoch", "none")
@@ -139,6 +138,8 @@ class SurrogateModule(L.LightningModule):
         return self._step(batch, "train", batch_idx)
 
     def validation_step(self, batch, batch_idx):
+        if len(batch.depth_change) == 0:  # this rank's share of a split smaller than the number of ranks
+            return None
         return self._step(batch, "val", batch_idx)
 
     def configure_optimizers(self):
@@ -320,8 +321,12 @@ def fit(
     accelerator : Lightning's accelerator (``"auto"`` = CUDA when present, else CPU).
     precision : ``"auto"`` (bf16 autocast on CUDA, float32 on CPU), ``"32-true"``, ``"bf16-mixed"`` or
         ``"16-mixed"``.
-    devices, num_nodes, strategy : Lightning's data parallelism (e.g. ``devices=4, strategy="ddp"``; under
-        ``torchrun`` or SLURM, the processes it started). Only global rank 0 writes files.
+    devices, num_nodes, strategy : Lightning's data parallelism (e.g. ``devices=4, strategy="ddp"``). Under
+        ``torchrun`` or SLURM: the processes they started. From one plain process (a notebook's kernel), fit
+        starts the other ranks of this machine itself, and for ``num_nodes > 1`` writes the job into
+        ``out_dir`` for ``python -m floodlib.training.launch --serve`` on each other machine (which must see
+        ``out_dir``; MASTER_ADDR names this machine to them when its host name does not). Only global rank 0
+        writes files.
     placement : where batches are assembled (:func:`floodlib.data.batches.resolve_placement`): ``"auto"``
         (on a GPU with room for the split, else on the host), ``"device"`` or ``"host"``.
     resume : continue from ``checkpoints/<name>/last.ckpt`` when a previous run was interrupted.
@@ -361,8 +366,14 @@ def fit(
         callbacks.append(TQDMProgressBar(refresh_rate=max(1, math.ceil(len(train) / batch_size) // 20)))
     elif mode == "epoch":
         callbacks.append(EpochLines(name, baseline))
-    # Several processes on this machine that no launcher started: floodlib starts the other ranks.
+    # Several processes (on this machine, or on several) that no launcher started: floodlib starts the
+    # other ranks here, and hands the job to the servers of the other machines (floodlib.training.launch).
+    from floodlib.training.launch import JOB_FOLDER, launched_externally, local_processes, local_ranks, started_ddp_strategy
+
     processes = local_processes(strategy=strategy, devices=devices, num_nodes=num_nodes, on_gpu=on_gpu)
+    if num_nodes > 1 and strategy != "ddp" and not launched_externally():
+        raise ValueError(f"num_nodes={num_nodes} with strategy={strategy!r}: training on several machines needs "
+                         "strategy='ddp'")
     if processes and extra_callbacks:
         raise ValueError("callbacks cannot be sent to the processes fit starts for devices > 1; start them with "
                          "torchrun or SLURM instead, or train on one device")
@@ -374,7 +385,7 @@ def fit(
             "patience": patience, "plateau": asdict(plateau) if plateau else None, "seed": seed, "progress": "none",
             "accelerator": accelerator, "precision": precision, "devices": devices, "num_nodes": num_nodes,
             "strategy": strategy, "placement": placement, "resume": resume,
-            "keep_resume_checkpoint": keep_resume_checkpoint})
+            "keep_resume_checkpoint": keep_resume_checkpoint}, num_nodes=num_nodes, job_folder=out_dir / JOB_FOLDER / name)
     with launch:
         trainer, resumed_from, elapsed = _train(module, callbacks, epochs=epochs, accelerator=accelerator,
                                                 devices=devices, num_nodes=num_nodes, strategy=trainer_strategy,
