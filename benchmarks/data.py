@@ -157,7 +157,7 @@ def simulator_figures(tmp: Path, *, quick: bool) -> tuple[bool, Path]:
     profile = load_profile(SMOKE_PROFILE)
     errors, seconds, described = [], 0.0, []
     for config in profile.data.simulate:
-        project = project_spec(config)
+        project = project_spec(config, terrain_dir=tmp / "terrain")
         if quick:
             project = dataclasses.replace(project, n_plans=min(4, project.n_plans))
         start = time.perf_counter()

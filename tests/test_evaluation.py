@@ -10,8 +10,9 @@ import pandas as pd
 import pytest
 import torch
 
-from floodlib.evaluation import (EvaluationError, MetricSpec, evaluate_dataset, evaluate_models, run_models,
-                                 sample_metrics, summarise, summary_table, view_sample)
+from floodlib.evaluation import (EvaluationError, MetricSpec, evaluate_dataset, evaluate_models, headline,
+                                 headline_text, reported_splits, run_models, sample_metrics, summarise, summary_table,
+                                 view_sample)
 from floodlib.models import create_model
 from floodlib.pipeline import stages
 from floodlib.pipeline.runner import StageFailed, run_pipeline
@@ -135,6 +136,58 @@ def test_stage_d_reports_every_model_on_every_split(tiny_run):
     pages = sorted(p.name for p in (stage_dir / "figures").glob("predictions_*.png"))
     assert pages == sorted(f"predictions_{name.split('/')[1]}_1.png" for name in c_models)
     assert (stage_dir / "figures" / "comparison.png").stat().st_size > 10_000
+
+
+def test_stage_d_reports_the_projects_held_out_beside_the_plans_held_out(tiny_run):
+    """The tiny profile holds project valley_steep out of training: stage D gives it a headline and boxplot."""
+    stage_dir = tiny_run / "D"
+    summary = json.loads((stage_dir / "summary.json").read_text())
+    assert list(summary["headlines"]) == ["big_test", "test_projects"]
+    assert summary["headlines"]["big_test"] == summary["headline"]
+    held = summary["headlines"]["test_projects"]
+    assert held["tests"] == "whole projects held out of training: terrain never seen"
+    table = pd.read_csv(stage_dir / "metrics" / "summary.csv")
+    rows = table[(table["split"] == "test_projects") & (table["stage"] == "C")].set_index("model")
+    assert held["pooled_rae"] == pytest.approx(rows["pooled_rae"].to_dict())
+    assert held["all_beat_baseline"] == bool((rows["pooled_rae"] < 1).all())
+    ranked = rows["median_rae"] if rows["median_rae"].notna().any() else rows["pooled_rae"]
+    assert held["best_model"] == ranked.idxmin()
+    assert (stage_dir / "figures" / "rae_boxplots_test_projects_all.png").stat().st_size > 5_000
+    executed = (stage_dir / "D_evaluate.ipynb").read_text()
+    assert "test_projects (whole projects held out of training: terrain never seen): best model" in executed
+    # Its samples are those of the held-out project's plans, and no stage trained or validated on them.
+    run = stages.open_run(tiny_run)
+    held_out = stages.splits(run, ["test_projects"])["test_projects"]
+    assert held_out.summary.plans == ["valley_steep/plan_000", "valley_steep/plan_001"] and len(held_out) > 0
+    for model in rows.index:
+        assert len(pd.read_csv(stage_dir / "metrics" / model / "test_projects.csv")) == len(held_out)
+    for stage in ("A", "C"):
+        trained = json.loads((tiny_run / stage / "summary.json").read_text())["splits"]
+        assert not [plan for split in trained.values() for plan in split["plans"] if plan.startswith("valley_steep/")]
+    big_test = stages.splits(run, ["big_test"])["big_test"].summary.plans
+    assert big_test and all(plan.startswith("valley/") for plan in big_test)
+
+
+def test_headlines_of_the_held_out_splits():
+    table = pd.DataFrame([
+        {"model": "C/a", "split": "big_test", "stage": "C", "median_rae": 0.4, "pooled_rae": 0.5},
+        {"model": "C/b", "split": "big_test", "stage": "C", "median_rae": 0.3, "pooled_rae": 0.6},
+        {"model": "C/a", "split": "test_projects", "stage": "C", "median_rae": 0.9, "pooled_rae": 1.2},
+        {"model": "C/b", "split": "test_projects", "stage": "C", "median_rae": 1.1, "pooled_rae": 0.8},
+    ]).set_index(["model", "split"])
+    assert reported_splits(["small_train", "big_test", "test_projects"]) == ["big_test", "test_projects"]
+    assert reported_splits(["big_test", "valley_test"]) == ["big_test"]
+    with pytest.raises(EvaluationError, match=r"test split 'big_test' is not among the evaluated splits \['small_val'\]"):
+        reported_splits(["small_val"])
+    held = headline(table, split="test_projects")
+    assert held["best_model"] == "C/a" and held["pooled_rae"] == {"C/a": 1.2, "C/b": 0.8}
+    assert not held["all_beat_baseline"]
+    text = headline_text(held)
+    assert text.startswith("test_projects (whole projects held out of training: terrain never seen): best model C/a, "
+                           "median per-sample RAE 0.900 (pooled 1.200)")
+    assert "NOT every stage C model beats the no-change baseline" in text
+    assert headline_text(headline(table)).startswith("big_test (plans held out of the training projects: terrain like "
+                                                      "the training terrain): best model C/b")
 
 
 def _break_run(run_dir, damage):

@@ -301,6 +301,9 @@ def test_config_rebuilds_the_same_model():
         downsampler=config.pop("downsampler"),
         downsampler_kwargs=config.pop("downsampler_kwargs"),
         center_terrain=config.pop("center_terrain"),
+        terrain_scale=config.pop("terrain_scale"),
+        depth_scale=config.pop("depth_scale"),
+        change_scale=config.pop("change_scale"),
         **config.pop("arch_kwargs"),
     )
     assert not config

@@ -128,6 +128,53 @@ def test_gpu_and_parallel_settings_are_checked_before_anything_runs(tmp_path, se
     assert not (tmp_path / "outputs").exists()
 
 
+@pytest.mark.parametrize(("data", "pattern"), [
+    ({"splits": {"test_projects": ["valey_steep"]}},
+     r"data.splits.test_projects: unknown project\(s\) \['valey_steep'\]; the projects are \['valley', 'valley_steep'\]"),
+    ({"splits": {"test_projects": ["valley_steep", "valley"]}},
+     r"data.splits.test_projects: \['valley_steep', 'valley'\] holds out every project; at least one must remain"),
+    ({"splits": {"test_projects": "valley_steep"}},
+     r"data.splits: SplitSpec.test_projects='valley_steep' must be a list of project names"),
+    ({"splits": {"test_project": ["valley_steep"]}}, r"data.splits: .*unexpected keyword argument 'test_project'"),
+    ({"splits": {"small_project": "valey"}}, r"data.splits.small_project: unknown project 'valey'"),
+    ({"samples": {"projects": {"valey": {"patch_stride_cells": 16}}}},
+     r"data.samples.projects: unknown project\(s\) \['valey'\]; the projects are \['valley', 'valley_steep'\]"),
+    ({"hecras": [{"file": "plans/muncie.p01.hdf"}], "splits": {"test_projects": ["muncie.p01"]}},
+     r"unknown project\(s\) \['muncie.p01'\]; the projects are \['valley', 'valley_steep', 'muncie'\]"),
+])
+def test_held_out_projects_and_sampling_are_checked_when_the_profile_loads(tmp_path, data, pattern):
+    profile = yaml.safe_load(TINY.read_text())
+    for key, value in data.items():
+        profile["data"][key] = {**profile["data"][key], **value} if isinstance(value, dict) else value
+    path = tmp_path / "held_out.yaml"
+    path.write_text(yaml.safe_dump(profile))
+    with pytest.raises(ProfileError, match=pattern):
+        run_pipeline(path, outputs=tmp_path / "outputs")
+    assert not (tmp_path / "outputs").exists()
+
+
+@pytest.mark.parametrize("name", ["smoke", "paper", "tiny"])
+def test_every_shipped_profile_loads_and_holds_a_project_out(name):
+    data = load_profile(ROOT / "params" / f"{name}.yaml").data
+    held_out = data.split_spec().test_projects
+    assert held_out and set(held_out) < set(data.project_names())
+    if name != "tiny":  # real terrain in training, fetched from a package registry on a user's clone
+        fetched = [p for p in data.simulate if p.terrain.fetch is not None]
+        assert fetched and not set(held_out) & {p.name for p in fetched}
+
+
+def test_a_held_out_project_missing_from_the_data_is_refused_before_training(tmp_path):
+    """A run whose data folder lacks a project the profile holds out (its folder was removed) stops at the splits,
+    before a plan is read."""
+    run = stages.open_run(tmp_path / "run", TINY)
+    (run.data_dir / "valley").mkdir(parents=True)
+    for k in range(6):
+        (run.data_dir / "valley" / f"plan_{k:03d}.h5").touch()
+    with pytest.raises(ProfileError, match=r"run/params.yaml: data.splits.test_projects: unknown project\(s\) "
+                                           r"\['valley_steep'\]; the projects are \['valley'\]"):
+        stages.splits(run)
+
+
 def test_the_pipeline_refuses_to_run_as_one_of_several_launched_processes(tmp_path, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "4")
     with pytest.raises(ProfileError, match=r"one of 4 \(torchrun or SLURM\): start it with plain python"):

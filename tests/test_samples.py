@@ -271,6 +271,85 @@ def test_splits_are_by_plan_and_never_leak(tmp_path):
         split_plans(discover_plans(tmp_path), SplitSpec(small_plans=2, test_plans=9))
 
 
+def test_projects_held_out_whole_are_in_no_training_split(tmp_path):
+    for project, count in (("alpha", 8), ("beta", 3), ("gamma", 6)):
+        write_project(tmp_path, project, count)
+    spec = SplitSpec(small_plans=3, test_plans=2, val_fraction=0.3, test_projects=["beta"])
+    splits = split_plans(discover_plans(tmp_path), spec)
+    held_out = splits["test_projects"]
+    assert [f"{p.parent.name}/{p.stem}" for p in held_out] == ["beta/plan_000", "beta/plan_001", "beta/plan_002"]
+    assert splits["beta_test"] == held_out and "beta_train_val" not in splits
+    for name in ("small_train", "small_val", "big_train", "big_val", "big_test", "alpha_train_val", "alpha_test",
+                 "gamma_train_val", "gamma_test"):
+        assert not {p.parent.name for p in splits[name]} & {"beta"}, name
+    # big_test stays the plan-held-out test of the training projects: the last test_plans of each.
+    assert [f"{p.parent.name}/{p.stem}" for p in splits["big_test"]] == [
+        "alpha/plan_006", "alpha/plan_007", "gamma/plan_004", "gamma/plan_005"]
+    assert len(splits["big_train"]) + len(splits["big_val"]) == 6 + 4
+    # beta has too few plans to train (3 < test_plans + 2), which only matters when it trains.
+    with pytest.raises(ValueError, match=r"project 'beta' has 3 plans; SplitSpec.test_plans=2"):
+        split_plans(discover_plans(tmp_path), SplitSpec(small_plans=3, test_plans=2))
+    # The small split comes from small_project, else the first training project by name.
+    assert {p.parent.name for p in split_plans(discover_plans(tmp_path), SplitSpec(
+        small_plans=3, test_plans=2, test_projects=("alpha", "beta")))["small_train"]} == {"gamma"}
+    small = split_plans(discover_plans(tmp_path), SplitSpec(small_plans=4, test_plans=2, test_projects=["beta"],
+                                                            small_project="gamma"))
+    assert [p.stem for p in small["small_train"] + small["small_val"]] == [f"plan_00{k}" for k in range(4)]
+    assert {p.parent.name for p in small["small_train"]} == {"gamma"}
+    # The same splits as datasets: the held-out split has every sample of its plans.
+    datasets = load_splits(tmp_path, sample_spec=SPEC, split_spec=spec, names=["test_projects", "beta_test"])
+    assert datasets["test_projects"].summary.plans == ["beta/plan_000", "beta/plan_001", "beta/plan_002"]
+    assert len(datasets["test_projects"]) == len(datasets["beta_test"]) == 3 * 20
+
+
+@pytest.mark.parametrize(("kwargs", "pattern"), [
+    ({"test_projects": ["delta"]},
+     r"SplitSpec.test_projects: unknown project\(s\) \['delta'\]; the projects are \['alpha', 'beta'\]"),
+    ({"test_projects": ["beta", "alpha"]},
+     r"SplitSpec.test_projects: \['beta', 'alpha'\] holds out every project; at least one must remain"),
+    ({"small_project": "delta"}, r"SplitSpec.small_project: unknown project 'delta'; the projects are"),
+])
+def test_held_out_projects_must_be_known_and_leave_one_to_train(tmp_path, kwargs, pattern):
+    for project in ("alpha", "beta"):
+        write_project(tmp_path, project, 5)
+    with pytest.raises(ValueError, match=pattern):
+        split_plans(discover_plans(tmp_path), SplitSpec(small_plans=2, test_plans=2, **kwargs))
+
+
+@pytest.mark.parametrize(("kwargs", "pattern"), [
+    ({"test_projects": "alpha"}, r"SplitSpec.test_projects='alpha' must be a list of project names"),
+    ({"test_projects": ["alpha", ""]}, r"must be a list of project names"),
+    ({"test_projects": ["alpha", "alpha"]}, r"names a project more than once"),
+    ({"test_projects": ["alpha"], "small_project": "alpha"}, r"small_project='alpha' is held out by test_projects"),
+])
+def test_split_spec_refuses_bad_held_out_projects(kwargs, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        SplitSpec(**kwargs)
+
+
+def test_a_project_can_draw_its_samples_its_own_way(tmp_path):
+    """A small tile yields samples only with denser patch origins; the other projects keep the spec's own."""
+    small_tile = coded_simulation(rows=11, cols=11, project="tile")  # too small for a dual-grid patch
+    large = coded_simulation(rows=24, cols=20, project="valley")
+    dense = {"snapshot_every_s": 300, "patch_stride_cells": 2}
+    spec = SampleSpec(**{**SPEC.__dict__, "projects": {"tile": dense}})
+    assert len(index_plan(small_tile, SPEC).entries) == 2  # one standard patch at 0 and at 1200 s
+    own = index_plan(small_tile, spec)
+    # A snapshot every 300 s up to 1800 s (7, the dual ones fit no patch), origins 0 and 2 on the standard grid.
+    assert len(own.entries) == 4 * 4 and own.per_snapshot == [4, 0, 4, 0, 4, 0, 4]
+    assert_array_equal(index_plan(large, spec).entries, index_plan(large, SPEC).entries)
+    assert spec.for_project("tile").snapshot_times(2100.0) == (0.0, 300.0, 600.0, 900.0, 1200.0, 1500.0, 1800.0)
+    assert spec.for_project("valley") == SPEC
+    assert "project tile: a snapshot every 5 min, origins every 2 cells" in spec.describe()
+    write_simulation(tmp_path / "tile" / "plan_000.h5", small_tile)
+    dataset = PatchDataset([tmp_path / "tile" / "plan_000.h5"], spec=spec)
+    assert len(dataset) == 16 and dataset[15].depths.shape == (2, 8, 8)
+    with pytest.raises(ValueError, match=r"SampleSpec.projects\['tile'\]: \['patch_cells'\] cannot differ by project"):
+        SampleSpec(projects={"tile": {"patch_cells": 16}})
+    with pytest.raises(ValueError, match=r"SampleSpec.projects\['tile'\]: SampleSpec.patch_stride_cells=-1"):
+        SampleSpec(projects={"tile": {"patch_stride_cells": -1}})
+
+
 def test_dataset_delivers_float32_samples_deterministically(tmp_path):
     write_project(tmp_path, "alpha", 6)
     datasets = load_splits(tmp_path, sample_spec=SPEC, split_spec=SplitSpec(small_plans=4, test_plans=2),

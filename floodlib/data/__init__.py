@@ -2,6 +2,7 @@
 
 - :mod:`floodlib.data.store` — one HDF5 file per plan (``Simulation``, ``write_simulation``, ``read_simulation``);
 - :mod:`floodlib.data.geotiff` — terrain rasters (GeoTIFF DEMs);
+- :mod:`floodlib.data.fetch` — data files fetched from a package registry (a member of a pinned wheel, checksummed);
 - :mod:`floodlib.data.hecras` — HEC-RAS 2D plan results into the store;
 - :mod:`floodlib.data.terrain`, :mod:`floodlib.data.simulate` — the built-in simulator (landlab OverlandFlow)
   over procedural valleys or real DEMs, the embedded default data source;
@@ -10,7 +11,9 @@
 - :mod:`floodlib.data.preview` — preview figures of a split.
 """
 
-from floodlib.data.dataset import PatchDataset, Sample, SplitSpec, SplitSummary, discover_plans, load_splits, split_plans
+from floodlib.data.dataset import (TEST_PROJECTS_SPLIT, PatchDataset, Sample, SplitSpec, SplitSummary, discover_plans,
+                                   load_splits, split_plans)
+from floodlib.data.fetch import FetchError, WheelMember, fetch_wheel_member
 from floodlib.data.hecras import convert_hecras, list_2d_areas, read_hecras
 from floodlib.data.preview import preview_samples
 from floodlib.data.simulate import Hydrograph, PlanSpec, ProjectSpec, plan_specs, simulate_plan, simulate_project
@@ -19,7 +22,8 @@ from floodlib.data.store import Simulation, SimulationFileError, read_simulation
 from floodlib.data.terrain import DemSource, ValleyParams
 
 __all__ = [
-    "DemSource", "Hydrograph", "PlanSpec", "ProjectSpec", "ValleyParams", "plan_specs", "simulate_plan",
+    "DemSource", "FetchError", "Hydrograph", "PlanSpec", "ProjectSpec", "TEST_PROJECTS_SPLIT", "ValleyParams",
+    "WheelMember", "fetch_wheel_member", "plan_specs", "simulate_plan",
     "simulate_project", "PatchDataset", "Sample", "SampleSpec", "Simulation", "SimulationFileError", "SplitSpec", "SplitSummary",
     "apply_transform", "convert_hecras", "cut_sample", "discover_plans", "index_plan", "list_2d_areas", "load_splits", "preview_samples",
     "read_hecras", "read_simulation", "split_plans", "write_simulation",

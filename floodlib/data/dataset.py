@@ -17,6 +17,8 @@ from floodlib.data.samples import INDEX_DTYPE, SampleSpec, cut_sample, index_pla
 from floodlib.data.store import read_simulation
 
 SIMULATION_SUFFIX = ".h5"
+#: The split of every plan of the projects held out of training (``SplitSpec.test_projects``).
+TEST_PROJECTS_SPLIT = "test_projects"
 
 
 class Sample(NamedTuple):
@@ -154,14 +156,20 @@ class SplitSpec:
 
     Attributes
     ----------
-    small_plans : the ``small`` split uses the first this many plans of the first project.
-    test_plans : the last this many plans of each project are held out as test plans.
+    small_plans : the ``small`` split uses the first this many plans of ``small_project``.
+    test_plans : the last this many plans of each training project are held out as test plans.
     val_fraction : share of a split's plans used for validation (the last ones).
+    test_projects : projects held out of training whole (terrain never seen): their plans are in no
+        training, validation or plan-held-out split, only in the ``test_projects`` split (and their own
+        ``<project>_test``). Empty (default): every project trains.
+    small_project : the project of the ``small`` split; empty (default): the first training project by name.
     """
 
     small_plans: int = 7
     test_plans: int = 7
     val_fraction: float = 0.3
+    test_projects: tuple[str, ...] = ()
+    small_project: str = ""
 
     def __post_init__(self):
         for name in ("small_plans", "test_plans"):
@@ -170,6 +178,37 @@ class SplitSpec:
                 raise ValueError(f"SplitSpec.{name}={value!r} must be a positive integer")
         if not 0 < self.val_fraction < 1:
             raise ValueError(f"SplitSpec.val_fraction={self.val_fraction!r} must be between 0 and 1")
+        names = self.test_projects
+        if isinstance(names, str) or not isinstance(names, (list, tuple)) \
+                or not all(isinstance(name, str) and name for name in names):
+            raise ValueError(f"SplitSpec.test_projects={names!r} must be a list of project names")
+        if len(set(names)) != len(names):
+            raise ValueError(f"SplitSpec.test_projects={list(names)!r} names a project more than once")
+        object.__setattr__(self, "test_projects", tuple(names))
+        if not isinstance(self.small_project, str):
+            raise ValueError(f"SplitSpec.small_project={self.small_project!r} must be a project name (or empty)")
+        if self.small_project in self.test_projects:
+            raise ValueError(f"SplitSpec.small_project={self.small_project!r} is held out by test_projects; the "
+                             "small split trains on it")
+
+    def check_projects(self, projects: Sequence[str], *, where: str = "SplitSpec") -> None:
+        """Refuse ``test_projects`` or a ``small_project`` that are not among ``projects``, and holding out
+        every project.
+
+        Raises
+        ------
+        ValueError
+            starting with ``where`` and the field, naming the unknown projects and listing the known ones.
+        """
+        known = list(projects)
+        unknown = [name for name in self.test_projects if name not in known]
+        if unknown:
+            raise ValueError(f"{where}.test_projects: unknown project(s) {unknown}; the projects are {known}")
+        if known and len(set(self.test_projects)) >= len(set(known)):
+            raise ValueError(f"{where}.test_projects: {list(self.test_projects)} holds out every project; at least "
+                             "one must remain to train on")
+        if self.small_project and self.small_project not in known:
+            raise ValueError(f"{where}.small_project: unknown project {self.small_project!r}; the projects are {known}")
 
 
 def discover_plans(data_dir: str | Path) -> dict[str, list[Path]]:
@@ -195,16 +234,33 @@ def _train_val(plans: list[Path], fraction: float) -> tuple[list[Path], list[Pat
 def split_plans(projects: dict[str, list[Path]], spec: SplitSpec = SplitSpec()) -> dict[str, list[Path]]:
     """Assign plans to splits — never a patch: no test plan leaks into training.
 
-    Returns ``small_train``, ``small_val`` (first ``small_plans`` of the first project), ``big_train``,
-    ``big_val`` (all but the last ``test_plans`` of each project, each project divided train/val),
-    ``big_test`` (the last ``test_plans`` of each project), and per project ``<project>_train_val`` and
-    ``<project>_test``.
+    Returns ``small_train``, ``small_val`` (first ``small_plans`` of ``small_project``, by default the first
+    training project), ``big_train``, ``big_val`` (all but the last ``test_plans`` of each training project,
+    each project divided train/val), ``big_test`` (the last ``test_plans`` of each training project: plans
+    held out, terrain seen) and per training project ``<project>_train_val`` and ``<project>_test``. When
+    ``spec.test_projects`` holds projects out, ``test_projects`` has every plan of them (terrain never seen in
+    training), and each of them its own ``<project>_test``.
+
+    Raises
+    ------
+    ValueError
+        naming the SplitSpec field: an unknown project in ``test_projects`` (listing the projects), every
+        project held out, a training project with too few plans, or ``small_plans`` reaching test plans.
     """
     if not projects:
         raise ValueError("no projects to split")
+    spec.check_projects(projects)
     splits: dict[str, list[Path]] = {"big_train": [], "big_val": [], "big_test": []}
-    first = next(iter(projects))
-    for project, plans in projects.items():
+    if spec.test_projects:
+        splits[TEST_PROJECTS_SPLIT] = [plan for project in spec.test_projects for plan in projects[project]]
+    for project in projects:
+        clash = {f"{project}_train_val", f"{project}_test"} & {"small_train", "small_val", *splits}
+        if clash:
+            raise ValueError(f"project {project!r}: its own split {sorted(clash)[0]!r} would replace the split of "
+                             "that name; rename the project")
+    training = {project: plans for project, plans in projects.items() if project not in spec.test_projects}
+    first = spec.small_project or next(iter(training))
+    for project, plans in training.items():
         if len(plans) < spec.test_plans + 2:
             raise ValueError(
                 f"project {project!r} has {len(plans)} plans; SplitSpec.test_plans={spec.test_plans} held out for "
@@ -216,7 +272,9 @@ def split_plans(projects: dict[str, list[Path]], spec: SplitSpec = SplitSpec()) 
         splits["big_test"] += test
         splits[f"{project}_train_val"] = train_val
         splits[f"{project}_test"] = test
-    first_plans = projects[first]
+    for project in spec.test_projects:
+        splits[f"{project}_test"] = list(projects[project])
+    first_plans = training[first]
     if spec.small_plans > len(first_plans) - spec.test_plans:
         raise ValueError(
             f"SplitSpec.small_plans={spec.small_plans} would take test plans of project {first!r} "

@@ -161,7 +161,7 @@ def read_hecras(
         terrain_text = f"terrain {Path(terrain).name} sampled bilinearly"
 
     simulation = Simulation(
-        project=project if project is not None else _project_name(path),
+        project=project if project is not None else project_name_from_file(path),
         plan=plan if plan is not None else plan_id,
         terrain=np.asarray(terrain_values, dtype=np.float32),
         water_depth=water_depth,
@@ -524,6 +524,9 @@ def _plan_id(h5: h5py.File) -> str | None:
     return None
 
 
-def _project_name(path: Path) -> str:
+def project_name_from_file(path: str | Path) -> str:
+    """The HEC-RAS project name of a plan results file: its name before ``.pNN`` / ``.gNN``
+    (``backwater_curve`` for ``backwater_curve.p01.hdf``), else its stem."""
+    path = Path(path)
     match = re.match(r"(.+?)\.[pg]\d{2}(\.|$)", path.name, flags=re.IGNORECASE)
     return match[1] if match else path.stem

@@ -26,13 +26,16 @@ excluded when it touches a cell outside the model's area (NaN).
 Beyond the seed, more samples come from the same simulations at no extra simulation cost: a snapshot
 every ``snapshot_every_s`` seconds (the stores hold a frame per output interval), and overlapping patches
 with origins every ``patch_stride_cells`` cells. Samples stay lazily sliced; splits stay by plan, so
-overlapping patches of one plan never fall on both sides of a split.
+overlapping patches of one plan never fall on both sides of a split. Those choices may differ by project
+(``projects``): a terrain tile that holds one patch yields a useful number of samples only from more
+snapshots or denser patch origins, which would multiply a large domain's samples many times over.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -51,6 +54,9 @@ INDEX_DTYPE = np.dtype([
 TRANSFORMS = ("none", "anti-diagonal reflection", "reverse rows", "reverse columns")
 #: The seed's snapshot times n, s: 0, 70, 140 and 210 min.
 SEED_SNAPSHOT_TIMES_S = (0.0, 4200.0, 8400.0, 12600.0)
+#: What ``SampleSpec.projects`` may set for one project: how many samples are drawn and where, never the
+#: sample's shape or lead time (every sample of a data set feeds the same networks).
+PROJECT_OPTIONS = ("snapshot_times_s", "snapshot_every_s", "patch_stride_cells", "dry_threshold_m")
 
 
 @dataclass(frozen=True)
@@ -73,6 +79,10 @@ class SampleSpec:
         ``snapshot_times_s`` (the grids and transforms still take turns by snapshot); 0 (default): off.
     patch_stride_cells : when > 0, patch origins every this many cells along each grid (overlapping
         patches when below ``patch_cells``); 0 (default): ``patch_cells``, the seed's whole patches.
+    projects : per project name, other values of ``PROJECT_OPTIONS`` for that project's plans, e.g.
+        ``{"minnesota": {"snapshot_every_s": 600}}`` for a terrain tile that holds one patch; setting one of
+        the alternatives ``snapshot_every_s`` / ``snapshot_times_s`` there sets the other back to its
+        default. :meth:`for_project` gives a project's own spec.
     """
 
     patch_cells: int = 32
@@ -85,6 +95,7 @@ class SampleSpec:
     trim_above_cells: int = 240
     snapshot_every_s: float = 0.0
     patch_stride_cells: int = 0
+    projects: Mapping[str, Mapping[str, Any]] = field(default_factory=dict, hash=False)
 
     def __post_init__(self):
         def positive_int(name, minimum=1):
@@ -116,6 +127,37 @@ class SampleSpec:
             raise ValueError(f"SampleSpec.delta_t_s={self.delta_t_s!r} must be a positive number of seconds")
         if not (math.isfinite(self.dry_threshold_m) and self.dry_threshold_m >= 0):
             raise ValueError(f"SampleSpec.dry_threshold_m={self.dry_threshold_m!r} must be >= 0 m")
+        if not isinstance(self.projects, Mapping):
+            raise ValueError(f"SampleSpec.projects={self.projects!r} must map project names to options "
+                             f"(some of {', '.join(PROJECT_OPTIONS)})")
+        projects = {}
+        for project, options in self.projects.items():
+            if not isinstance(options, Mapping):
+                raise ValueError(f"SampleSpec.projects[{project!r}]={options!r} must map options to values "
+                                 f"(some of {', '.join(PROJECT_OPTIONS)})")
+            unknown = sorted(set(options) - set(PROJECT_OPTIONS))
+            if unknown:
+                raise ValueError(f"SampleSpec.projects[{project!r}]: {unknown} cannot differ by project; expected "
+                                 f"some of {', '.join(PROJECT_OPTIONS)}")
+            projects[str(project)] = dict(options)
+        object.__setattr__(self, "projects", projects)
+        for project in projects:
+            try:
+                self.for_project(project)
+            except (TypeError, ValueError) as error:
+                raise ValueError(f"SampleSpec.projects[{project!r}]: {error}") from None
+
+    def for_project(self, project: str) -> "SampleSpec":
+        """The spec that draws ``project``'s samples: this one with that project's ``projects`` options."""
+        options = dict(self.projects.get(project, {}))
+        if not options and not self.projects:
+            return self
+        if "snapshot_every_s" in options and "snapshot_times_s" not in options:
+            options["snapshot_times_s"] = SEED_SNAPSHOT_TIMES_S
+        if "snapshot_times_s" in options:
+            options["snapshot_times_s"] = tuple(options["snapshot_times_s"])
+            options.setdefault("snapshot_every_s", 0.0)
+        return replace(self, projects={}, **options)
 
     @property
     def terrain_points(self) -> int:
@@ -135,15 +177,20 @@ class SampleSpec:
         count = int(math.floor(last / self.snapshot_every_s + 1e-9)) + 1 if last >= 0 else 0
         return tuple(k * float(self.snapshot_every_s) for k in range(count))
 
+    def _snapshots_text(self) -> str:
+        if self.snapshot_every_s > 0:
+            return f"a snapshot every {self.snapshot_every_s / 60:g} min"
+        return "snapshots at " + "/".join(f"{t / 60:g}" for t in self.snapshot_times_s) + " min"
+
     def describe(self) -> str:
         """How samples are drawn, in words (for dataset summaries)."""
-        if self.snapshot_every_s > 0:
-            when = f"a snapshot every {self.snapshot_every_s / 60:g} min"
-        else:
-            when = "snapshots at " + "/".join(f"{t / 60:g}" for t in self.snapshot_times_s) + " min"
         stride = (f"origins every {self.stride} cells (overlapping)" if self.stride < self.patch_cells
                   else f"origins every {self.stride} cells")
-        return f"{when}, {self.delta_t_s / 60:g} min ahead; {self.patch_cells}-cell patches, {stride}"
+        text = f"{self._snapshots_text()}, {self.delta_t_s / 60:g} min ahead; {self.patch_cells}-cell patches, {stride}"
+        for project in self.projects:
+            own = self.for_project(project)
+            text += f"; project {project}: {own._snapshots_text()}, origins every {own.stride} cells"
+        return text
 
 
 def patch_origins(cells: int, patch: int, dual: bool, trim: int = 0, stride: int | None = None) -> np.ndarray:
@@ -201,7 +248,9 @@ def _patch_sums(field_2d: np.ndarray, rows: np.ndarray, cols: np.ndarray, size: 
 
 
 def index_plan(simulation: Simulation, spec: SampleSpec, plan_id: int = 0) -> PlanIndex:
-    """Every sample of ``simulation`` under ``spec``, after the dry and out-of-area rules."""
+    """Every sample of ``simulation`` under ``spec`` (with its project's own options, if any), after the dry
+    and out-of-area rules."""
+    spec = spec.for_project(simulation.project)
     if simulation.terrain_ratio != spec.terrain_ratio:
         raise ValueError(
             f"plan {simulation.project}/{simulation.plan}: terrain ratio {simulation.terrain_ratio} "

@@ -24,7 +24,7 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import h5py
 import numpy as np
@@ -152,6 +152,23 @@ def validate_arrays(
                         "finite and >= 0 m")
 
 
+def atomic_write(path: str | Path, write: Callable[[str], Any]) -> Path:
+    """Call ``write(temporary_path)`` and rename the result to ``path``: readers see the old file or the
+    complete new one, never a partial one. The temporary file sits beside ``path`` (same file system, so the
+    rename is atomic) and is removed when ``write`` raises."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path
+
+
 def write_simulation(path: str | Path, simulation: Simulation) -> Path:
     """Validate ``simulation`` and write it to ``path`` atomically (temporary file + rename).
 
@@ -159,10 +176,8 @@ def write_simulation(path: str | Path, simulation: Simulation) -> Path:
     """
     path = Path(path)
     simulation.validate(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    try:
+
+    def write(temporary: str) -> None:
         with h5py.File(temporary, "w") as h5:
             h5.create_dataset("terrain", data=np.asarray(simulation.terrain, dtype=np.float32))
             h5.create_dataset("water_depth", data=np.asarray(simulation.water_depth, dtype=np.float32))
@@ -184,11 +199,8 @@ def write_simulation(path: str | Path, simulation: Simulation) -> Path:
                 attrs["event"] = json.dumps(simulation.event)
             for key, value in simulation.extra.items():
                 attrs[key] = json.dumps(value) if isinstance(value, (dict, list)) else value
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
+
+    return atomic_write(path, write)
 
 
 def _read_attr(h5: h5py.File, path: Path, name: str):

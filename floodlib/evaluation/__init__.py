@@ -14,16 +14,16 @@ from floodlib.evaluation.figures import (SampleView, figure_png, format_rae, plo
                                          prediction_page, sample_figure, view_sample)
 from floodlib.evaluation.metrics import (MetricSpec, evaluate_dataset, predict_dataset, resolve_device,
                                          sample_metrics, summarise)
-from floodlib.evaluation.run import (REFERENCE_MEDIAN_RAE, EvaluationError, RunModel, choose_samples, compare_models,
-                                     evaluate_models, headline, headline_text, inference_latency, prediction_pages,
-                                     read_sample_metrics, report_summary, run_models, save_metrics, save_table,
-                                     summary_table)
+from floodlib.evaluation.run import (REFERENCE_MEDIAN_RAE, SPLIT_DESCRIPTIONS, EvaluationError, RunModel, choose_samples,
+                                     compare_models, evaluate_models, headline, headline_text, inference_latency,
+                                     prediction_pages, read_sample_metrics, report_summary, reported_splits,
+                                     run_models, save_metrics, save_table, summary_table)
 
 __all__ = [
-    "EvaluationError", "MetricSpec", "REFERENCE_MEDIAN_RAE", "RunModel", "SampleView", "choose_samples",
-    "compare_models", "evaluate_dataset", "evaluate_models", "figure_png", "format_rae", "headline",
+    "EvaluationError", "MetricSpec", "REFERENCE_MEDIAN_RAE", "RunModel", "SPLIT_DESCRIPTIONS", "SampleView",
+    "choose_samples", "compare_models", "evaluate_dataset", "evaluate_models", "figure_png", "format_rae", "headline",
     "headline_text", "inference_latency", "plot_comparison", "plot_rae_boxplots", "predict_dataset",
-    "prediction_page", "prediction_pages", "read_sample_metrics", "report_summary", "resolve_device",
-    "run_models", "sample_figure", "sample_metrics", "save_metrics", "save_table", "summarise", "summary_table",
-    "view_sample",
+    "prediction_page", "prediction_pages", "read_sample_metrics", "report_summary", "reported_splits",
+    "resolve_device", "run_models", "sample_figure", "sample_metrics", "save_metrics", "save_table", "summarise",
+    "summary_table", "view_sample",
 ]

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from floodlib.data.dataset import PatchDataset
+from floodlib.data.dataset import TEST_PROJECTS_SPLIT, PatchDataset
 from floodlib.evaluation.figures import SampleView, prediction_page, view_sample
 from floodlib.evaluation.metrics import MetricSpec, evaluate_dataset, resolve_device, summarise
 from floodlib.training.artifacts import atomic_write, load_model
@@ -23,6 +23,11 @@ from floodlib.training.artifacts import atomic_write, load_model
 REFERENCE_MEDIAN_RAE = 0.108
 REFERENCE_NOTE = ("the reference's published median per-sample RAE, Arch_05 on its own HEC-RAS data; the data "
                   "differ, so this is context, not a like-for-like comparison")
+#: What the held-out splits test, for headlines.
+SPLIT_DESCRIPTIONS = {
+    "big_test": "plans held out of the training projects: terrain like the training terrain",
+    TEST_PROJECTS_SPLIT: "whole projects held out of training: terrain never seen",
+}
 
 
 class EvaluationError(ValueError):
@@ -175,10 +180,14 @@ def save_table(table: pd.DataFrame, path: str | Path) -> Path:
     return atomic_write(path, lambda temporary: table.to_csv(temporary))
 
 
-def report_summary(result: dict, table: pd.DataFrame, comparison: pd.DataFrame | None = None) -> dict:
-    """What stage D's summary.json holds: the headline, the table per model and split, the comparison
-    (as JSON-ready records: a missing figure such as GPU latency without a GPU is null)."""
-    summary = {"headline": result, "table": json.loads(table.reset_index().to_json(orient="records"))}
+def report_summary(result: dict, table: pd.DataFrame, comparison: pd.DataFrame | None = None, *,
+                   headlines: dict[str, dict] | None = None) -> dict:
+    """What stage D's summary.json holds: the headline (of the test split), the headline of every reported
+    split by name (``headlines``: the test split's and, when projects are held out, ``test_projects``'), the
+    table per model and split, the comparison (as JSON-ready records: a missing figure such as GPU latency
+    without a GPU is null)."""
+    summary = {"headline": result, "headlines": headlines or {result["split"]: result},
+               "table": json.loads(table.reset_index().to_json(orient="records"))}
     if comparison is not None:
         summary["comparison"] = json.loads(comparison.to_json(orient="records"))
     return summary
@@ -192,9 +201,20 @@ def read_sample_metrics(stage_dir: str | Path, model: str, split: str) -> pd.Dat
     return pd.read_csv(path)
 
 
+def reported_splits(splits, test_split: str = "big_test") -> list[str]:
+    """The held-out splits stage D gives a headline and boxplots of all models: ``test_split`` (plans held out
+    of training) and, when the run holds whole projects out (``SplitSpec.test_projects``), ``test_projects``
+    (terrain never seen). ``splits``: the run's split names (or its datasets by name)."""
+    names = list(splits)
+    if test_split not in names:
+        raise EvaluationError(f"test split {test_split!r} is not among the evaluated splits {names}")
+    return [test_split] + ([TEST_PROJECTS_SPLIT] if TEST_PROJECTS_SPLIT in names and test_split != TEST_PROJECTS_SPLIT
+                           else [])
+
+
 def headline(table: pd.DataFrame, *, stage: str = "C", split: str = "big_test") -> dict:
     """The best ``stage`` model by median per-sample RAE on ``split``, whether every one beats the no-change
-    baseline (pooled RAE < 1), and the reference's published figure beside it."""
+    baseline (pooled RAE < 1), what the split tests, and the reference's published figure beside it."""
     rows = table.xs(split, level="split")
     rows = rows[rows["stage"] == stage]
     if rows.empty:
@@ -204,6 +224,7 @@ def headline(table: pd.DataFrame, *, stage: str = "C", split: str = "big_test") 
     return {
         "stage": stage,
         "split": split,
+        "tests": SPLIT_DESCRIPTIONS.get(split, ""),
         "best_model": best,
         "best_median_rae": float(rows.loc[best, "median_rae"]),
         "best_pooled_rae": float(rows.loc[best, "pooled_rae"]),
@@ -218,7 +239,8 @@ def headline_text(result: dict) -> str:
     stage = result.get("stage", "C")
     beat = f"every stage {stage} model beats" if result["all_beat_baseline"] else f"NOT every stage {stage} model beats"
     pooled = ", ".join(f"{model} {value:.3f}" for model, value in result["pooled_rae"].items())
-    return (f"{result['split']}: best model {result['best_model']}, median per-sample RAE "
+    tests = f" ({result['tests']})" if result.get("tests") else ""
+    return (f"{result['split']}{tests}: best model {result['best_model']}, median per-sample RAE "
             f"{result['best_median_rae']:.3f} (pooled {result['best_pooled_rae']:.3f}) — reference "
             f"{result['reference_median_rae']:.3f} ({result['reference_note']}).\n"
             f"Pooled RAE: {pooled}; {beat} the no-change baseline (RAE 1).")
@@ -296,7 +318,7 @@ def prediction_pages(entry: RunModel, dataset: PatchDataset, items: Sequence[int
             for number, page in enumerate(pages, 1)]
 
 
-__all__ = ["EvaluationError", "REFERENCE_MEDIAN_RAE", "RunModel", "choose_samples",
+__all__ = ["EvaluationError", "REFERENCE_MEDIAN_RAE", "RunModel", "SPLIT_DESCRIPTIONS", "choose_samples",
            "compare_models", "evaluate_models", "headline", "headline_text", "inference_latency",
-           "prediction_pages", "read_sample_metrics", "report_summary", "resolve_device", "run_models",
-           "save_metrics", "save_table", "summary_table"]
+           "prediction_pages", "read_sample_metrics", "report_summary", "reported_splits", "resolve_device",
+           "run_models", "save_metrics", "save_table", "summary_table"]

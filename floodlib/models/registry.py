@@ -11,7 +11,14 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from floodlib.models.base import FloodModel
+from floodlib.models.base import (
+    DEFAULT_CHANGE_SCALE,
+    DEFAULT_DEPTH_SCALE,
+    DEFAULT_TERRAIN_SCALE,
+    SCALE_KEYS,
+    FloodModel,
+    check_scale,
+)
 from floodlib.models.downsamplers import create_downsampler, resolve_downsampler_name
 from floodlib.models.init import init_weights
 
@@ -28,6 +35,11 @@ class ModelEntry:
 
 _MODELS: dict[str, ModelEntry] = {}
 _LOOKUP: dict[str, str] = {}  # lower-cased name or alias -> seed name
+
+# Architectures whose default depth-change scale is not DEFAULT_CHANGE_SCALE. Arch_09's final tanh bounds
+# its body's output to +-1, so the change scale is its bound in metres: 1.0 keeps the seed's +-1 m (which
+# 2 % of the measured depth changes exceed), where the common 0.25 would clip 11 % of them.
+_CHANGE_SCALES: dict[str, float] = {"Arch_09": 1.0}
 
 
 def register_model(name: str, *, aliases: tuple[str, ...] = (), description: str = "") -> Callable:
@@ -85,6 +97,9 @@ def create_model(
     downsampler_kwargs: dict[str, Any] | None = None,
     init: str | None = "xavier",
     center_terrain: bool = True,
+    terrain_scale: float = DEFAULT_TERRAIN_SCALE,
+    depth_scale: float = DEFAULT_DEPTH_SCALE,
+    change_scale: float | None = None,
     **kwargs: Any,
 ) -> FloodModel:
     """Build a registered architecture with its terrain downsampler.
@@ -99,6 +114,12 @@ def create_model(
     center_terrain : subtract each patch's mean elevation before downsampling. Flow depends on relative
         elevation only, so this loses nothing and keeps activations small whatever the survey's datum;
         False feeds raw elevations as the reference does.
+    terrain_scale : the (centred) terrain is divided by this before the downsampler, m.
+    depth_scale : the depths are divided by this before the body, m.
+    change_scale : the body's output is multiplied by this to give the depth change in m; None: the
+        architecture's default (DEFAULT_CHANGE_SCALE; 1.0 for Arch_09, whose tanh output then keeps the
+        seed's +-1 m bound). The defaults and the statistics behind them are in
+        :mod:`floodlib.models.base`; all three 1.0 give the seed's networks on raw metres.
     **kwargs : the architecture's own keyword arguments (e.g. ``layers``, ``channels``, ``attentions``
         for Arch_04).
 
@@ -110,6 +131,10 @@ def create_model(
     arch = resolve_model_name(name)
     downsampler = resolve_downsampler_name(downsampler)
     downsampler_kwargs = dict(downsampler_kwargs or {})
+    if change_scale is None:
+        change_scale = _CHANGE_SCALES.get(arch, DEFAULT_CHANGE_SCALE)
+    scales = {key: check_scale(key, value)
+              for key, value in zip(SCALE_KEYS, (terrain_scale, depth_scale, change_scale), strict=True)}
     body = build_checked(_MODELS[arch].body, f"model {arch!r}", kwargs)
     terrain_net = create_downsampler(downsampler, **downsampler_kwargs)
     config = {
@@ -118,6 +143,7 @@ def create_model(
         "downsampler": downsampler,
         "downsampler_kwargs": downsampler_kwargs,
         "center_terrain": bool(center_terrain),
+        **scales,
     }
     model = FloodModel(body=body, downsampler=terrain_net, config=config)
     if init is not None:

