@@ -15,9 +15,10 @@ import pandas as pd
 import torch
 
 from floodlib.data.dataset import TEST_PROJECTS_SPLIT, PatchDataset
+from floodlib.data.store import atomic_write
 from floodlib.evaluation.figures import SampleView, prediction_page, view_sample
 from floodlib.evaluation.metrics import MetricSpec, evaluate_dataset, resolve_device, summarise
-from floodlib.training.artifacts import atomic_write, load_model
+from floodlib.training.artifacts import load_model
 
 #: The reference's published median per-sample RAE (Arch_05 on its own HEC-RAS data).
 REFERENCE_MEDIAN_RAE = 0.108

@@ -14,11 +14,12 @@ import yaml
 
 from floodlib.data.dataset import PatchDataset, SplitSpec, discover_plans, load_splits
 from floodlib.data.samples import SampleSpec
+from floodlib.data.store import atomic_write
 from floodlib.models import create_model
 from floodlib.pipeline.config import (STAGES, Profile, ProfileError, ProjectConfig, StageA, StageB, StageC,
                                       TrainSettings, load_profile)
 from floodlib.training import PlateauSchedule, fit, load_model
-from floodlib.training.artifacts import atomic_json, atomic_write
+from floodlib.training.artifacts import atomic_json
 
 PROFILE_FILE = "params.yaml"
 SUMMARY_FILE = "summary.json"

@@ -3,32 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 import floodlib
+from floodlib.data.store import atomic_write
 from floodlib.models import FloodModel, create_model
 from floodlib.models.base import SCALE_KEYS
-
-
-def atomic_write(path: str | Path, write) -> Path:
-    """Call ``write(temporary_path)`` and rename the result to ``path``: readers see the old file or the
-    complete new one, never a partial one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    try:
-        write(temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> Path:

@@ -23,11 +23,12 @@ from typing import Sequence
 import ipywidgets as widgets
 
 from floodlib.data.dataset import PatchDataset, discover_plans, split_plans
+from floodlib.data.store import atomic_write
 from floodlib.evaluation.figures import SampleView, figure_png, format_rae, sample_figure, view_sample
 from floodlib.evaluation.metrics import MetricSpec
 from floodlib.evaluation.run import EvaluationError, RunModel, run_models
 from floodlib.pipeline.stages import open_run, splits
-from floodlib.training.artifacts import CheckpointError, atomic_write
+from floodlib.training.artifacts import CheckpointError
 
 
 class ViewerError(ValueError):
