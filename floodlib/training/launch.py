@@ -190,17 +190,25 @@ def local_ranks(processes: int, *, model, train, val, settings: dict[str, Any], 
                     failed.extend(found)
                     _thread.interrupt_main()  # a collective would otherwise wait for the dead rank
 
+        watcher = threading.Thread(target=watch, name="floodlib-ddp-watch", daemon=True)
         try:
             _wait_until_ready(folder, processes, num_nodes, failures)
             os.environ.update(shared, NODE_RANK="0", LOCAL_RANK="0")
-            watcher = threading.Thread(target=watch, name="floodlib-ddp-watch", daemon=True)
             watcher.start()
             yield
         except BaseException:
-            # The collective that broke here may have been a failing rank's doing: give its report a moment.
-            deadline = time.monotonic() + (5.0 if workers or num_nodes > 1 else 0.0)
-            while not failed and not (failed := failures()) and time.monotonic() < deadline:
-                time.sleep(0.2)
+            done.set()
+            try:
+                if watcher.is_alive():
+                    watcher.join()
+                # The collective that broke here may have been a failing rank's doing: give its report a moment.
+                deadline = time.monotonic() + (5.0 if workers or num_nodes > 1 else 0.0)
+                while not failed and time.monotonic() < deadline:
+                    failed.extend(failures())
+                    time.sleep(0.2)
+            except KeyboardInterrupt:  # the watcher's own interruption, for the failure it found
+                if not failed:
+                    raise
             for _, _, worker in workers:
                 if worker.poll() is None:
                     worker.kill()
