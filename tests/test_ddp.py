@@ -92,6 +92,17 @@ def test_a_split_sent_to_another_rank_keeps_exactly_its_samples(tmp_path):
     for i in range(4):
         for a, b in zip(rebuilt[i], part[i]):
             assert torch.equal(a, b)
+    # A sample definition that differs by project travels too (JSON turns its tuples into lists).
+    from dataclasses import replace
+
+    from floodlib.data.dataset import PatchDataset
+
+    spec = replace(train.spec, projects={"growing": {"patch_stride_cells": 16, "snapshot_times_s": (0, 1200)}})
+    dense = PatchDataset(train.files, spec=spec, name="dense")
+    assert len(dense) != len(train)
+    rebuilt = split_from_description(json.loads(json.dumps(split_description(dense, tmp_path))))
+    assert rebuilt.spec == dense.spec and rebuilt.spec.for_project("growing") == dense.spec.for_project("growing")
+    np.testing.assert_array_equal(rebuilt.index, dense.index)
 
 
 def test_two_process_ddp_matches_one_process_and_writes_once(tmp_path):

@@ -139,7 +139,10 @@ class SampleSpec:
             if unknown:
                 raise ValueError(f"SampleSpec.projects[{project!r}]: {unknown} cannot differ by project; expected "
                                  f"some of {', '.join(PROJECT_OPTIONS)}")
-            projects[str(project)] = dict(options)
+            options = dict(options)
+            if isinstance(options.get("snapshot_times_s"), (list, tuple)):  # as the spec's own: a tuple
+                options["snapshot_times_s"] = tuple(options["snapshot_times_s"])
+            projects[str(project)] = options
         object.__setattr__(self, "projects", projects)
         for project in projects:
             try:
