@@ -66,7 +66,7 @@ def _ranks_of(job_folder: Path) -> list[int]:
                 argv = (entry / "cmdline").read_bytes().split(b"\0")
             except OSError:
                 continue
-            if b"floodlib.training.launch" in argv and str(job_folder / "job.json").encode() in argv:
+            if b"floodlib.training.rank" in argv and str(job_folder / "job.json").encode() in argv:
                 found.append(int(entry.name))
     return found
 

@@ -20,7 +20,7 @@ from floodlib.models.base import (
     DEFAULT_TERRAIN_SCALE,
     SCALE_KEYS,
 )
-from floodlib.training.artifacts import load_model, save_model
+from floodlib.models.checkpoints import load_model, save_model
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_models import PARAMETER_COUNTS, n_params  # noqa: E402  (ARCHITECTURES.md's table, in one place)

@@ -169,6 +169,17 @@ def atomic_write(path: str | Path, write: Callable[[str], Any]) -> Path:
     return path
 
 
+def atomic_json(obj: Any, path: str | Path) -> Path:
+    """Write ``obj`` as indented JSON (keys sorted, other values as ``str``) to ``path`` atomically."""
+
+    def write(temporary: str) -> None:
+        with open(temporary, "w") as handle:
+            json.dump(obj, handle, indent=2, sort_keys=True, default=str)
+            handle.write("\n")
+
+    return atomic_write(path, write)
+
+
 def write_simulation(path: str | Path, simulation: Simulation) -> Path:
     """Validate ``simulation`` and write it to ``path`` atomically (temporary file + rename).
 

@@ -1,7 +1,9 @@
-"""The seed's seven architectures, three terrain downsamplers and the registry that builds them.
+"""The seed's seven architectures, three terrain downsamplers, the registry that builds them and their
+checkpoints.
 
->>> from floodlib.models import create_model, list_models
+>>> from floodlib.models import create_model, list_models, load_model
 >>> model = create_model("Arch_04", downsampler="alternating")
+>>> model = load_model("outputs/smoke/C/models/Arch_04_tuned/model.pth")
 """
 
 from floodlib.models.attention import SelfAttention2d
@@ -28,11 +30,12 @@ from floodlib.models.registry import (
 
 # Importing the architecture modules registers them.
 from floodlib.models import arch_02, arch_03, arch_04, arch_05, arch_07, arch_08, arch_09  # noqa: E402,F401
+from floodlib.models.checkpoints import CheckpointError, load_model, read_checkpoint, save_model  # noqa: E402
 
 __all__ = [
-    "AlternatingDownsampler", "AlternatingStrideConv2d", "CubicDownsampler", "DEPTH_CHANNELS", "FloodModel",
+    "AlternatingDownsampler", "AlternatingStrideConv2d", "CheckpointError", "CubicDownsampler", "DEPTH_CHANNELS", "FloodModel",
     "INIT_SCHEMES", "K11S10Downsampler", "PATCH_CELLS", "SelfAttention2d", "TERRAIN_POINTS",
     "alternating_stride_conv2d", "check_inputs", "create_downsampler", "create_model", "init_weights",
-    "list_downsamplers", "list_models", "model_aliases", "register_model", "resolve_model_name",
-    "use_reference_layers",
+    "list_downsamplers", "list_models", "load_model", "model_aliases", "read_checkpoint", "register_model",
+    "resolve_model_name", "save_model", "use_reference_layers",
 ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from floodlib.models.arch_02 import check_positive, conv_stack
+from floodlib.models.layers import check_positive, conv_stack
 from floodlib.models.registry import register_model
 
 

@@ -14,6 +14,7 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from floodlib.models.constants import PATCH_CELLS
+from floodlib.models.layers import build_checked
 from floodlib.models.reference import BLOCK, alternating_stride_conv2d_blockwise
 
 # Offsets of the 3x3 window inside a 5x5 block: hop 2, then 3 to the next block.
@@ -275,6 +276,4 @@ def resolve_downsampler_name(name: str) -> str:
 
 def create_downsampler(name: str, **kwargs) -> nn.Module:
     """Build the terrain downsampler ``name`` (see :func:`list_downsamplers`) with its keyword arguments."""
-    from floodlib.models.registry import build_checked
-
     return build_checked(DOWNSAMPLERS[resolve_downsampler_name(name)], f"downsampler {name!r}", kwargs)

@@ -4,7 +4,6 @@ a checkpoint rebuilds it."""
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -21,6 +20,7 @@ from floodlib.models.base import (
 )
 from floodlib.models.downsamplers import create_downsampler, resolve_downsampler_name
 from floodlib.models.init import init_weights
+from floodlib.models.layers import build_checked
 
 
 @dataclass(frozen=True)
@@ -74,20 +74,6 @@ def resolve_model_name(name: str) -> str:
     except KeyError:
         valid = ", ".join(f"{n} ({', '.join(_MODELS[n].aliases)})" for n in list_models())
         raise ValueError(f"unknown model {name!r}; expected one of: {valid}") from None
-
-
-def build_checked(cls: Callable[..., nn.Module], what: str, kwargs: dict[str, Any]) -> nn.Module:
-    """``cls(**kwargs)``, with a ValueError naming the accepted keyword arguments when some are unknown."""
-    signature = inspect.signature(cls)
-    accepted = {
-        p.name: p.default for p in signature.parameters.values()
-        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
-    }
-    unknown = sorted(set(kwargs) - set(accepted))
-    if unknown:
-        listed = ", ".join(f"{k}={v!r}" for k, v in accepted.items()) or "none"
-        raise ValueError(f"{what}: unknown keyword argument(s) {unknown}; accepted (with defaults): {listed}")
-    return cls(**kwargs)
 
 
 def create_model(

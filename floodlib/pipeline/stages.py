@@ -1,119 +1,23 @@
-"""What the stage notebooks compute: a run folder, its data, training several models, tuning, ranking, figures.
+"""What the stage notebooks compute: the run's data, training several models, tuning, ranking, figures.
 
-The notebooks are reports over these calls; everything here is importable and tested on its own.
+The notebooks are reports over these calls; everything here is importable and tested on its own. The run
+folder itself (``open_run``, summaries, ``splits``) is :mod:`floodlib.runs`', re-exported here for the
+notebooks.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from floodlib.data.dataset import PatchDataset, SplitSpec, discover_plans, load_splits
-from floodlib.data.samples import SampleSpec
+from floodlib.data.dataset import PatchDataset
 from floodlib.data.store import atomic_write
 from floodlib.models import create_model
-from floodlib.pipeline.config import (STAGES, Profile, ProfileError, ProjectConfig, StageA, StageB, StageC,
-                                      TrainSettings, load_profile)
+from floodlib.runs import (PROFILE_FILE, SUMMARY_FILE, Run, open_run, read_summary, splits, stale_upstream,
+                           write_profile, write_summary)
+from floodlib.runs.profile import ProfileError, ProjectConfig, StageA, StageB, StageC, TrainSettings
 from floodlib.training import PlateauSchedule, fit, load_model
-from floodlib.training.artifacts import atomic_json
-
-PROFILE_FILE = "params.yaml"
-SUMMARY_FILE = "summary.json"
-
-
-@dataclass
-class Run:
-    """A run folder ``outputs/<run>/``: the resolved profile first, then one folder per stage."""
-
-    run_dir: Path
-    profile: Profile
-
-    def stage_dir(self, stage: str) -> Path:
-        return self.run_dir / stage
-
-    @property
-    def data_dir(self) -> Path:
-        return self.run_dir / "data"
-
-    @property
-    def terrain_dir(self) -> Path:
-        """Where DEMs fetched for the run's simulated projects are kept (``terrain.fetch``)."""
-        return self.run_dir / "terrain"
-
-    def sample_spec(self) -> SampleSpec:
-        try:
-            return self.profile.data.sample_spec()
-        except (TypeError, ValueError) as error:
-            raise ProfileError(f"{self.run_dir / PROFILE_FILE}: data.samples: {error}") from None
-
-    def split_spec(self) -> SplitSpec:
-        try:
-            return self.profile.data.split_spec()
-        except (TypeError, ValueError) as error:
-            raise ProfileError(f"{self.run_dir / PROFILE_FILE}: data.splits: {error}") from None
-
-
-def write_profile(profile: Profile, run_dir: str | Path) -> Path:
-    """Write the resolved profile as ``run_dir/params.yaml`` (the first thing a run writes)."""
-    text = yaml.safe_dump(profile.model_dump(mode="json"), sort_keys=False)
-
-    def write(temporary):
-        Path(temporary).write_text(text)
-
-    return atomic_write(Path(run_dir) / PROFILE_FILE, write)
-
-
-def open_run(run_dir: str | Path, profile: str | Path = "") -> Run:
-    """The run at ``run_dir``; a new one is started from ``profile`` when the folder has no params.yaml."""
-    run_dir = Path(run_dir)
-    params = run_dir / PROFILE_FILE
-    if not params.exists():
-        if not profile:
-            raise FileNotFoundError(f"{run_dir}: no {PROFILE_FILE}; start the run with `python -m floodlib.pipeline "
-                                    "<profile>` or pass the profile to use")
-        write_profile(load_profile(profile), run_dir)
-    return Run(run_dir=run_dir, profile=load_profile(params))
-
-
-def read_summary(run: Run, stage: str) -> dict[str, Any]:
-    path = run.stage_dir(stage) / SUMMARY_FILE
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: stage {stage} has not completed in this run; run it first")
-    return json.loads(path.read_text())
-
-
-def _digest(path: Path) -> str:
-    import hashlib
-
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def write_summary(run: Run, stage: str, summary: dict[str, Any]) -> Path:
-    """Write the stage's summary.json last: its presence marks the stage complete.
-
-    It records which results of the earlier stages it was made from (``upstream``: a digest of each
-    earlier stage's summary.json), so a stage redone later makes this one stale (:func:`stale_upstream`).
-    """
-    order = list(STAGES)
-    upstream = {earlier: _digest(run.stage_dir(earlier) / SUMMARY_FILE) for earlier in order[:order.index(stage)]
-                if (run.stage_dir(earlier) / SUMMARY_FILE).exists()}
-    return atomic_json({"stage": stage, **summary, "upstream": upstream}, run.stage_dir(stage) / SUMMARY_FILE)
-
-
-def stale_upstream(run_dir: str | Path, stage: str) -> list[str]:
-    """The earlier stages whose results changed (or vanished) since ``stage`` was completed from them."""
-    run_dir = Path(run_dir)
-    try:
-        recorded = json.loads((run_dir / stage / SUMMARY_FILE).read_text()).get("upstream") or {}
-    except (OSError, json.JSONDecodeError):
-        return []
-    return [earlier for earlier, digest in recorded.items()
-            if not (run_dir / earlier / SUMMARY_FILE).exists() or _digest(run_dir / earlier / SUMMARY_FILE) != digest]
-
 
 def project_spec(project: ProjectConfig, *, terrain_dir: str | Path | None = None, where: str = "data"):
     """The :class:`~floodlib.data.simulate.ProjectSpec` of a profile's simulated project.
@@ -164,17 +68,6 @@ def prepare_data(run: Run, *, progress: bool = True) -> Path:
         if not target.exists():
             write_simulation(target, simulation)
     return run.data_dir
-
-
-def splits(run: Run, names: list[str] | None = None) -> dict[str, PatchDataset]:
-    """The run's datasets by split name (see :func:`floodlib.data.dataset.split_plans`); ``test_projects`` and
-    ``small_project`` naming a project the data folder lacks are a ProfileError naming the field."""
-    spec = run.split_spec()
-    try:
-        spec.check_projects(discover_plans(run.data_dir), where=f"{run.run_dir / PROFILE_FILE}: data.splits")
-    except ValueError as error:
-        raise ProfileError(str(error)) from None
-    return load_splits(run.data_dir, sample_spec=run.sample_spec(), split_spec=spec, names=names)
 
 
 def _plateau(settings: TrainSettings) -> PlateauSchedule | None:

@@ -23,7 +23,8 @@ import floodlib
 from floodlib.data.batches import PLACEMENTS, BatchLoader
 from floodlib.data.dataset import PatchDataset
 from floodlib.models import FloodModel
-from floodlib.training.artifacts import atomic_json, atomic_torch_save, save_model
+from floodlib.data.store import atomic_json
+from floodlib.models.checkpoints import atomic_torch_save, save_model
 from floodlib.training.monitor import analyse_convergence, no_change_loss
 
 PROGRESS_MODES = ("auto", "bar", "epoch", "none")

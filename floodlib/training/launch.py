@@ -121,7 +121,7 @@ def _start_ranks(job: Path, shared: dict[str, str], node_rank: int, local_ranks_
     for local_rank in local_ranks_:
         log = open(logs / f"node{node_rank}-rank{local_rank}.log", "w")
         workers.append((local_rank, log, subprocess.Popen(
-            [sys.executable, "-m", "floodlib.training.launch", str(job)],
+            [sys.executable, "-m", "floodlib.training.rank", str(job)],
             env=_child_environment(shared, NODE_RANK=str(node_rank), LOCAL_RANK=str(local_rank)),
             stdout=log, stderr=subprocess.STDOUT)))
     return workers
@@ -147,7 +147,7 @@ def local_ranks(processes: int, *, model, train, val, settings: dict[str, Any], 
     destroyed so that a later ``fit`` can form its own, the environment is restored and the job removed. A
     rank that fails, here or on another machine, interrupts this one (its output is in the raised message).
     """
-    from floodlib.training.artifacts import save_model
+    from floodlib.models.checkpoints import save_model
 
     with contextlib.ExitStack() as cleanup:
         if num_nodes > 1:
@@ -246,7 +246,7 @@ def _wait_s() -> float:
     return float(os.environ.get("FLOODLIB_NODE_WAIT_S", NODE_WAIT_S))
 
 
-def _ready_marker(folder: Path, node_rank: int, local_rank: int) -> Path:
+def ready_marker(folder: Path, node_rank: int, local_rank: int) -> Path:
     return folder / f"node{node_rank}-rank{local_rank}.ready"
 
 
@@ -263,7 +263,7 @@ def _wait_until_ready(folder: Path, processes: int, num_nodes: int, failures) ->
             raise RuntimeError("data-parallel training stopped: " + "\n".join(found))
         absent = [k for k in range(1, num_nodes) if not (folder / f"node{k}.joined").exists()]
         waiting = [(k, r) for k in range(num_nodes) for r in range(processes)
-                   if (k, r) != (0, 0) and not _ready_marker(folder, k, r).exists()]
+                   if (k, r) != (0, 0) and not ready_marker(folder, k, r).exists()]
         if not waiting:
             return
         if time.monotonic() > deadline:
@@ -349,34 +349,18 @@ def _serve_job(path: Path, job: dict[str, Any], node_rank: int) -> bool:
     return True
 
 
-def run_rank(job_path: str | Path) -> None:
-    """One rank other than global rank 0 of a data-parallel ``fit`` started by :func:`local_ranks` or :func:`serve`."""
-    from floodlib.training.artifacts import load_model
-    from floodlib.training.fit import PlateauSchedule, fit
-
-    job = json.loads(Path(job_path).read_text())
-    model = load_model(job["model"])
-    settings = dict(job["fit"])
-    if settings.get("plateau") is not None:
-        settings["plateau"] = PlateauSchedule(**settings["plateau"])
-    train, val = split_from_description(job["train"]), split_from_description(job["val"])
-    _ready_marker(Path(job_path).parent, int(os.environ.get("NODE_RANK", 0)),
-                  int(os.environ.get("LOCAL_RANK", 0))).write_text("")
-    fit(model, train, val, **settings)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m floodlib.training.launch",
-                                     description="One rank of a data-parallel fit (JOB.json), or --serve: start "
-                                                 "this machine's ranks for every job under a folder.")
-    parser.add_argument("target", help="a job file, or with --serve the folder to watch (e.g. the run folder)")
+                                     description="--serve: start this machine's ranks for every data-parallel fit "
+                                                 "job that appears under a folder.")
+    parser.add_argument("target", help="the folder to watch (e.g. the run folder, as this machine sees it)")
     parser.add_argument("--serve", action="store_true", help="watch the folder and run this machine's ranks")
     parser.add_argument("--node-rank", type=int, default=None, help="this machine's number, 1..num_nodes-1")
     parser.add_argument("--jobs", type=int, default=None, help="stop after this many jobs (default: never)")
     args = parser.parse_args(argv)
     if not args.serve:
-        run_rank(args.target)
-        return 0
+        parser.error(f"{args.target}: give --serve to watch a folder (one rank of a job file runs as "
+                     "python -m floodlib.training.rank JOB.json)")
     if args.node_rank is None or args.node_rank < 1:
         parser.error("--serve needs --node-rank K: this machine's number, 1 or more (0 runs the pipeline or fit)")
     if not Path(args.target).is_dir():

@@ -26,9 +26,8 @@ from floodlib.data.dataset import PatchDataset, discover_plans, split_plans
 from floodlib.data.store import atomic_write
 from floodlib.evaluation.figures import SampleView, figure_png, format_rae, sample_figure, view_sample
 from floodlib.evaluation.metrics import MetricSpec
-from floodlib.evaluation.run import EvaluationError, RunModel, run_models
-from floodlib.pipeline.stages import open_run, splits
-from floodlib.training.artifacts import CheckpointError
+from floodlib.models.checkpoints import CheckpointError
+from floodlib.runs import RunError, RunModel, open_run, run_models, splits
 
 
 class ViewerError(ValueError):
@@ -64,7 +63,7 @@ class PredictionViewer:
             self.entries: dict[str, RunModel] = {e.key: e for e in run_models(self.run_dir, stages, context=context,
                                                                               load=False)}
             self.split_names = list(split_plans(discover_plans(self.run.data_dir), self.run.split_spec()))
-        except (EvaluationError, FileNotFoundError, ValueError) as error:
+        except (RunError, FileNotFoundError, ValueError) as error:
             raise ViewerError(f"cannot view run folder {self.run_dir}: {error}") from None
         self.spec = spec
         self.device = device

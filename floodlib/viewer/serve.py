@@ -13,6 +13,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from floodlib.runs.folder import PROFILE_FILE
+
 NOTEBOOK_NAME = "floodlib_viewer.ipynb"
 
 
@@ -43,7 +45,7 @@ def serve(run_dir: str | Path, *, port: int = 8866, ip: str = "127.0.0.1", brows
     import nbformat
 
     run_dir = Path(run_dir).resolve()
-    if not (run_dir / "params.yaml").exists():
+    if not (run_dir / PROFILE_FILE).exists():
         print(f"floodlib viewer: {run_dir} is not a floodlib run folder (no params.yaml)", file=sys.stderr)
         return 1
     folder = Path(tempfile.mkdtemp(prefix="floodlib-viewer-"))

@@ -1,8 +1,8 @@
-"""Self-describing model checkpoints and loss histories: written atomically, loaded without unpickling."""
+"""Self-describing model checkpoints: written atomically, rebuilt from the file alone, loaded without
+unpickling (``torch.load(weights_only=True)``). Loading a model needs torch and this package, not Lightning."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -10,21 +10,13 @@ import torch
 
 import floodlib
 from floodlib.data.store import atomic_write
-from floodlib.models import FloodModel, create_model
-from floodlib.models.base import SCALE_KEYS
+from floodlib.models.base import SCALE_KEYS, FloodModel
+from floodlib.models.registry import create_model
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> Path:
+    """``torch.save(obj)`` to ``path`` atomically (temporary file + rename)."""
     return atomic_write(path, lambda temporary: torch.save(obj, temporary))
-
-
-def atomic_json(obj: Any, path: str | Path) -> Path:
-    def write(temporary):
-        with open(temporary, "w") as handle:
-            json.dump(obj, handle, indent=2, sort_keys=True, default=str)
-            handle.write("\n")
-
-    return atomic_write(path, write)
 
 
 def save_model(model: FloodModel, path: str | Path, *, epoch: int | None = None, best_val_loss: float | None = None,

@@ -1,0 +1,17 @@
+"""Run folders ``outputs/<run>/``: the typed profile a run was made from, its stage summaries, its data
+splits and its trained models — read by evaluation, the viewer and the pipeline alike.
+
+>>> from floodlib.runs import open_run, run_models, splits
+>>> run = open_run("outputs/smoke")
+>>> test = splits(run, ["big_test"])["big_test"]
+>>> models = run_models(run.run_dir, ["C"])
+"""
+
+from floodlib.runs.folder import (PROFILE_FILE, SUMMARY_FILE, Run, open_run, read_summary, splits, stale_upstream,
+                                  write_profile, write_summary)
+from floodlib.runs.models import RunError, RunModel, run_models
+from floodlib.runs.profile import STAGES, Profile, ProfileError, load_profile
+
+__all__ = ["PROFILE_FILE", "STAGES", "SUMMARY_FILE", "Profile", "ProfileError", "Run", "RunError", "RunModel",
+           "load_profile", "open_run", "read_summary", "run_models", "splits", "stale_upstream", "write_profile",
+           "write_summary"]

@@ -1,0 +1,122 @@
+"""A run folder ``outputs/<run>/``: its resolved profile (``params.yaml``), one folder per stage whose
+``summary.json`` marks it complete and records the earlier results it was made from, and the run's data.
+
+Everything that reads or writes a run — the pipeline's stages, evaluation, the viewer — goes through here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from floodlib.data.dataset import PatchDataset, SplitSpec, discover_plans, load_splits
+from floodlib.data.samples import SampleSpec
+from floodlib.data.store import atomic_json, atomic_write
+from floodlib.runs.profile import STAGES, Profile, ProfileError, load_profile
+
+PROFILE_FILE = "params.yaml"
+SUMMARY_FILE = "summary.json"
+
+
+@dataclass
+class Run:
+    """A run folder ``outputs/<run>/``: the resolved profile first, then one folder per stage."""
+
+    run_dir: Path
+    profile: Profile
+
+    def stage_dir(self, stage: str) -> Path:
+        return self.run_dir / stage
+
+    @property
+    def data_dir(self) -> Path:
+        return self.run_dir / "data"
+
+    @property
+    def terrain_dir(self) -> Path:
+        """Where DEMs fetched for the run's simulated projects are kept (``terrain.fetch``)."""
+        return self.run_dir / "terrain"
+
+    def sample_spec(self) -> SampleSpec:
+        try:
+            return self.profile.data.sample_spec()
+        except (TypeError, ValueError) as error:
+            raise ProfileError(f"{self.run_dir / PROFILE_FILE}: data.samples: {error}") from None
+
+    def split_spec(self) -> SplitSpec:
+        try:
+            return self.profile.data.split_spec()
+        except (TypeError, ValueError) as error:
+            raise ProfileError(f"{self.run_dir / PROFILE_FILE}: data.splits: {error}") from None
+
+
+def write_profile(profile: Profile, run_dir: str | Path) -> Path:
+    """Write the resolved profile as ``run_dir/params.yaml`` (the first thing a run writes)."""
+    text = yaml.safe_dump(profile.model_dump(mode="json"), sort_keys=False)
+
+    def write(temporary):
+        Path(temporary).write_text(text)
+
+    return atomic_write(Path(run_dir) / PROFILE_FILE, write)
+
+
+def open_run(run_dir: str | Path, profile: str | Path = "") -> Run:
+    """The run at ``run_dir``; a new one is started from ``profile`` when the folder has no params.yaml."""
+    run_dir = Path(run_dir)
+    params = run_dir / PROFILE_FILE
+    if not params.exists():
+        if not profile:
+            raise FileNotFoundError(f"{run_dir}: no {PROFILE_FILE}; start the run with `python -m floodlib.pipeline "
+                                    "<profile>` or pass the profile to use")
+        write_profile(load_profile(profile), run_dir)
+    return Run(run_dir=run_dir, profile=load_profile(params))
+
+
+def read_summary(run: Run, stage: str) -> dict[str, Any]:
+    path = run.stage_dir(stage) / SUMMARY_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: stage {stage} has not completed in this run; run it first")
+    return json.loads(path.read_text())
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def write_summary(run: Run, stage: str, summary: dict[str, Any]) -> Path:
+    """Write the stage's summary.json last: its presence marks the stage complete.
+
+    It records which results of the earlier stages it was made from (``upstream``: a digest of each
+    earlier stage's summary.json), so a stage redone later makes this one stale (:func:`stale_upstream`).
+    """
+    order = list(STAGES)
+    upstream = {earlier: _digest(run.stage_dir(earlier) / SUMMARY_FILE) for earlier in order[:order.index(stage)]
+                if (run.stage_dir(earlier) / SUMMARY_FILE).exists()}
+    return atomic_json({"stage": stage, **summary, "upstream": upstream}, run.stage_dir(stage) / SUMMARY_FILE)
+
+
+def stale_upstream(run_dir: str | Path, stage: str) -> list[str]:
+    """The earlier stages whose results changed (or vanished) since ``stage`` was completed from them."""
+    run_dir = Path(run_dir)
+    try:
+        recorded = json.loads((run_dir / stage / SUMMARY_FILE).read_text()).get("upstream") or {}
+    except (OSError, json.JSONDecodeError):
+        return []
+    return [earlier for earlier, digest in recorded.items()
+            if not (run_dir / earlier / SUMMARY_FILE).exists() or _digest(run_dir / earlier / SUMMARY_FILE) != digest]
+
+
+def splits(run: Run, names: list[str] | None = None) -> dict[str, PatchDataset]:
+    """The run's datasets by split name (see :func:`floodlib.data.dataset.split_plans`); ``test_projects`` and
+    ``small_project`` naming a project the data folder lacks are a ProfileError naming the field."""
+    spec = run.split_spec()
+    try:
+        spec.check_projects(discover_plans(run.data_dir), where=f"{run.run_dir / PROFILE_FILE}: data.splits")
+    except ValueError as error:
+        raise ProfileError(str(error)) from None
+    return load_splits(run.data_dir, sample_spec=run.sample_spec(), split_spec=spec, names=names)

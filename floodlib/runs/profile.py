@@ -1,0 +1,394 @@
+"""Parameter profiles (``params/*.yaml``) and each stage's parameters, typed and validated by pydantic.
+
+A profile holds the run's name, the data to prepare (simulated projects and/or HEC-RAS plans, how samples
+are cut and plans split) and one section per stage (``A``, ``B``, ``C``, ``D``) whose keys are exactly that
+stage notebook's parameters. Unknown keys and ill-typed values are refused with the key and value named.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from floodlib.models import list_downsamplers, list_models, resolve_model_name
+
+
+class ProfileError(ValueError):
+    """A profile or a notebook's parameters hold an unknown key or a bad value."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+# YAML and papermill give lists where a pair is expected.
+Pair = Annotated[tuple[float, float], Field(strict=False)]
+IntPair = Annotated[tuple[int, int], Field(strict=False)]
+
+
+def _check_models(names: list[str]) -> list[str]:
+    return [resolve_model_name(name) for name in names]
+
+
+def _check_downsampler(name: str) -> str:
+    if name not in list_downsamplers():
+        raise ValueError(f"unknown downsampler {name!r}; expected one of {list_downsamplers()}")
+    return name
+
+
+class TerrainFetch(Strict):
+    """A DEM fetched from a package registry when the run does not hold it yet: one member of a pinned wheel,
+    checked by its SHA-256 (see :mod:`floodlib.data.fetch`)."""
+
+    requirement: str  # a pip requirement pinned with '==', e.g. "lidar==0.8.4"
+    member: str  # the file's path inside the wheel, e.g. "lidar/data/dem.tif"
+    sha256: str  # the file's SHA-256, 64 lowercase hex digits
+
+    @model_validator(mode="after")
+    def _valid_source(self) -> "TerrainFetch":
+        self.source()
+        return self
+
+    def source(self):
+        """The :class:`~floodlib.data.fetch.WheelMember` to fetch."""
+        from floodlib.data.fetch import WheelMember
+
+        return WheelMember(requirement=self.requirement, member=self.member, sha256=self.sha256)
+
+
+class TerrainConfig(Strict):
+    """``kind: valley`` with :class:`~floodlib.data.terrain.ValleyParams` fields, or ``kind: dem`` with a GeoTIFF:
+    its ``path``, or ``fetch`` to download it from a package registry into the run folder (``<run>/terrain/``)."""
+
+    kind: Literal["valley", "dem"] = "valley"
+    path: str | None = None
+    fetch: TerrainFetch | None = None
+    row_offset: int = 0
+    col_offset: int = 0
+    valley: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "TerrainConfig":
+        if self.kind == "dem" and (self.path is None) == (self.fetch is None):
+            raise ValueError("kind 'dem' needs either path (a GeoTIFF) or fetch ({requirement, member, sha256} of "
+                             "a wheel that holds it), not " + ("both" if self.path is not None else "neither"))
+        if self.kind == "valley" and (self.path is not None or self.fetch is not None):
+            raise ValueError("path and fetch name a DEM: they need kind 'dem' (kind 'valley' is procedural)")
+        return self
+
+
+class ProjectConfig(Strict):
+    """One simulated project (see :class:`~floodlib.data.simulate.ProjectSpec`)."""
+
+    name: str
+    n_plans: int = Field(ge=1)
+    seed: int = 0
+    rows: int = Field(default=128, ge=8)
+    cols: int = Field(default=128, ge=8)
+    terrain: TerrainConfig = Field(default_factory=TerrainConfig)
+    duration_s: float = Field(default=16800.0, gt=0)
+    peak_discharge_m3s: Pair | None = None
+    manning_n: Pair | None = None
+
+
+class HecRasPlanConfig(Strict):
+    """One HEC-RAS plan results file (with its terrain GeoTIFF) read into the run's data folder."""
+
+    file: str
+    terrain: str | None = None
+    area: str | None = None
+    project: str | None = None
+    plan: str | None = None
+
+
+class DataConfig(Strict):
+    workers: int = Field(default=2, ge=1)
+    simulate: list[ProjectConfig] = Field(default_factory=list)
+    hecras: list[HecRasPlanConfig] = Field(default_factory=list)
+    samples: dict[str, Any] = Field(default_factory=dict)  # SampleSpec fields
+    splits: dict[str, Any] = Field(default_factory=dict)  # SplitSpec fields
+
+    def project_names(self) -> list[str]:
+        """The projects the data section prepares: simulated ones, then those of the HEC-RAS plans."""
+        from floodlib.data.hecras import project_name_from_file
+
+        names = [project.name for project in self.simulate]
+        names += [plan.project or project_name_from_file(plan.file) for plan in self.hecras]
+        return list(dict.fromkeys(names))
+
+    def sample_spec(self):
+        """The :class:`~floodlib.data.samples.SampleSpec` of ``samples`` (ValueError or TypeError when invalid)."""
+        from floodlib.data.samples import SampleSpec
+
+        values = dict(self.samples)
+        if "snapshot_times_s" in values:
+            values["snapshot_times_s"] = tuple(values["snapshot_times_s"])
+        return SampleSpec(**values)
+
+    def split_spec(self):
+        """The :class:`~floodlib.data.dataset.SplitSpec` of ``splits`` (ValueError or TypeError when invalid)."""
+        from floodlib.data.dataset import SplitSpec
+
+        return SplitSpec(**self.splits)
+
+
+class TrainSettings(Strict):
+    epochs: int = Field(default=300, ge=1)  # per model
+    lr: float = Field(default=1e-4, gt=0)
+    batch_size: int = Field(default=300, ge=1)
+    patience: int = Field(default=30, ge=1)
+    plateau: bool = False  # the reference's ReduceLROnPlateau
+    downsampler: str = "alternating"
+    seed: int = 0
+    progress: Literal["auto", "bar", "epoch", "none"] = "auto"
+    per_model: dict[str, dict[str, Any]] = Field(default_factory=dict)  # e.g. {"Arch_08": {"lr": 3e-4}}
+    precision: Literal["auto", "32-true", "bf16-mixed", "16-mixed"] = "auto"  # auto: bf16 autocast on CUDA
+    devices: int | Literal["auto"] = 1  # GPUs (or CPU processes) per node
+    num_nodes: int = Field(default=1, ge=1)
+    strategy: Literal["auto", "ddp"] = "auto"  # ddp: one process per device (started by floodlib, torchrun or SLURM)
+
+    @field_validator("per_model")
+    @classmethod
+    def _known_overrides(cls, value: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        allowed = {"lr": float, "batch_size": int, "epochs": int, "patience": int}
+        for name, overrides in value.items():
+            if name not in ("Arch_04_tuned",):
+                _check_models([name])
+            if not isinstance(overrides, dict):
+                raise ValueError(f"per_model[{name!r}] = {overrides!r} must map settings to values")
+            for key, setting in overrides.items():
+                if key not in allowed:
+                    raise ValueError(f"per_model[{name!r}]: unknown setting {key!r}; expected some of {sorted(allowed)}")
+                kind = allowed[key]
+                if isinstance(setting, bool) or not isinstance(setting, (int, float) if kind is float else int) \
+                        or setting <= 0:
+                    raise ValueError(f"per_model[{name!r}].{key} = {setting!r} must be a positive {kind.__name__}")
+        return value
+
+    @field_validator("downsampler")
+    @classmethod
+    def _known_downsampler(cls, value: str) -> str:
+        return _check_downsampler(value)
+
+    @field_validator("devices")
+    @classmethod
+    def _device_count(cls, value: int | str) -> int | str:
+        if value != "auto" and value < 1:
+            raise ValueError(f"devices={value!r} must be a positive number of devices or 'auto'")
+        return value
+
+    @model_validator(mode="after")
+    def _machines_need_ddp(self):
+        if self.num_nodes > 1 and self.strategy != "ddp":
+            raise ValueError(f"num_nodes={self.num_nodes} with strategy={self.strategy!r}: training on several "
+                             "machines needs strategy: ddp (each other machine runs `python -m "
+                             "floodlib.training.launch --serve RUN_DIR --node-rank K`; see the README)")
+        return self
+
+
+class StageA(TrainSettings):
+    """Notebook A: train every architecture on the small split."""
+
+    run_dir: str
+    profile: str = ""
+    models: list[str] = Field(default_factory=list_models)
+    preview_count: int = Field(default=4, ge=0)
+
+    @field_validator("models")
+    @classmethod
+    def _known_models(cls, value: list[str]) -> list[str]:
+        return _check_models(value)
+
+
+class StageB(TrainSettings):
+    """Notebook B: tune Arch_04 on the small split with Optuna, then train the best configuration."""
+
+    run_dir: str
+    trials: int = Field(default=30, ge=1)
+    trial_epochs: int = Field(default=30, ge=1)
+    layers: IntPair = (6, 16)
+    channels: list[int] = Field(default_factory=lambda: [16, 24, 32, 48])
+    attentions: IntPair = (0, 3)
+    lr_range: Pair = (1e-4, 3e-3)
+    downsamplers: list[str] = Field(default_factory=list_downsamplers)
+    # Empty: the run's own SQLite file <run>/B/study.db. Else a database URL (SQLAlchemy's form, as Optuna's
+    # RDBStorage takes it) that every worker of the search shares, e.g. postgresql://user@host/optuna for a cluster.
+    study_storage: str = ""
+    workers: int = Field(default=1, ge=1)  # trial worker processes this stage starts on this machine
+
+    @field_validator("study_storage")
+    @classmethod
+    def _storage_url(cls, value: str) -> str:
+        """Refuse, before anything runs, a storage URL the search could not open or workers could not share."""
+        if not value:
+            return value
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+        example = "e.g. 'postgresql://user@host/optuna', 'mysql://user@host/optuna' or 'sqlite:////abs/path/study.db'"
+        try:
+            url = make_url(value)
+        except ArgumentError:
+            raise ValueError(f"not a database URL; expected {example}, or empty for <run>/B/study.db") from None
+        try:
+            # Loads SQLAlchemy's dialect for the scheme, not the database driver: a driver installed only where
+            # the search runs still passes here.
+            url.get_dialect()
+        except NoSuchModuleError:
+            hint = " (SQLAlchemy spells it 'postgresql://')" if url.drivername.split("+")[0] == "postgres" else ""
+            raise ValueError(f"unknown database scheme {url.drivername!r}{hint}; expected {example}") from None
+        if url.get_backend_name() == "sqlite":
+            if not url.database or url.database == ":memory:" or url.database.startswith("file::memory:"):
+                raise ValueError("an in-memory SQLite database cannot be shared by worker processes; "
+                                 "name a file, e.g. 'sqlite:////abs/path/study.db'")
+            if not Path(url.database).is_absolute():
+                # The notebook, its workers and a cluster command each run from their own folder.
+                raise ValueError("a SQLite file must be given by its absolute path ('sqlite:////abs/path/study.db': "
+                                 "four slashes), as each worker resolves a relative one from its own folder")
+        return value
+
+
+class StageC(TrainSettings):
+    """Notebook C: train the best four on the big split."""
+
+    run_dir: str
+    models: list[str] = Field(default_factory=list)  # empty: the top four of A, Arch_04 replaced by B's tuned one
+    count: int = Field(default=4, ge=1)
+
+
+class StageD(Strict):
+    """Notebook D: evaluate stage C's models (and A's and B's for context) on every split."""
+
+    run_dir: str
+    context_stages: list[Literal["A", "B"]] = Field(default_factory=lambda: ["A", "B"])
+    splits: list[str] = Field(default_factory=list)  # empty: every split of the run
+    test_split: str = "big_test"
+    batch_size: int = Field(default=64, ge=1)
+    device: str = "auto"
+    min_mean_change_m: float = Field(default=1e-3, ge=0)
+    wet_thresholds_m: list[Annotated[float, Field(strict=False, gt=0)]] = Field(default_factory=lambda: [0.05, 0.3],
+                                                                                min_length=1)
+    pages: int = Field(default=2, ge=0)
+    samples_per_page: int = Field(default=4, ge=1)
+    latency_repeats: int = Field(default=10, ge=1)
+    seed: int = 0
+    show_viewer: bool = True
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        if value not in ("auto", "cpu") and not value.startswith("cuda"):
+            raise ValueError(f"unknown device {value!r}; expected 'auto', 'cpu' or 'cuda[:<index>]'")
+        return value
+
+
+STAGES = {"A": StageA, "B": StageB, "C": StageC, "D": StageD}
+
+
+class Profile(Strict):
+    name: str
+    data: DataConfig
+    A: dict[str, Any] = Field(default_factory=dict)
+    B: dict[str, Any] = Field(default_factory=dict)
+    C: dict[str, Any] = Field(default_factory=dict)
+    D: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _folder_name(cls, value: str) -> str:
+        if not value or not all(ch.isalnum() or ch in "-_." for ch in value) or value.startswith("."):
+            raise ValueError(f"{value!r} must be a folder name of letters, digits, '-', '_', '.'")
+        return value
+
+    def stage_parameters(self, stage: str, run_dir: str | Path) -> dict[str, Any]:
+        """The parameters papermill injects into ``stage``'s notebook (validated)."""
+        parameters = {**getattr(self, stage), "run_dir": str(run_dir)}
+        validate_stage(stage, parameters, where=f"profile {self.name!r}, section {stage}")
+        return parameters
+
+
+def _format(error: ValidationError, where: str) -> str:
+    lines = []
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        if item["type"] == "extra_forbidden":
+            lines.append(f"{where}: unknown key {key!r} (value {item['input']!r})")
+        else:
+            lines.append(f"{where}: {key} = {item.get('input')!r}: {item['msg']}")
+    return "\n".join(lines)
+
+
+def validate_stage(stage: str, parameters: dict[str, Any], *, where: str) -> BaseModel:
+    """The stage's typed config from ``parameters``; ProfileError naming every bad key and value."""
+    if stage not in STAGES:
+        raise ProfileError(f"{where}: unknown stage {stage!r}; expected one of {list(STAGES)}")
+    try:
+        return STAGES[stage](**parameters)
+    except ValidationError as error:
+        raise ProfileError(_format(error, where)) from None
+    except ValueError as error:  # e.g. an unknown model name
+        raise ProfileError(f"{where}: {error}") from None
+
+
+def _resolve_paths(raw: dict, base: Path) -> None:
+    """Make the profile's file paths absolute, relative to the profile's own folder."""
+    def resolve(value):
+        return str((base / value).resolve()) if isinstance(value, str) and value and not Path(value).is_absolute() else value
+
+    data = raw.get("data")
+    if not isinstance(data, dict):
+        return
+    for project in data.get("simulate") or []:
+        if isinstance(project, dict) and isinstance(project.get("terrain"), dict) and "path" in project["terrain"]:
+            project["terrain"]["path"] = resolve(project["terrain"]["path"])
+    for plan in data.get("hecras") or []:
+        if isinstance(plan, dict):
+            for key in ("file", "terrain"):
+                if key in plan:
+                    plan[key] = resolve(plan[key])
+
+
+def load_profile(path: str | Path) -> Profile:
+    """Read and validate a profile; every stage section is checked against its notebook's parameters."""
+    path = Path(path)
+    if not path.exists():
+        raise ProfileError(f"{path}: profile does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise ProfileError(f"{path}: not valid YAML ({error})") from None
+    if not isinstance(raw, dict):
+        raise ProfileError(f"{path}: expected a mapping of keys (name, data, A, B, C, D), got {type(raw).__name__}")
+    _resolve_paths(raw, path.parent)
+    try:
+        profile = Profile(**raw)
+    except ValidationError as error:
+        raise ProfileError(_format(error, str(path))) from None
+    check_data(profile.data, where=str(path))
+    for stage in STAGES:
+        profile.stage_parameters(stage, run_dir="<run>")
+    return profile
+
+
+def check_data(data: DataConfig, *, where: str) -> None:
+    """Refuse, before anything runs, sample and split settings that cannot work with the profile's projects:
+    an unknown or ill-typed SampleSpec or SplitSpec field, and ``splits.test_projects``,
+    ``splits.small_project`` or ``samples.projects`` naming a project the profile does not prepare."""
+    for key, build in (("samples", data.sample_spec), ("splits", data.split_spec)):
+        try:
+            build()
+        except (TypeError, ValueError) as error:
+            raise ProfileError(f"{where}: data.{key}: {error}") from None
+    names = data.project_names()
+    if not names:
+        return
+    try:
+        data.split_spec().check_projects(names, where=f"{where}: data.splits")
+    except ValueError as error:
+        raise ProfileError(str(error)) from None
+    unknown = [name for name in data.sample_spec().projects if name not in names]
+    if unknown:
+        raise ProfileError(f"{where}: data.samples.projects: unknown project(s) {unknown}; the projects are {names}")
