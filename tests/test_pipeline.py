@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -62,7 +63,18 @@ def test_the_run_folder_alone_rebuilds_every_model(tiny_run):
         assert prediction.shape == (1, 1, 32, 32) and torch.isfinite(prediction).all()
 
 
-def test_a_rerun_skips_finished_stages(tiny_run):
+@pytest.fixture
+def own_tiny_run(tiny_run, tmp_path) -> Path:
+    """A whole copy of the tiny run (its data linked) for a test that runs the pipeline again: the shared
+    ``tiny_run`` stays as the pipeline made it, whatever order the tests run in."""
+    copy = tmp_path / tiny_run.name
+    shutil.copytree(tiny_run, copy, ignore=lambda folder, names: ["data"] if Path(folder) == tiny_run else [])
+    (copy / "data").symlink_to(tiny_run / "data", target_is_directory=True)
+    return copy
+
+
+def test_a_rerun_skips_finished_stages(own_tiny_run):
+    tiny_run = own_tiny_run
     before = {p: p.stat().st_mtime_ns for p in tiny_run.glob("*/summary.json")}
     run_pipeline(TINY, outputs=tiny_run.parent)
     assert {p: p.stat().st_mtime_ns for p in tiny_run.glob("*/summary.json")} == before
@@ -70,7 +82,8 @@ def test_a_rerun_skips_finished_stages(tiny_run):
     assert log.count("complete already, skipped") == 4
 
 
-def test_force_redoes_a_stage_and_keeps_the_old_results(tiny_run):
+def test_force_redoes_a_stage_and_keeps_the_old_results(own_tiny_run):
+    tiny_run = own_tiny_run
     old = json.loads((tiny_run / "C" / "summary.json").read_text())
     run_pipeline(TINY, outputs=tiny_run.parent, stages=["C"], force=True)
     kept = sorted(tiny_run.glob("C.replaced-*"))
@@ -264,3 +277,29 @@ def test_a_profile_can_read_hecras_plans_into_the_run(tmp_path):
     before = files[0].stat().st_mtime_ns
     stages.prepare_data(run)  # already there: kept as it is
     assert files[0].stat().st_mtime_ns == before
+
+
+def _notebook_parameters(notebook: Path) -> dict:
+    """The values the notebook's ``parameters`` cell defines when run on its own (e.g. in JupyterLab)."""
+    import nbformat
+
+    cell = next(c for c in nbformat.read(notebook, as_version=4).cells if "parameters" in c.metadata.get("tags", []))
+    namespace: dict = {}
+    exec(compile(cell.source, str(notebook), "exec"), namespace)
+    return {name: value for name, value in namespace.items() if not name.startswith("__")}
+
+
+@pytest.mark.parametrize("stage", ["A", "B", "C", "D"])
+def test_each_notebook_declares_exactly_its_stage_parameters_with_the_same_defaults(stage):
+    from floodlib.pipeline.config import NOTEBOOKS, STAGES
+
+    declared = _notebook_parameters(ROOT / "notebooks" / NOTEBOOKS[stage])
+    fields = STAGES[stage].model_fields
+    assert sorted(declared) == sorted(fields)
+    for name, field in fields.items():
+        if field.is_required():  # run_dir: the pipeline always passes it
+            continue
+        default = field.get_default(call_default_factory=True)
+        value = declared[name]
+        as_list = (lambda v: list(v) if isinstance(v, (list, tuple)) else v)
+        assert as_list(value) == as_list(default), f"{NOTEBOOKS[stage]}: {name} = {value!r}, config.py: {default!r}"

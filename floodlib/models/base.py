@@ -33,6 +33,11 @@ SCALE_KEYS = ("terrain_scale", "depth_scale", "change_scale")
 DEFAULT_TERRAIN_SCALE = 1.0
 DEFAULT_DEPTH_SCALE = 0.25
 DEFAULT_CHANGE_SCALE = 0.25
+#: New models subtract each patch's mean elevation before the downsampler (create_model's default).
+DEFAULT_CENTER_TERRAIN = True
+#: Config keys added after the first checkpoints were written, with the value that reproduces what a config
+#: without them computed: no centring, scale factors of 1 (the networks saw raw metres).
+ABSENT_KEY_VALUES = {"center_terrain": False, **{key: 1.0 for key in SCALE_KEYS}}
 
 
 def check_scale(name: str, value: Any) -> float:
@@ -82,9 +87,9 @@ class FloodModel(nn.Module):
         self.downsampler = downsampler
         self.body = body
         self.config = config
-        self.center_terrain = bool(config.get("center_terrain", False))
+        self.center_terrain = bool(config.get("center_terrain", ABSENT_KEY_VALUES["center_terrain"]))
         self.terrain_scale, self.depth_scale, self.change_scale = (
-            check_scale(key, config.get(key, 1.0)) for key in SCALE_KEYS)
+            check_scale(key, config.get(key, ABSENT_KEY_VALUES[key])) for key in SCALE_KEYS)
 
     @property
     def arch(self) -> str:

@@ -10,7 +10,7 @@ import torch
 
 import floodlib
 from floodlib.data.store import atomic_write
-from floodlib.models.base import SCALE_KEYS, FloodModel
+from floodlib.models.base import ABSENT_KEY_VALUES, FloodModel
 from floodlib.models.registry import create_model
 
 
@@ -65,14 +65,12 @@ def load_model(path: str | Path, *, expected_arch: str | None = None, device: st
     config = dict(checkpoint["config"])
     if expected_arch is not None and config.get("arch") != expected_arch:
         raise CheckpointError(f"{path}: holds architecture {config.get('arch')!r}, expected {expected_arch!r}")
-    # Keys a checkpoint may predate take the value that reproduces what it computed then: no centring,
-    # and scale factors of 1.0 (the networks saw raw metres).
+    # Keys a checkpoint may predate take the value that reproduces what it computed then.
     model = create_model(
         config["arch"],
         downsampler=config["downsampler"],
         downsampler_kwargs=config.get("downsampler_kwargs") or {},
-        center_terrain=config.get("center_terrain", False),
-        **{key: config.get(key, 1.0) for key in SCALE_KEYS},
+        **{key: config.get(key, value) for key, value in ABSENT_KEY_VALUES.items()},
         init=None,
         **(config.get("arch_kwargs") or {}),
     )

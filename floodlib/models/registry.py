@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from floodlib.models.base import (
+    DEFAULT_CENTER_TERRAIN,
     DEFAULT_CHANGE_SCALE,
     DEFAULT_DEPTH_SCALE,
     DEFAULT_TERRAIN_SCALE,
@@ -82,7 +83,7 @@ def create_model(
     downsampler: str = "alternating",
     downsampler_kwargs: dict[str, Any] | None = None,
     init: str | None = "xavier",
-    center_terrain: bool = True,
+    center_terrain: bool = DEFAULT_CENTER_TERRAIN,
     terrain_scale: float = DEFAULT_TERRAIN_SCALE,
     depth_scale: float = DEFAULT_DEPTH_SCALE,
     change_scale: float | None = None,

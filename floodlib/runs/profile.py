@@ -193,7 +193,7 @@ class StageA(TrainSettings):
     """Notebook A: train every architecture on the small split."""
 
     run_dir: str
-    profile: str = ""
+    profile: str = "../params/smoke.yaml"  # starts a new run when run_dir has no params.yaml (from notebooks/)
     models: list[str] = Field(default_factory=list_models)
     preview_count: int = Field(default=4, ge=0)
 

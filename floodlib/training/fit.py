@@ -60,6 +60,8 @@ class TrainingResult:
     losses_path: Path
     summary_path: Path
     resumed_from_epoch: int = 0
+    #: The median time of this call's epochs (training and validation), s — as the summary records it;
+    #: the call's whole wall time, set-up included, is the summary's ``wall_time_s``.
     seconds_per_epoch: float = float("nan")
 
 
@@ -455,10 +457,10 @@ def _finish(module: SurrogateModule, trainer, train, val, *, resumed_from, elaps
     model.cpu().eval()
     analysis = analyse_convergence(history["train_loss"], history["val_loss"], baseline_val_loss=baseline,
                                    max_epochs=epochs).to_dict()
-    epochs_here = max(1, len(history["val_loss"]) - resumed_from)
+    seconds_per_epoch = float(np.median(history["epoch_time_s"][resumed_from:] or history["epoch_time_s"]))
     result = TrainingResult(name=name, model=model, history=history, baseline_val_loss=baseline, analysis=analysis,
                             model_path=model_path, losses_path=losses_path, summary_path=summary_path,
-                            resumed_from_epoch=resumed_from, seconds_per_epoch=elapsed / epochs_here)
+                            resumed_from_epoch=resumed_from, seconds_per_epoch=seconds_per_epoch)
     if not trainer.is_global_zero:
         return result
     atomic_torch_save({
@@ -484,7 +486,7 @@ def _finish(module: SurrogateModule, trainer, train, val, *, resumed_from, elaps
                      "world_size": trainer.world_size, "strategy": type(trainer.strategy).__name__,
                      "placement": placement},
         "parameters": sum(p.numel() for p in model.parameters()),
-        "seconds_per_epoch": float(np.median(history["epoch_time_s"][resumed_from:] or history["epoch_time_s"])),
+        "seconds_per_epoch": seconds_per_epoch,
         "wall_time_s": elapsed,
         "resumed_from_epoch": resumed_from,
         "analysis": analysis,
