@@ -123,6 +123,20 @@ def test_a_misspelt_profile_key_is_refused_before_anything_runs(tmp_path):
         load_profile(path)
 
 
+@pytest.mark.parametrize(("valley", "pattern"), [
+    ({"slop": 0.004}, r"unexpected keyword argument 'slop'; the fields are downstream_edge, slope, "),
+    ({"slope": -1}, r"valley: ValleyParams.slope: -1 must be >= 0"),
+])
+def test_valley_parameters_are_checked_when_the_profile_loads(tmp_path, valley, pattern):
+    profile = yaml.safe_load(TINY.read_text())
+    profile["data"]["simulate"][0]["terrain"] = {"kind": "valley", "valley": valley}
+    path = tmp_path / "valley.yaml"
+    path.write_text(yaml.safe_dump(profile))
+    with pytest.raises(ProfileError, match=r"data\.simulate\.0\.terrain = .*" + pattern):
+        run_pipeline(path, outputs=tmp_path / "outputs")
+    assert not (tmp_path / "outputs").exists()
+
+
 @pytest.mark.parametrize(("section", "pattern"), [
     ({"precision": "bf16"}, r"section C: precision = 'bf16': Input should be 'auto', '32-true', 'bf16-mixed' or '16-mixed'"),
     ({"strategy": "ddp_spawn"}, r"section C: strategy = 'ddp_spawn': Input should be 'auto' or 'ddp'"),

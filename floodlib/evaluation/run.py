@@ -18,7 +18,7 @@ from floodlib.data.dataset import TEST_PROJECTS_SPLIT, PatchDataset
 from floodlib.data.store import atomic_write
 from floodlib.evaluation.figures import SampleView, prediction_page, view_sample
 from floodlib.evaluation.metrics import MetricSpec, evaluate_dataset, resolve_device, summarise
-from floodlib.runs import RunError, RunModel, run_models  # noqa: F401 (RunModel, run_models: part of this API)
+from floodlib.runs import RunError, RunModel, StageDSummary, run_models  # noqa: F401 (RunModel, run_models: part of this API)
 
 #: The reference's published median per-sample RAE (Arch_05 on its own HEC-RAS data).
 REFERENCE_MEDIAN_RAE = 0.108
@@ -94,16 +94,14 @@ def save_table(table: pd.DataFrame, path: str | Path) -> Path:
 
 
 def report_summary(result: dict, table: pd.DataFrame, comparison: pd.DataFrame | None = None, *,
-                   headlines: dict[str, dict] | None = None) -> dict:
-    """What stage D's summary.json holds: the headline (of the test split), the headline of every reported
-    split by name (``headlines``: the test split's and, when projects are held out, ``test_projects``'), the
-    table per model and split, the comparison (as JSON-ready records: a missing figure such as GPU latency
-    without a GPU is null)."""
-    summary = {"headline": result, "headlines": headlines or {result["split"]: result},
-               "table": json.loads(table.reset_index().to_json(orient="records"))}
-    if comparison is not None:
-        summary["comparison"] = json.loads(comparison.to_json(orient="records"))
-    return summary
+                   headlines: dict[str, dict] | None = None) -> StageDSummary:
+    """Stage D's summary: the headline (of the test split), the headline of every reported split by name
+    (``headlines``: the test split's and, when projects are held out, ``test_projects``'), the table per model
+    and split, the comparison (as JSON-ready records: a missing figure such as GPU latency without a GPU is
+    null)."""
+    return StageDSummary(headline=result, headlines=headlines or {result["split"]: result},
+                         table=json.loads(table.reset_index().to_json(orient="records")),
+                         comparison=None if comparison is None else json.loads(comparison.to_json(orient="records")))
 
 
 def read_sample_metrics(stage_dir: str | Path, model: str, split: str) -> pd.DataFrame:

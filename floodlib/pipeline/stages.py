@@ -14,7 +14,8 @@ from typing import Any
 from floodlib.data.dataset import PatchDataset
 from floodlib.data.store import atomic_write
 from floodlib.models import create_model
-from floodlib.runs import (PROFILE_FILE, SUMMARY_FILE, Run, open_run, read_summary, splits, stale_upstream,
+from floodlib.runs import (PROFILE_FILE, SUMMARY_FILE, BigModel, RankedModel, Run, StageASummary, StageBSummary,
+                           StageCSummary, TunedConfiguration, open_run, read_summary, splits, stale_upstream,
                            write_profile, write_summary)
 from floodlib.runs.profile import ProfileError, ProjectConfig, StageA, StageB, StageC, TrainSettings
 from floodlib.training import PlateauSchedule, fit, load_model
@@ -27,7 +28,7 @@ def project_spec(project: ProjectConfig, *, terrain_dir: str | Path | None = Non
     """
     from floodlib.data.fetch import fetch_wheel_member
     from floodlib.data.simulate import ProjectSpec
-    from floodlib.data.terrain import DemSource, ValleyParams
+    from floodlib.data.terrain import DemSource
 
     terrain = project.terrain
     terrain_field = f"{where}.simulate[{project.name}].terrain"
@@ -42,7 +43,7 @@ def project_spec(project: ProjectConfig, *, terrain_dir: str | Path | None = Non
             raise ProfileError(f"{terrain_field}: kind 'dem' needs a path or a fetch entry")
         source = DemSource(path=str(path), row_offset=terrain.row_offset, col_offset=terrain.col_offset)
     else:
-        source = ValleyParams(**terrain.valley)
+        source = terrain.valley_params()
     options = {k: v for k, v in (("peak_discharge_m3s", project.peak_discharge_m3s),
                                   ("manning_n", project.manning_n)) if v is not None}
     return ProjectSpec(name=project.name, terrain=source, n_plans=project.n_plans, seed=project.seed,
@@ -105,21 +106,15 @@ def train_one(run: Run, stage: str, settings: TrainSettings, train, val, *, name
 
 
 def ranking(summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Models ordered by best validation loss, with their skill against the no-change baseline."""
-    rows = [{
-        "name": s["name"],
-        "arch": s["arch"],
-        "best_val_loss": s["analysis"]["best_val_loss"],
-        "baseline_val_loss": s["analysis"]["baseline_val_loss"],
-        "skill": s["analysis"]["skill"],
-        "beats_baseline": s["analysis"]["beats_baseline"],
-        "best_epoch": s["analysis"]["best_epoch"],
-        "epochs_run": s["analysis"]["epochs_run"],
-        "parameters": s["parameters"],
-        "seconds_per_epoch": s["seconds_per_epoch"],
-        "model_path": s["model_path"],
-    } for s in summaries]
+    """Models ordered by best validation loss, with their skill against the no-change baseline: one
+    :class:`~floodlib.runs.RankedModel` (as a dict, for tables) per model summary ``fit`` wrote."""
+    rows = [RankedModel.from_training(s).model_dump() for s in summaries]
     return sorted(rows, key=lambda row: row["best_val_loss"])
+
+
+def stage_a_summary(ranking_rows: list[dict[str, Any]], datasets: dict[str, PatchDataset]) -> StageASummary:
+    """Stage A's summary: its ranking and the splits it trained on."""
+    return StageASummary(ranking=ranking_rows, splits={name: split.summary.to_dict() for name, split in datasets.items()})
 
 
 def train_stage_a(run: Run, config: StageA, train, val) -> list[dict[str, Any]]:
@@ -517,6 +512,16 @@ def best_configuration(study) -> dict[str, Any]:
     }
 
 
+def stage_b_summary(study, best: dict[str, Any], tuned: dict[str, Any], default: RankedModel) -> StageBSummary:
+    """Stage B's summary: the best configuration (``best``), the model trained with it (``tuned``: its
+    training summary), stage A's Arch_04 (``default``) beside it, and the search's trials by state."""
+    best_val_loss = tuned["analysis"]["best_val_loss"]
+    return StageBSummary(
+        tuned=TunedConfiguration(**best, best_val_loss=best_val_loss, model_path=tuned["model_path"]),
+        default_arch04_val_loss=default.best_val_loss, beats_default=best_val_loss < default.best_val_loss,
+        trials={str(state): int(count) for state, count in study.trials_dataframe()["state"].value_counts().items()})
+
+
 def plot_search(study):
     """Optimisation history of the study (objective per trial, best so far). Returns the Figure."""
     import matplotlib.pyplot as plt
@@ -554,23 +559,23 @@ def train_tuned(run: Run, config: StageB, train, val, best: dict[str, Any]) -> d
 
 
 def choose_big_models(run: Run, config: StageC) -> list[dict[str, Any]]:
-    """Stage C's models: those the profile names, else the top ``count`` of A's ranking with Arch_04
-    replaced by B's tuned configuration (ranked by its own validation loss)."""
-    tuned = read_summary(run, "B")["tuned"]
-    entries = []
+    """Stage C's models (:class:`~floodlib.runs.BigModel` as dicts): those the profile names, else the top
+    ``count`` of A's ranking with Arch_04 replaced by B's tuned configuration (ranked by its own validation loss)."""
+    tuned = read_summary(run, "B").tuned
     if config.models:
         names = config.models
     else:
-        rows = [row for row in read_summary(run, "A")["ranking"] if row["arch"] != "Arch_04"]
-        rows.append({"name": "Arch_04_tuned", "best_val_loss": tuned["best_val_loss"]})
-        names = [row["name"] for row in sorted(rows, key=lambda r: r["best_val_loss"])[:config.count]]
+        rows = [(row.best_val_loss, row.name) for row in read_summary(run, "A").ranking if row.arch != "Arch_04"]
+        rows.append((tuned.best_val_loss, "Arch_04_tuned"))
+        names = [name for _, name in sorted(rows)[:config.count]]
+    entries = []
     for name in names:
         if name in ("Arch_04", "Arch_04_tuned") and (name == "Arch_04_tuned" or not config.models):
-            entries.append({"name": "Arch_04_tuned", "arch": "Arch_04", "arch_kwargs": tuned["arch_kwargs"],
-                            "downsampler": tuned["downsampler"], "downsampler_kwargs": tuned["downsampler_kwargs"],
-                            "lr": tuned["lr"]})
+            entry = BigModel(name="Arch_04_tuned", arch="Arch_04", arch_kwargs=tuned.arch_kwargs,
+                             downsampler=tuned.downsampler, downsampler_kwargs=tuned.downsampler_kwargs, lr=tuned.lr)
         else:
-            entries.append({"name": name, "arch": name})
+            entry = BigModel(name=name, arch=name)
+        entries.append(entry.model_dump(exclude_defaults=True))
     return entries
 
 
@@ -580,7 +585,13 @@ def train_stage_c(run: Run, config: StageC, train, val, entries: list[dict[str, 
     return ranking(summaries)
 
 
+def stage_c_summary(ranking_rows: list[dict[str, Any]], entries: list[dict[str, Any]],
+                    datasets: dict[str, PatchDataset]) -> StageCSummary:
+    """Stage C's summary: its ranking, the models it was asked to train and the splits it trained on."""
+    return StageCSummary(ranking=ranking_rows, models=entries,
+                         splits={name: split.summary.to_dict() for name, split in datasets.items()})
+
+
 def rebuild_all(run: Run, stage: str) -> dict[str, Any]:
     """Every model of a completed stage rebuilt from its checkpoint alone (proof the run folder suffices)."""
-    return {row["name"]: load_model(run.stage_dir(stage) / row["model_path"])
-            for row in read_summary(run, stage)["ranking"]}
+    return {row.name: load_model(run.stage_dir(stage) / row.model_path) for row in read_summary(run, stage).ranking}

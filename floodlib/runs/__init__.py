@@ -7,11 +7,15 @@ splits and its trained models — read by evaluation, the viewer and the pipelin
 >>> models = run_models(run.run_dir, ["C"])
 """
 
-from floodlib.runs.folder import (PROFILE_FILE, SUMMARY_FILE, Run, open_run, read_summary, splits, stale_upstream,
-                                  write_profile, write_summary)
-from floodlib.runs.models import RunError, RunModel, run_models
+from floodlib.runs.folder import (PROFILE_FILE, SUMMARY_FILE, Run, RunError, open_run, read_summary, splits,
+                                  stale_upstream, write_profile, write_summary)
+from floodlib.runs.models import RunModel, run_models
 from floodlib.runs.profile import STAGES, Profile, ProfileError, load_profile
+from floodlib.runs.summaries import (BigModel, Headline, RankedModel, StageASummary, StageBSummary, StageCSummary,
+                                     StageDSummary, TunedConfiguration)
 
-__all__ = ["PROFILE_FILE", "STAGES", "SUMMARY_FILE", "Profile", "ProfileError", "Run", "RunError", "RunModel",
+__all__ = ["PROFILE_FILE", "STAGES", "SUMMARY_FILE", "BigModel", "Headline", "Profile", "ProfileError", "RankedModel",
+           "Run", "RunError", "RunModel", "StageASummary", "StageBSummary", "StageCSummary", "StageDSummary",
+           "TunedConfiguration",
            "load_profile", "open_run", "read_summary", "run_models", "splits", "stale_upstream", "write_profile",
            "write_summary"]

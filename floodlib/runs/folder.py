@@ -13,11 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import ValidationError
 
 from floodlib.data.dataset import PatchDataset, SplitSpec, discover_plans, load_splits
 from floodlib.data.samples import SampleSpec
 from floodlib.data.store import atomic_json, atomic_write
 from floodlib.runs.profile import STAGES, Profile, ProfileError, load_profile
+from floodlib.runs.summaries import SUMMARIES, StageSummary
 
 PROFILE_FILE = "params.yaml"
 SUMMARY_FILE = "summary.json"
@@ -77,27 +79,56 @@ def open_run(run_dir: str | Path, profile: str | Path = "") -> Run:
     return Run(run_dir=run_dir, profile=load_profile(params))
 
 
-def read_summary(run: Run, stage: str) -> dict[str, Any]:
-    path = run.stage_dir(stage) / SUMMARY_FILE
+class RunError(ValueError):
+    """A run folder lacks what is asked of it: a stage's results are missing, or its summary is unusable."""
+
+
+def _run_dir(run: Run | str | Path) -> Path:
+    return run.run_dir if isinstance(run, Run) else Path(run)
+
+
+def read_summary(run: Run | str | Path, stage: str) -> StageSummary:
+    """Stage ``stage``'s summary, checked against its type (:mod:`floodlib.runs.summaries`).
+
+    FileNotFoundError when the stage has not completed; RunError naming the file and the field when the
+    summary is not valid JSON or not what the stage writes.
+    """
+    path = _run_dir(run) / stage / SUMMARY_FILE
+    if stage not in SUMMARIES:
+        raise ValueError(f"unknown stage {stage!r}; expected one of {list(SUMMARIES)}")
     if not path.exists():
         raise FileNotFoundError(f"{path}: stage {stage} has not completed in this run; run it first")
-    return json.loads(path.read_text())
+    try:
+        raw = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise RunError(f"{path}: not valid JSON ({error}); run stage {stage} again with --force") from None
+    try:
+        return SUMMARIES[stage].model_validate(raw)
+    except ValidationError as error:
+        problems = "; ".join(f"{'.'.join(str(part) for part in item['loc']) or '(top level)'}: {item['msg']}"
+                             for item in error.errors()[:5])
+        raise RunError(f"{path}: not stage {stage}'s summary ({problems}); run stage {stage} again with --force") \
+            from None
 
 
 def _digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def write_summary(run: Run, stage: str, summary: dict[str, Any]) -> Path:
+def write_summary(run: Run, summary: StageSummary) -> Path:
     """Write the stage's summary.json last: its presence marks the stage complete.
 
     It records which results of the earlier stages it was made from (``upstream``: a digest of each
     earlier stage's summary.json), so a stage redone later makes this one stale (:func:`stale_upstream`).
     """
+    if not isinstance(summary, StageSummary):
+        raise TypeError(f"write_summary takes a stage summary of floodlib.runs.summaries, got {type(summary).__name__}")
+    stage = summary.stage
     order = list(STAGES)
     upstream = {earlier: _digest(run.stage_dir(earlier) / SUMMARY_FILE) for earlier in order[:order.index(stage)]
                 if (run.stage_dir(earlier) / SUMMARY_FILE).exists()}
-    return atomic_json({"stage": stage, **summary, "upstream": upstream}, run.stage_dir(stage) / SUMMARY_FILE)
+    record = summary.model_copy(update={"upstream": upstream}).model_dump(mode="json")
+    return atomic_json(record, run.stage_dir(stage) / SUMMARY_FILE)
 
 
 def stale_upstream(run_dir: str | Path, stage: str) -> list[str]:

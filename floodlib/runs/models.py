@@ -13,11 +13,7 @@ import numpy as np
 import torch
 
 from floodlib.models.checkpoints import load_model
-from floodlib.runs.folder import PROFILE_FILE, SUMMARY_FILE
-
-
-class RunError(ValueError):
-    """A run folder lacks what is asked of it: a stage's models are missing or its summary is unusable."""
+from floodlib.runs.folder import PROFILE_FILE, SUMMARY_FILE, RunError, read_summary
 
 
 @dataclass
@@ -48,24 +44,17 @@ class RunModel:
 
 
 def _stage_rows(run_dir: Path, stage: str) -> list[dict]:
-    summary_path = run_dir / stage / SUMMARY_FILE
-    if not summary_path.exists():
+    """``name``, ``arch``, ``model_path`` (and what else the stage recorded) of each model a stage kept."""
+    try:
+        summary = read_summary(run_dir, stage)
+    except FileNotFoundError:
+        summary_path = run_dir / stage / SUMMARY_FILE
         raise RunError(
             f"{summary_path}: run folder {run_dir} has no models of stage {stage} (the stage has not completed); "
-            f"run it first: python -m floodlib.pipeline {run_dir / PROFILE_FILE} --only {stage}")
-    try:
-        summary = json.loads(summary_path.read_text())
-    except json.JSONDecodeError as error:
-        raise RunError(f"{summary_path}: not valid JSON ({error}); run stage {stage} again with --force") from None
+            f"run it first: python -m floodlib.pipeline {run_dir / PROFILE_FILE} --only {stage}") from None
     if stage == "B":
-        tuned = summary.get("tuned") or {}
-        if "model_path" not in tuned:
-            raise RunError(f"{summary_path}: field 'tuned.model_path' missing; expected stage B's tuned Arch_04")
-        return [{"name": "Arch_04_tuned", "arch": tuned.get("arch", "Arch_04"), "model_path": tuned["model_path"]}]
-    rows = summary.get("ranking")
-    if not isinstance(rows, list) or not rows:
-        raise RunError(f"{summary_path}: field 'ranking' = {rows!r}; expected the list of stage {stage}'s models")
-    return rows
+        return [{"name": "Arch_04_tuned", "arch": summary.tuned.arch, "model_path": summary.tuned.model_path}]
+    return [row.model_dump() for row in summary.ranking]
 
 
 def run_models(run_dir: str | Path, stages: Sequence[str] = ("C",), *, context: Sequence[str] = ("A", "B"),

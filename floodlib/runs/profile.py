@@ -77,7 +77,23 @@ class TerrainConfig(Strict):
                              "a wheel that holds it), not " + ("both" if self.path is not None else "neither"))
         if self.kind == "valley" and (self.path is not None or self.fetch is not None):
             raise ValueError("path and fetch name a DEM: they need kind 'dem' (kind 'valley' is procedural)")
+        if self.kind == "dem" and self.valley:
+            raise ValueError("valley parameters shape a procedural terrain: they need kind 'valley', not 'dem'")
+        if self.kind == "valley":
+            self.valley_params()  # refuses an unknown or ill-typed valley field now, not when stage A simulates
         return self
+
+    def valley_params(self):
+        """The :class:`~floodlib.data.terrain.ValleyParams` of ``valley`` (ValueError naming a bad field)."""
+        from floodlib.data.terrain import ValleyParams
+
+        try:
+            return ValleyParams(**self.valley)
+        except TypeError as error:
+            fields = ", ".join(ValleyParams.__dataclass_fields__)
+            raise ValueError(f"valley: {error}; the fields are {fields}") from None
+        except ValueError as error:
+            raise ValueError(f"valley: {error}") from None
 
 
 class ProjectConfig(Strict):

@@ -1,0 +1,77 @@
+"""The run folder's typed stage contract: summaries written and read back by floodlib.runs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+from floodlib.runs import (Run, RunError, StageASummary, StageBSummary, StageCSummary, load_profile, read_summary,
+                           stale_upstream, write_summary)
+from floodlib.runs.summaries import RankedModel
+
+ROOT = Path(__file__).resolve().parents[1]
+ROW = {"name": "Arch_02", "arch": "Arch_02", "best_val_loss": 0.02, "baseline_val_loss": 0.04, "skill": 0.5,
+       "beats_baseline": True, "best_epoch": 3, "epochs_run": 5, "parameters": 101266, "seconds_per_epoch": 1.5,
+       "model_path": "models/Arch_02/model.pth"}
+TUNED = {"arch": "Arch_04", "arch_kwargs": {"layers": 6, "channels": 16, "attentions": 1}, "downsampler": "cubic",
+         "downsampler_kwargs": {}, "lr": 0.001, "trial": 2, "trial_val_loss": 0.03, "best_val_loss": 0.025,
+         "model_path": "models/Arch_04_tuned/model.pth"}
+
+
+@pytest.fixture
+def run(tmp_path) -> Run:
+    return Run(run_dir=tmp_path, profile=load_profile(ROOT / "params" / "tiny.yaml"))
+
+
+def test_a_summary_round_trips_and_records_the_summaries_it_was_made_from(run):
+    a = StageASummary(ranking=[ROW], splits={"small_train": {"samples": 12}})
+    path_a = write_summary(run, a)
+    assert read_summary(run, "A") == a.model_copy(update={"upstream": {}})
+    b = StageBSummary(tuned=TUNED, default_arch04_val_loss=0.03, beats_default=True, trials={"COMPLETE": 2})
+    write_summary(run, b)
+    back = read_summary(run.run_dir, "B")  # a run folder's path does as well as the Run
+    assert back.tuned.arch_kwargs == {"layers": 6, "channels": 16, "attentions": 1}
+    assert back.upstream == {"A": hashlib.sha256(path_a.read_bytes()).hexdigest()}
+    # The file is plain JSON with the fields by name, as before the types existed.
+    raw = json.loads((run.run_dir / "B" / "summary.json").read_text())
+    assert raw["stage"] == "B" and raw["tuned"]["model_path"] == TUNED["model_path"] and raw["beats_default"] is True
+    write_summary(run, a.model_copy(update={"ranking": [RankedModel(**{**ROW, "best_val_loss": 0.01})]}))
+    assert stale_upstream(run.run_dir, "B") == ["A"]
+
+
+def test_a_summary_that_is_not_the_stages_is_an_error_naming_the_file_and_field(run):
+    folder = run.run_dir / "C"
+    folder.mkdir()
+    (folder / "summary.json").write_text(json.dumps({"stage": "C", "ranking": [ROW], "splits": {}}))
+    with pytest.raises(RunError, match=r"C/summary.json: not stage C's summary \(models: Field required\)"):
+        read_summary(run, "C")
+    (folder / "summary.json").write_text(json.dumps({"stage": "C", "ranking": [{**ROW, "skill": "high"}],
+                                                     "models": [], "splits": {}}))
+    with pytest.raises(RunError, match=r"ranking\.0\.skill"):
+        read_summary(run, "C")
+    (folder / "summary.json").write_text('{"stage": "C", "ranking": [')
+    with pytest.raises(RunError, match=r"C/summary.json: not valid JSON .*run stage C again with --force"):
+        read_summary(run, "C")
+    with pytest.raises(FileNotFoundError, match=r"D/summary.json: stage D has not completed"):
+        read_summary(run, "D")
+    with pytest.raises(ValueError, match="unknown stage 'E'"):
+        read_summary(run, "E")
+
+
+def test_write_summary_takes_only_a_typed_summary_and_a_ranking_is_never_empty(run):
+    with pytest.raises(TypeError, match="stage summary"):
+        write_summary(run, {"stage": "A", "ranking": [ROW], "splits": {}})
+    with pytest.raises(ValueError, match="ranking"):
+        StageCSummary(ranking=[], models=[], splits={})
+    assert not (run.run_dir / "A").exists()
+
+
+def test_a_ranked_model_comes_from_the_summary_fit_writes():
+    summary = {"name": "Arch_02", "arch": "Arch_02", "parameters": 101266, "seconds_per_epoch": 1.5,
+               "model_path": "models/Arch_02/model.pth",
+               "analysis": {"best_val_loss": 0.02, "baseline_val_loss": 0.04, "skill": 0.5, "beats_baseline": True,
+                            "best_epoch": 3, "epochs_run": 5, "converged": True}}
+    assert RankedModel.from_training(summary).model_dump() == ROW
