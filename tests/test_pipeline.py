@@ -13,7 +13,7 @@ import torch
 import yaml
 
 from floodlib.pipeline import ProfileError, load_profile, parameters_from_namespace
-from floodlib.pipeline import stages
+from floodlib.pipeline import stages, tuning
 from floodlib.pipeline.runner import StageFailed, run_pipeline
 from floodlib.training import load_model
 
@@ -245,10 +245,10 @@ def test_an_interrupted_search_continues(tiny_run, tmp_path):
     config = parameters_from_namespace("B", {**load_profile(run_dir / "params.yaml").B, "run_dir": str(run_dir),
                                              "trials": 1})
     data = stages.splits(run, ["small_train", "small_val"])
-    first = stages.tune_arch04(run, config, data["small_train"], data["small_val"])
+    first = tuning.tune_arch04(run, config, data["small_train"], data["small_val"])
     first_params = first.trials[0].params
     first.ask()  # the trial a killed process leaves behind, still marked RUNNING
-    resumed = stages.tune_arch04(run, config.model_copy(update={"trials": 3}), data["small_train"], data["small_val"])
+    resumed = tuning.tune_arch04(run, config.model_copy(update={"trials": 3}), data["small_train"], data["small_val"])
     states = [t.state for t in resumed.trials]
     assert states.count(optuna.trial.TrialState.COMPLETE) + states.count(optuna.trial.TrialState.PRUNED) == 3
     assert states[1] == optuna.trial.TrialState.FAIL

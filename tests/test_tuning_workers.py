@@ -12,7 +12,7 @@ import yaml
 
 from floodlib.data.store import write_simulation
 from floodlib.pipeline import ProfileError, load_profile, parameters_from_namespace
-from floodlib.pipeline import stages
+from floodlib.pipeline import stages, tuning
 from floodlib.pipeline.runner import run_pipeline
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -52,10 +52,10 @@ def test_two_worker_processes_share_one_sqlite_study(small_run):
     config = parameters_from_namespace("B", {**run.profile.B, "run_dir": str(small_run)})
     assert config.workers == 2 and config.trials == 4 and config.study_storage == ""
     data = stages.splits(run, ["small_train", "small_val"])
-    study = stages.tune_arch04(run, config, data["small_train"], data["small_val"])
+    study = tuning.tune_arch04(run, config, data["small_train"], data["small_val"])
 
     # Read back from the database alone, as another process would.
-    stored = optuna.load_study(study_name=stages.STUDY_NAME, storage=f"sqlite:///{small_run / 'B' / 'study.db'}")
+    stored = optuna.load_study(study_name=tuning.STUDY_NAME, storage=f"sqlite:///{small_run / 'B' / 'study.db'}")
     trials = stored.get_trials()
     assert len(trials) == 4  # exactly the configured total across both workers, none failed or left running
     assert all(t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED) for t in trials)
@@ -64,14 +64,14 @@ def test_two_worker_processes_share_one_sqlite_study(small_run):
     assert len(workers) == 2, workers  # both workers ran trials
     assert all(int(w.rsplit(":", 1)[1]) != os.getpid() for w in workers)  # in processes of their own
     assert np.isfinite(stored.best_value) and stored.best_trial.number in range(4)
-    assert stages.best_configuration(study)["trial"] == stored.best_trial.number
+    assert tuning.best_configuration(study)["trial"] == stored.best_trial.number
     for t in trials:
         if t.state == optuna.trial.TrialState.COMPLETE:
             assert (small_run / "B" / "models" / "trials" / f"{t.number:03d}" / "model.pth").exists()
     assert not (small_run / "B" / "checkpoints").exists()  # each worker's marker and the emptied folders gone
 
     # An extra worker (the cluster command) joining a finished search runs nothing.
-    assert stages.run_tuning_worker(small_run) == 0
+    assert tuning.run_tuning_worker(small_run) == 0
     assert len(stored.get_trials()) == 4
 
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import time
-import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from floodlib.pipeline.config import NOTEBOOKS, STAGES, ProfileError, load_profile
-from floodlib.pipeline.stages import SUMMARY_FILE, stale_upstream, write_profile
+from floodlib.runs import SUMMARY_FILE, stale_upstream, write_profile
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 DEFAULT_NOTEBOOKS = REPOSITORY / "notebooks"

@@ -4,7 +4,7 @@
 
 They join the study named by the run's ``params.yaml`` (section B, ``study_storage``) and run trials until it
 holds ``trials`` finished ones, with those of stage B's own workers. See
-:func:`floodlib.pipeline.stages.run_tuning_worker`.
+:func:`floodlib.pipeline.tuning.run_tuning_worker`.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.workers < 1:
         parser.error(f"--workers {args.workers}: must be at least 1")
-    from floodlib.pipeline.stages import run_tuning_worker
+    from floodlib.pipeline.tuning import run_tuning_worker
 
     try:
         ran = run_tuning_worker(args.run_dir, workers=args.workers)
