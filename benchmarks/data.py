@@ -188,7 +188,7 @@ def epoch_rate(loader, repeats: int = 3) -> float:
 def batched_figures(data_dir: Path, *, quick: bool) -> bool:
     """Each split of the smoke data set: BatchLoader (host placement, as fit on CPU) vs a DataLoader over
     the PatchDataset with the same sampler, at the smoke profile's batch sizes (16, and 8 for Arch_07 and
-    Arch_08), the target's; and, for information, at the seed's 300, where both paths spend most of their
+    Arch_08), the target's; and, for information, at the reference's 300, where both paths spend most of their
     time faulting in a fresh batch buffer of ~120 MB (a GPU run cuts such batches on the device, or into
     pinned host memory that PyTorch keeps allocated)."""
     profile = load_profile(SMOKE_PROFILE)

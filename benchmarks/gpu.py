@@ -174,7 +174,7 @@ def main() -> None:
     parser.add_argument("--run-dir", type=Path, help="a prepared run folder whose stages to time")
     parser.add_argument("--stage-timeout", type=float, default=300.0)
     parser.add_argument("--json", type=Path, help="also write the figures here")
-    parser.add_argument("--batch", type=int, default=300, help="batch size (300 as in the seed)")
+    parser.add_argument("--batch", type=int, default=300, help="batch size (300 as in the reference)")
     args = parser.parse_args()
     BATCH = args.batch
 

@@ -149,7 +149,7 @@ def peak_memory(arch: str, setting: Setting, *, batch: int, threads: int, device
 
 def arch08_upsampling_step_times(*, batch: int, warmup: int, steps: int, device: torch.device) -> tuple[float, float]:
     """Median seconds of an Arch_08 train step (floodlib settings) with its decoder's bicubic x2
-    upsampling computed by ``F.interpolate`` (the seed's way) and by matrix products (floodlib's).
+    upsampling computed by ``F.interpolate`` (the reference's way) and by matrix products (floodlib's).
 
     Both models hold the same weights and see the same (``batch``, ...) inputs; their steps alternate so
     that changing load on the machine affects both alike. Returns (interpolate, matrix products).
@@ -224,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
         interpolate, matrix = arch08_upsampling_step_times(batch=args.batch, warmup=args.warmup, steps=args.steps,
                                                            device=device)
         print(f"\nArch_08 train step (floodlib settings, batch {args.batch}), decoder bicubic x2 upsampling by "
-              "F.interpolate (the seed's way) vs by matrix products:")
+              "F.interpolate (the reference's way) vs by matrix products:")
         print(f"{'':<26}{'interpolate ms':>16}{'matrix ms':>11}{'ratio':>8}")
         print(f"{'Arch_08 upsampling':<26}{interpolate * 1e3:>16.1f}{matrix * 1e3:>11.1f}"
               f"{interpolate / matrix:>7.2f}x", flush=True)

@@ -1,6 +1,6 @@
 """floodlib — deep-learning emulation of 2D flood simulations.
 
-Subpackages: :mod:`floodlib.models` (the seed's architectures, terrain downsamplers and registry).
+Subpackages: :mod:`floodlib.models` (the reference's architectures, terrain downsamplers and registry).
 """
 
 __version__ = "0.1.0"

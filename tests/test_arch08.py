@@ -111,7 +111,7 @@ def test_whole_model_reference_upsampling_gives_the_same_gradients():
 def test_parameter_count_and_state_dict_keys_unchanged():
     model = create_model("Arch_08")
     assert sum(p.numel() for p in model.parameters()) == ARCH08_PARAMETERS
-    # The seed's body keys: checkpoints saved before the upsampling became a module must load strictly.
+    # The reference's body keys: checkpoints saved before the upsampling became a module must load strictly.
     keys = list(model.body.state_dict())
     decoder = [f"net.{i}.block.{conv}.{kind}" for i in (4, 5, 6) for conv in ("conv1", "conv2", "shortcut")
                for kind in ("weight", "bias")]

@@ -1,4 +1,4 @@
-"""The model zoo: every architecture with every downsampler, exactly the seed's structure."""
+"""The model zoo: every architecture with every downsampler, exactly the reference's structure."""
 
 from __future__ import annotations
 

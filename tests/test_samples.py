@@ -63,7 +63,7 @@ def test_more_samples_from_the_same_simulation_snapshots_every_k_minutes_and_ove
         assert_array_equal(change[0], apply_transform(simulation.water_depth[f + 1, r:r + 8, c:c + 8]
                                                       - simulation.water_depth[f, r:r + 8, c:c + 8], t))
         assert_array_equal(terrain[0], apply_transform(simulation.terrain[4 * r:4 * r + 33, 4 * c:4 * c + 33], t))
-    # the seed's definition is untouched by the new options' defaults
+    # the reference's definition is untouched by the new options' defaults
     seed = index_plan(simulation, SPEC).entries
     assert len(seed) == 20 and SampleSpec().stride == 32 and SampleSpec().snapshot_times(1e9) == SampleSpec().snapshot_times_s
     assert spec.describe() == ("a snapshot every 10 min, 5 min ahead; 8-cell patches, origins every 4 cells "

@@ -6,7 +6,7 @@
 - :mod:`floodlib.data.hecras` — HEC-RAS 2D plan results into the store;
 - :mod:`floodlib.data.terrain`, :mod:`floodlib.data.simulate` — the built-in simulator (landlab OverlandFlow)
   over procedural valleys or real DEMs, the embedded default data source;
-- :mod:`floodlib.data.samples` — the seed's sample definition (``SampleSpec``, ``index_plan``, ``cut_sample``);
+- :mod:`floodlib.data.samples` — the reference's sample definition (``SampleSpec``, ``index_plan``, ``cut_sample``);
 - :mod:`floodlib.data.dataset` — splits by plan and the lazy ``PatchDataset``;
 - :mod:`floodlib.data.preview` — preview figures of a split.
 """

@@ -152,7 +152,7 @@ class PatchDataset(Dataset):
 
 @dataclass(frozen=True)
 class SplitSpec:
-    """How plans are divided. Defaults are the seed's.
+    """How plans are divided. Defaults are the reference's.
 
     Attributes
     ----------

@@ -1,4 +1,4 @@
-"""Samples: patches cut from a plan at snapshot times, exactly as the seed defines them.
+"""Samples: patches cut from a plan at snapshot times, exactly as the reference defines them.
 
 For a plan and a snapshot time n, patches of ``patch_cells`` cells are cut on the standard grid (origins
 0, P, 2P, ...) for the 1st, 3rd, ... snapshot and on the dual grid (origins P/2, 3P/2, ...) for the 2nd,
@@ -23,7 +23,7 @@ snapshot   grid      transform (rows, cols)
 A patch is dropped as dry when the sum of its depths at n and n + dt is below ``dry_threshold_m``, and
 excluded when it touches a cell outside the model's area (NaN).
 
-Beyond the seed, more samples come from the same simulations at no extra simulation cost: a snapshot
+Beyond the reference's definition, more samples come from the same simulations at no extra simulation cost: a snapshot
 every ``snapshot_every_s`` seconds (the stores hold a frame per output interval), and overlapping patches
 with origins every ``patch_stride_cells`` cells. Samples stay lazily sliced; splits stay by plan, so
 overlapping patches of one plan never fall on both sides of a split. Those choices may differ by project
@@ -52,8 +52,8 @@ INDEX_DTYPE = np.dtype([
 ])
 
 TRANSFORMS = ("none", "anti-diagonal reflection", "reverse rows", "reverse columns")
-#: The seed's snapshot times n, s: 0, 70, 140 and 210 min.
-SEED_SNAPSHOT_TIMES_S = (0.0, 4200.0, 8400.0, 12600.0)
+#: The reference's snapshot times n, s: 0, 70, 140 and 210 min.
+REFERENCE_SNAPSHOT_TIMES_S = (0.0, 4200.0, 8400.0, 12600.0)
 #: What ``SampleSpec.projects`` may set for one project: how many samples are drawn and where, never the
 #: sample's shape or lead time (every sample of a data set feeds the same networks).
 PROJECT_OPTIONS = ("snapshot_times_s", "snapshot_every_s", "patch_stride_cells", "dry_threshold_m")
@@ -61,7 +61,7 @@ PROJECT_OPTIONS = ("snapshot_times_s", "snapshot_every_s", "patch_stride_cells",
 
 @dataclass(frozen=True)
 class SampleSpec:
-    """How samples are cut. Defaults are the seed's.
+    """How samples are cut. Defaults are the reference's.
 
     Attributes
     ----------
@@ -78,7 +78,7 @@ class SampleSpec:
         seconds from the start of each plan, for as long as n + dt lies within it, instead of
         ``snapshot_times_s`` (the grids and transforms still take turns by snapshot); 0 (default): off.
     patch_stride_cells : when > 0, patch origins every this many cells along each grid (overlapping
-        patches when below ``patch_cells``); 0 (default): ``patch_cells``, the seed's whole patches.
+        patches when below ``patch_cells``); 0 (default): ``patch_cells``, the reference's whole patches.
     projects : per project name, other values of ``PROJECT_OPTIONS`` for that project's plans, e.g.
         ``{"minnesota": {"snapshot_every_s": 600}}`` for a terrain tile that holds one patch; setting one of
         the alternatives ``snapshot_every_s`` / ``snapshot_times_s`` there sets the other back to its
@@ -87,7 +87,7 @@ class SampleSpec:
 
     patch_cells: int = 32
     terrain_ratio: int = 10
-    snapshot_times_s: tuple[float, ...] = SEED_SNAPSHOT_TIMES_S
+    snapshot_times_s: tuple[float, ...] = REFERENCE_SNAPSHOT_TIMES_S
     delta_t_s: float = 3600.0
     ring_cells: int = 2
     dry_threshold_m: float = 2.0
@@ -112,7 +112,7 @@ class SampleSpec:
         if not (isinstance(self.snapshot_every_s, (int, float)) and math.isfinite(self.snapshot_every_s)
                 and self.snapshot_every_s >= 0):
             raise ValueError(f"SampleSpec.snapshot_every_s={self.snapshot_every_s!r} must be >= 0 s (0: off)")
-        if self.snapshot_every_s > 0 and tuple(float(t) for t in self.snapshot_times_s) != SEED_SNAPSHOT_TIMES_S:
+        if self.snapshot_every_s > 0 and tuple(float(t) for t in self.snapshot_times_s) != REFERENCE_SNAPSHOT_TIMES_S:
             raise ValueError(f"SampleSpec: snapshot_every_s={self.snapshot_every_s:g} and snapshot_times_s="
                              f"{tuple(self.snapshot_times_s)} are alternatives; set one of them")
         if self.patch_cells % 2:
@@ -156,7 +156,7 @@ class SampleSpec:
         if not options and not self.projects:
             return self
         if "snapshot_every_s" in options and "snapshot_times_s" not in options:
-            options["snapshot_times_s"] = SEED_SNAPSHOT_TIMES_S
+            options["snapshot_times_s"] = REFERENCE_SNAPSHOT_TIMES_S
         if "snapshot_times_s" in options:
             options["snapshot_times_s"] = tuple(options["snapshot_times_s"])
             options.setdefault("snapshot_every_s", 0.0)

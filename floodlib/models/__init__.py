@@ -1,4 +1,4 @@
-"""The seed's seven architectures, three terrain downsamplers, the registry that builds them and their
+"""The reference's seven architectures, three terrain downsamplers, the registry that builds them and their
 checkpoints.
 
 >>> from floodlib.models import create_model, list_models, load_model

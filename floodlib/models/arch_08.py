@@ -18,7 +18,7 @@ from torch import nn
 from floodlib.models.registry import register_model
 
 # One matrix per (n, device, dtype): a few KB each, built on first use. A plain dict rather than a
-# buffer, so that state_dict keys and the parameter count stay those of the seed's checkpoints.
+# buffer, so that state_dict keys and the parameter count stay those of the reference's checkpoints.
 _UPSAMPLE_MATRICES: dict[tuple[int, torch.device, torch.dtype], torch.Tensor] = {}
 
 
@@ -85,7 +85,7 @@ class BicubicUpsample2x(nn.Module):
     """Bicubic x2 upsampling with ``align_corners=True``: (B, C, H, W) -> (B, C, 2H, 2W).
 
     Computed by :func:`bicubic_upsample2x` (matrix products); ``reference = True`` computes it with
-    ``F.interpolate`` as the seed does (same result, slower to train, above all on GPU). No parameters.
+    ``F.interpolate`` as the reference does (same result, slower to train, above all on GPU). No parameters.
     """
 
     def __init__(self):

@@ -1,4 +1,4 @@
-"""Self-attention over the positions of a feature map (the seed's attention block)."""
+"""Self-attention over the positions of a feature map (the reference's attention block)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Geometry shared by every seed model.
+"""Geometry shared by every reference model.
 
 A sample is a patch of ``PATCH_CELLS`` x ``PATCH_CELLS`` depth cells (10 m each) with the 1 m terrain
 under it, ``TERRAIN_POINTS`` points per side (terrain points sit on cell edges, hence the +1).

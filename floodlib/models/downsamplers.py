@@ -1,6 +1,6 @@
 """Terrain downsamplers: 1 m terrain under a patch (B, 1, 321, 321) -> one (B, 1, 32, 32) channel.
 
-Three are provided, as in the seed: ``alternating`` (learnable, the default), ``k11s10`` (learnable)
+Three are provided, as in the reference: ``alternating`` (learnable, the default), ``k11s10`` (learnable)
 and ``cubic`` (bicubic interpolation, no parameters). Build one by name with :func:`create_downsampler`.
 """
 
@@ -96,7 +96,7 @@ def alternating_stride_rows(x: torch.Tensor, weight: torch.Tensor, bias: torch.T
 
 def alternating_stride_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """3x3 convolution evaluated at input rows ``5i + 2a`` and columns ``5j + 2b`` (a, b in {0, 1}), the
-    result for (i, j, a, b) written to output pixel (2i + a, 2j + b) — the seed's alternating stride 2, 3.
+    result for (i, j, a, b) written to output pixel (2i + a, 2j + b) — the reference's alternating stride 2, 3.
 
     Computed as one dense matrix product over the gathered 3x3 windows (36 multiply-adds per output and
     input channel, no unfold/permute of 5x5 blocks), with a hand-written scatter for the backward pass.
@@ -150,7 +150,7 @@ def _as_channels_last(x: torch.Tensor) -> torch.Tensor:
 
 
 class AlternatingDownsampler(nn.Module):
-    """The seed's learnable terrain downsampler (7,601 parameters with the defaults).
+    """The reference's learnable terrain downsampler (7,601 parameters with the defaults).
 
     conv 1->c1 k3 s2, LReLU: 321 -> 160; alternating-stride conv c1->c2, LReLU: 160 -> 64;
     conv c2->1 k2 s2, LReLU: 64 -> 32.

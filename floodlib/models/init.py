@@ -1,4 +1,4 @@
-"""Weight initialisation schemes (the seed's ``weights_init``)."""
+"""Weight initialisation schemes (the reference's ``weights_init``)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ def _init_layer(layer: nn.Module, scheme: str) -> None:
 
 def init_weights(model: nn.Module, scheme: str = "xavier") -> nn.Module:
     """Initialise every convolution and transposed convolution of ``model``: ``"xavier"`` (uniform, the
-    seed's default) or ``"kaiming"`` (normal, for LeakyReLU); biases to zero.
+    reference's default) or ``"kaiming"`` (normal, for LeakyReLU); biases to zero.
 
     A submodule with an ``init_scheme`` attribute (the K11S10 downsampler: Kaiming) keeps its own scheme.
     Attention's ``gamma`` stays 0, so attention blocks start as the identity. Returns ``model``.

@@ -26,7 +26,7 @@ from floodlib.models.layers import build_checked
 
 @dataclass(frozen=True)
 class ModelEntry:
-    """One registered architecture: its seed name, descriptive aliases and the body's class."""
+    """One registered architecture: its reference name, descriptive aliases and the body's class."""
 
     name: str
     aliases: tuple[str, ...]
@@ -35,10 +35,10 @@ class ModelEntry:
 
 
 _MODELS: dict[str, ModelEntry] = {}
-_LOOKUP: dict[str, str] = {}  # lower-cased name or alias -> seed name
+_LOOKUP: dict[str, str] = {}  # lower-cased name or alias -> reference name
 
 # Architectures whose default depth-change scale is not DEFAULT_CHANGE_SCALE. Arch_09's final tanh bounds
-# its body's output to +-1, so the change scale is its bound in metres: 1.0 keeps the seed's +-1 m (which
+# its body's output to +-1, so the change scale is its bound in metres: 1.0 keeps the reference's +-1 m (which
 # 2 % of the measured depth changes exceed), where the common 0.25 would clip 11 % of them.
 _CHANGE_SCALES: dict[str, float] = {"Arch_09": 1.0}
 
@@ -59,17 +59,17 @@ def register_model(name: str, *, aliases: tuple[str, ...] = (), description: str
 
 
 def list_models() -> list[str]:
-    """Seed names of the registered architectures, sorted (``["Arch_02", "Arch_03", ...]``)."""
+    """Reference names of the registered architectures, sorted (``["Arch_02", "Arch_03", ...]``)."""
     return sorted(_MODELS)
 
 
 def model_aliases() -> dict[str, tuple[str, ...]]:
-    """Descriptive aliases of each registered architecture, by seed name."""
+    """Descriptive aliases of each registered architecture, by reference name."""
     return {name: _MODELS[name].aliases for name in list_models()}
 
 
 def resolve_model_name(name: str) -> str:
-    """Seed name for a seed name or alias (case-insensitive); ValueError listing the valid names."""
+    """Reference name for a reference name or alias (case-insensitive); ValueError listing the valid names."""
     try:
         return _LOOKUP[str(name).lower()]
     except KeyError:
@@ -93,10 +93,10 @@ def create_model(
 
     Parameters
     ----------
-    name : seed name (``"Arch_04"``) or alias (``"nondownsampling_attention"``), see :func:`list_models`.
+    name : reference name (``"Arch_04"``) or alias (``"nondownsampling_attention"``), see :func:`list_models`.
     downsampler : ``"alternating"``, ``"k11s10"`` or ``"cubic"``.
     downsampler_kwargs : keyword arguments of the downsampler (e.g. ``{"c1": 20, "c2": 40}``).
-    init : weight initialisation, ``"xavier"`` (the seed's default), ``"kaiming"``, or None to keep
+    init : weight initialisation, ``"xavier"`` (the reference's default), ``"kaiming"``, or None to keep
         PyTorch's defaults.
     center_terrain : subtract each patch's mean elevation before downsampling. Flow depends on relative
         elevation only, so this loses nothing and keeps activations small whatever the survey's datum;
@@ -105,8 +105,8 @@ def create_model(
     depth_scale : the depths are divided by this before the body, m.
     change_scale : the body's output is multiplied by this to give the depth change in m; None: the
         architecture's default (DEFAULT_CHANGE_SCALE; 1.0 for Arch_09, whose tanh output then keeps the
-        seed's +-1 m bound). The defaults and the statistics behind them are in
-        :mod:`floodlib.models.base`; all three 1.0 give the seed's networks on raw metres.
+        reference's +-1 m bound). The defaults and the statistics behind them are in
+        :mod:`floodlib.models.base`; all three 1.0 give the reference's networks on raw metres.
     **kwargs : the architecture's own keyword arguments (e.g. ``layers``, ``channels``, ``attentions``
         for Arch_04).
 

@@ -89,7 +89,7 @@ def train_one(run: Run, stage: str, settings: TrainSettings, train, val, *, name
     torch.manual_seed(settings.seed)
     model = create_model(arch, downsampler=downsampler or settings.downsampler,
                          downsampler_kwargs=downsampler_kwargs, **(arch_kwargs or {}))
-    # The seed's settings are per architecture: the stage's values, unless per_model says otherwise.
+    # The reference's settings are per architecture: the stage's values, unless per_model says otherwise.
     own = settings.per_model.get(name, {})
     chosen = {"epochs": own.get("epochs", settings.epochs), "lr": own.get("lr", lr or settings.lr),
               "batch_size": own.get("batch_size", settings.batch_size),

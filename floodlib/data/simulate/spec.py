@@ -32,7 +32,7 @@ TIME_STEP_FACTOR = 0.7  # alpha in dt = alpha * dx / sqrt(g * h_max) (Bates et a
 THETA = 0.9
 INFLOW_STRIP_CELLS = 2  # depth of the inflow strip, cells
 DEFAULT_OUTFALL_SLOPE = 0.001  # m/m, for DEM terrain (synthetic terrain uses its own valley slope)
-DEFAULT_DURATION_S = 280 * 60.0  # the seed's snapshots at 0, 70, 140, 210 min plus 60 min
+DEFAULT_DURATION_S = 280 * 60.0  # the reference's snapshots at 0, 70, 140, 210 min plus 60 min
 DEFAULT_OUTPUT_INTERVAL_S = 60.0
 
 
