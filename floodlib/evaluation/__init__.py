@@ -3,7 +3,11 @@
 - :mod:`floodlib.evaluation.metrics` — per-sample RAE, MAE, RMSE, wet/dry CSI, split summaries;
 - :mod:`floodlib.evaluation.figures` — static figures (one sample, prediction pages, boxplots, comparison),
   shared with the prediction viewer;
-- :mod:`floodlib.evaluation.run` — a run folder's models on every split, saved metrics, the comparison.
+- :mod:`floodlib.evaluation.run` — a run folder's models on every split, pages of their predictions;
+- :mod:`floodlib.evaluation.report` — figures per model and split (CSV), headlines, stage D's summary;
+- :mod:`floodlib.evaluation.compare` — runtime, size and accuracy side by side.
+
+A run folder's models themselves are :func:`floodlib.runs.run_models`' (re-exported here).
 
 >>> models = run_models("outputs/smoke")                  # stage C's models, A's and B's for context
 >>> samples = evaluate_models(models, stages.splits(run))  # one row per model, split and sample
@@ -14,10 +18,12 @@ from floodlib.evaluation.figures import (SampleView, figure_png, format_rae, plo
                                          prediction_page, sample_figure, view_sample)
 from floodlib.evaluation.metrics import (MetricSpec, evaluate_dataset, predict_dataset, resolve_device,
                                          sample_metrics, summarise)
-from floodlib.evaluation.run import (REFERENCE_MEDIAN_RAE, SPLIT_DESCRIPTIONS, EvaluationError, RunModel, choose_samples,
-                                     compare_models, evaluate_models, headline, headline_text, inference_latency,
-                                     prediction_pages, read_sample_metrics, report_summary, reported_splits,
-                                     run_models, save_metrics, save_table, summary_table)
+from floodlib.evaluation.compare import compare_models, inference_latency
+from floodlib.evaluation.report import (REFERENCE_MEDIAN_RAE, SPLIT_DESCRIPTIONS, EvaluationError, headline,
+                                        headline_text, read_sample_metrics, report_summary, reported_splits,
+                                        save_metrics, save_table, summary_table)
+from floodlib.evaluation.run import choose_samples, evaluate_models, prediction_pages
+from floodlib.runs import RunModel, run_models
 
 __all__ = [
     "EvaluationError", "MetricSpec", "REFERENCE_MEDIAN_RAE", "RunModel", "SPLIT_DESCRIPTIONS", "SampleView",

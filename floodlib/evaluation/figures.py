@@ -178,7 +178,7 @@ def plot_rae_boxplots(samples: pd.DataFrame, *, splits: Sequence[str] | None = N
 
 def plot_comparison(comparison: pd.DataFrame, *, accuracy: str = "median_test_rae"):
     """Runtime, size and accuracy side by side: CPU latency against test RAE (marker area ~ MB on disk),
-    and training time per epoch. ``comparison``: :func:`~floodlib.evaluation.run.compare_models`."""
+    and training time per epoch. ``comparison``: :func:`~floodlib.evaluation.compare.compare_models`."""
     import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(14, 5), constrained_layout=True)
