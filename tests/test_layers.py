@@ -66,3 +66,10 @@ def test_loading_a_model_imports_neither_lightning_nor_the_pipeline(tmp_path):
     result = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=300,
                             check=True)
     assert result.stdout.split("\n")[:2] == ["[]", "Arch_02"]
+
+
+def test_the_viewer_imports_neither_the_pipeline_nor_training():
+    code = ("import sys, floodlib.viewer; print(sorted(m for m in sys.modules if m.startswith(('floodlib.pipeline', "
+            "'floodlib.training', 'lightning', 'pytorch_lightning', 'optuna', 'papermill'))))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
+    assert result.stdout.strip() == "[]"
