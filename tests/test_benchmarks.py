@@ -60,3 +60,32 @@ def test_training_benchmark_prints_fit_beside_the_reference_and_bare_loops():
     assert min(reference, bare, fitted) > 0
     assert abs(fitted / reference - vs_reference) < 0.05 * vs_reference + 0.1
     assert abs(fitted / bare - vs_bare) < 0.05 * vs_bare + 0.01
+
+
+def test_data_scaling_benchmark_trains_nested_subsets_and_scores_the_held_out_splits(tiny_run, tmp_path):
+    figures = tmp_path / "scaling.json"
+    result = subprocess.run(
+        [sys.executable, "benchmarks/data_scaling.py", str(tiny_run), "--sizes", "4", "2", "--steps", "2",
+         "--batch-size", "2", "--val-samples", "3", "--accelerator", "cpu", "--json", str(figures)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600, check=True)
+    import json
+
+    report = json.loads(figures.read_text())
+    rows = report["rows"]
+    assert [row["size"] for row in rows] == [2, 4]  # sorted, each trained
+    # The same number of steps for every size: 2 steps of 2 are 2 epochs of 2 samples, 1 epoch of 4.
+    assert [row["epochs"] for row in rows] == [2, 1]
+    for row in rows:
+        for split in ("big_test", "test_projects"):  # tiny holds a project out: both held-out splits scored
+            assert row[split]["samples"] > 0 and 0 < row[split]["pooled_rae"] < 10
+    table = [line.split() for line in result.stdout.splitlines() if line.split()[:1] in (["2"], ["4"])]
+    assert len(table) == 2
+    assert all(abs(float(line[3]) - row["val_rae"]) <= 0.0005 + 1e-9 for line, row in zip(table, rows))
+    assert "big_test: pooled RAE" in result.stdout and "test_projects: pooled RAE" in result.stdout
+
+
+def test_data_scaling_benchmark_refuses_sizes_the_pool_cannot_give(tiny_run):
+    result = subprocess.run([sys.executable, "benchmarks/data_scaling.py", str(tiny_run), "--sizes", "100000"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    assert "fewer than 100000" in result.stderr and "patch_stride_cells" in result.stderr
