@@ -37,7 +37,7 @@ import torch
 from floodlib.data.dataset import PatchDataset
 from floodlib.evaluation.metrics import evaluate_dataset, summarise
 from floodlib.models import create_model, list_models
-from floodlib.pipeline.stages import open_run, splits
+from floodlib.runs import open_run, splits
 from floodlib.training import fit
 
 HELD_OUT = ("big_test", "test_projects")
