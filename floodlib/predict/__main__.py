@@ -1,0 +1,97 @@
+"""``python -m floodlib.predict MODEL PLAN.h5 --start 60 --hours 3 --out out.h5``: roll a surrogate out over
+a plan's whole domain, hour by hour, closing the patches' boundary rings by iteration, and write the
+prediction as a simulation file (frame 0 the start, then one frame per hour)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from floodlib.data.store import SimulationFileError, read_simulation
+from floodlib.models.checkpoints import CheckpointError, load_model
+from floodlib.predict.boundary import read_boundary
+from floodlib.predict.plan import STEP_S, predict_plan, write_rollout
+from floodlib.predict.tiling import PredictError
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m floodlib.predict", description=__doc__.split("\n\n")[0],
+        epilog="Without --boundary the plan's own edge depths (what its solver was given) are the boundary "
+               "condition, so the prediction must end within the plan. With --boundary FILE (JSON or YAML: "
+               "{segments: [{edge: west, from_cell: 40, to_cell: 56, times_min: [...], depth_m or "
+               "discharge_m3s: [...]}]}) the plan supplies only terrain and the start's depth, and edge cells on "
+               "no segment follow the depth just inside them.")
+    p.add_argument("model", type=Path, help="a model checkpoint (model.pth) written by floodlib")
+    p.add_argument("plan", type=Path, help="a simulation file (.h5): terrain, and the depth at the start")
+    p.add_argument("--start", type=float, default=0.0, help="start time, minutes since the plan's start (default 0)")
+    p.add_argument("--hours", type=int, default=1, help="hours to predict, one closed step each (default 1)")
+    p.add_argument("--out", type=Path, required=True, help="the prediction's simulation file (.h5)")
+    p.add_argument("--boundary", type=Path, help="edge depth or inflow series (JSON/YAML) instead of the plan's edges")
+    p.add_argument("--dry-start", action="store_true", help="start from a dry domain instead of the plan's depth")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
+    p.add_argument("--precision", choices=("32", "bf16"), default="32", help="the network body's precision")
+    p.add_argument("--tolerance-mm", type=float, default=1.0, help="closure stops below this ring change (default 1 mm)")
+    p.add_argument("--max-iterations", type=int, default=20, help="closure passes per step at most (default 20)")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+
+    def fail(message: str) -> int:
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+
+    if args.out.exists() and not args.force:
+        return fail(f"{args.out} exists; pass --force to replace it")
+    if args.hours < 1:
+        return fail(f"--hours {args.hours}: predict at least one hour")
+    try:
+        import torch
+
+        if args.device.startswith("cuda") and not torch.cuda.is_available():
+            raise PredictError(f"--device {args.device}: this torch build sees no CUDA device; use --device cpu")
+        model = load_model(args.model, device=args.device)
+        simulation = read_simulation(args.plan, memory_map=True)
+        boundary, boundary_name = None, "the plan's own edge depths"
+        if args.boundary is not None:
+            rows, cols = simulation.grid_shape
+            r = simulation.terrain_ratio
+            cells = np.asarray(simulation.terrain[:-1, :-1]).reshape(rows, r, cols, r).mean(axis=(1, 3))
+            boundary = read_boundary(args.boundary, rows=rows, cols=cols, cell_elevation=cells,
+                                     cell_size_m=simulation.cell_size_m)
+            boundary_name = str(args.boundary)
+        depth_start = None
+        if args.dry_start:
+            if boundary is None:
+                raise PredictError("--dry-start needs --boundary: the plan's own edge depths belong to its own flood")
+            depth_start = np.where(np.isnan(simulation.water_depth[0]), np.nan, 0.0).astype(np.float32)
+
+        def progress(k, step):
+            state = "converged" if step.converged else "NOT converged"
+            print(f"hour {k + 1}/{args.hours}: {state} after {step.iterations + 1} pass(es), last ring change "
+                  f"{step.residuals[-1] * 1000:.3g} mm, {step.patches_predicted} patch predictions, {step.seconds:.2f} s",
+                  file=sys.stderr)
+
+        started = time.perf_counter()
+        rollout = predict_plan(model, simulation, start_s=args.start * 60.0, steps=args.hours, boundary=boundary,
+                               depth_start=depth_start,
+                               name=str(args.plan), progress=progress, device=args.device, precision=args.precision,
+                               tolerance_m=args.tolerance_mm / 1000.0, max_iterations=args.max_iterations)
+        write_rollout(args.out, simulation, rollout, model_name=f"{model.arch} ({args.model})",
+                      boundary_name=boundary_name)
+    except (PredictError, SimulationFileError, CheckpointError) as error:
+        return fail(str(error))
+    print(f"wrote {args.out}: {args.hours} hour(s) from {args.start:g} min over {simulation.grid_shape[0]} x "
+          f"{simulation.grid_shape[1]} cells in {time.perf_counter() - started:.2f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,291 @@
+"""Full-domain prediction with a patch model: closure of the boundary rings for one step, and rollouts.
+
+A patch model predicts the depth change of a 32-cell patch over one interval given the depth at n and
+the depth at n + dt on the patch's 2-cell ring. Over a whole domain the ring at n + dt is unknown, so it
+is found by iteration (:meth:`DomainPredictor.step`):
+
+1. guess the depth at n + dt: the depth at n, with the domain's outer ring from the boundary condition;
+2. one **pass**: predict every patch of the dual grid with its ring taken from the guess and write the
+   patches' interiors into the guess, then the same with the standard grid (the standard grid goes last,
+   so the answer's cells come from patches that lie inside the domain wherever the domain allows);
+3. the pass's **residual** is the largest change of the guess on any cell that is some patch's ring;
+   stop when it is below ``tolerance_m`` (default 1 mm) or after ``max_iterations`` passes.
+
+Depths never go negative (the interior is max(depth at n + change, 0)); cells outside the model's area
+(NaN in the plan) are dry to the model and NaN in the answer; outer-ring cells with no prescribed depth
+take the depth just inside them. A patch whose depth at n and ring are both dry (no cell above
+``dry_depth_m``) is not sent to the model: nothing can flow into it without crossing its ring.
+
+Terrain features (the downsampler's output) are computed once per patch when the predictor is built and
+reused for every pass and every step.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from floodlib.models.constants import PATCH_CELLS, TERRAIN_POINTS
+from floodlib.predict.boundary import Boundary
+from floodlib.predict.tiling import GRIDS, PredictError, Tiling
+
+#: Grids in the order of one pass.
+PASS_ORDER = ("dual", "standard")
+RING_CELLS = 2
+PRECISIONS = ("32", "bf16")
+
+
+@dataclass
+class StepResult:
+    """One closed step n -> n + dt.
+
+    ``depth`` (rows, cols) float32, m (NaN outside the model's area); ``residuals`` the largest ring change
+    of each pass, m; ``iterations`` the index of the last pass (0: the first pass already changed no ring
+    cell by ``tolerance_m`` or more); ``converged`` whether the last residual is below the tolerance;
+    ``patches_predicted`` patch predictions made (dry patches skipped); ``seconds`` wall time.
+    """
+
+    depth: np.ndarray
+    residuals: list[float]
+    converged: bool
+    patches_predicted: int
+    seconds: float
+
+    @property
+    def iterations(self) -> int:
+        return len(self.residuals) - 1
+
+
+@dataclass
+class Rollout:
+    """Repeated steps: ``depths`` (steps + 1, rows, cols) at ``times_s`` (the start first), and each step's result."""
+
+    depths: np.ndarray
+    times_s: np.ndarray
+    steps: list[StepResult] = field(default_factory=list)
+
+    @property
+    def seconds(self) -> float:
+        return float(sum(step.seconds for step in self.steps))
+
+
+def _check_model(model) -> None:
+    if not (hasattr(model, "terrain_features") and hasattr(model, "predict_change")):
+        raise PredictError(f"{type(model).__name__} cannot predict a domain: it needs terrain_features(terrain) and "
+                           "predict_change(features, depths), as floodlib's FloodModel has")
+
+
+class DomainPredictor:
+    """Predicts a whole domain with a patch model.
+
+    Parameters
+    ----------
+    model : a :class:`floodlib.models.FloodModel` (or anything with ``terrain_features`` and
+        ``predict_change``) for 32-cell patches with 321 terrain points per side.
+    terrain : (rows * r + 1, cols * r + 1) elevation, m, r = ``terrain_ratio`` (10: 10 m cells, 1 m terrain).
+    mask : (rows, cols) bool, True on cells outside the model's area (optional).
+    device : where the model runs ("cpu", "cuda", ...).
+    precision : "32" or "bf16" (autocast of the network body; the terrain path stays float32).
+    tolerance_m, max_iterations : the closure's stopping rule.
+    batch_size : patches per forward call.
+    dry_depth_m : a patch with no cell deeper than this at n nor on its ring is predicted unchanged.
+    """
+
+    def __init__(self, model, terrain: np.ndarray, *, mask: np.ndarray | None = None, terrain_ratio: int = 10,
+                 device: str | torch.device = "cpu", precision: str = "32", tolerance_m: float = 1e-3,
+                 max_iterations: int = 20, batch_size: int = 64, dry_depth_m: float = 1e-3):
+        _check_model(model)
+        if precision not in PRECISIONS:
+            raise PredictError(f"precision={precision!r}: expected one of {PRECISIONS}")
+        if not (tolerance_m > 0 and max_iterations >= 1 and batch_size >= 1):
+            raise PredictError(f"tolerance_m={tolerance_m!r} must be > 0, max_iterations={max_iterations!r} and "
+                               f"batch_size={batch_size!r} >= 1")
+        if terrain_ratio * PATCH_CELLS + 1 != TERRAIN_POINTS:
+            raise PredictError(f"terrain_ratio={terrain_ratio}: the models take {TERRAIN_POINTS} terrain points per "
+                               f"{PATCH_CELLS}-cell patch, i.e. {(TERRAIN_POINTS - 1) // PATCH_CELLS} points per cell")
+        terrain = np.asarray(terrain, dtype=np.float32)
+        if terrain.ndim != 2 or (terrain.shape[0] - 1) % terrain_ratio or (terrain.shape[1] - 1) % terrain_ratio:
+            raise PredictError(f"terrain has shape {terrain.shape}: expected (rows * {terrain_ratio} + 1, "
+                               f"cols * {terrain_ratio} + 1) points")
+        if not np.isfinite(terrain).all():
+            raise PredictError("terrain holds NaN or infinite points; it must be finite over the whole domain")
+        rows, cols = (terrain.shape[0] - 1) // terrain_ratio, (terrain.shape[1] - 1) // terrain_ratio
+        self.tiling = Tiling(rows, cols, PATCH_CELLS, RING_CELLS)
+        self.model = model
+        self.device = torch.device(device)
+        self.precision = precision
+        self.tolerance_m = float(tolerance_m)
+        self.max_iterations = int(max_iterations)
+        self.batch_size = int(batch_size)
+        self.dry_depth_m = float(dry_depth_m)
+        mask = np.zeros((rows, cols), dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
+        if mask.shape != (rows, cols):
+            raise PredictError(f"mask has shape {mask.shape}, expected the domain's {(rows, cols)}")
+        self.mask = mask
+        t = self.tiling
+        inside = t.pad(~mask, fill=False)
+        self._inside = torch.as_tensor(inside.ravel(), device=self.device)
+        ring = t.pad(np.pad(np.zeros((rows - 2 * RING_CELLS, cols - 2 * RING_CELLS), dtype=bool), RING_CELLS,
+                            constant_values=True), fill=False)
+        self._outer_ring = ring.ravel() & inside.ravel()
+        some_ring = np.zeros(t.padded_shape[0] * t.padded_shape[1], dtype=bool)
+        for grid in GRIDS:
+            some_ring[t.cells(grid, part="ring").ravel()] = True
+        self._some_ring = some_ring & inside.ravel()
+        self._cells = {grid: torch.as_tensor(t.cells(grid), device=self.device) for grid in GRIDS}
+        self._interior = {grid: torch.as_tensor(t.cells(grid, part="interior"), device=self.device) for grid in GRIDS}
+        self._ring_in_patch = torch.as_tensor(t.ring_mask, device=self.device)
+        self.cell_elevation = terrain[:-1, :-1].reshape(rows, terrain_ratio, cols, terrain_ratio).mean(axis=(1, 3))
+        started = time.perf_counter()
+        self._features = self._terrain_features(t.pad_terrain(terrain, terrain_ratio), terrain_ratio)
+        self.feature_seconds = time.perf_counter() - started
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.tiling.rows, self.tiling.cols
+
+    def _autocast(self):
+        if self.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return nullcontext()
+
+    @torch.no_grad()
+    def _terrain_features(self, padded_terrain: np.ndarray, ratio: int) -> dict[str, torch.Tensor]:
+        self.model.eval()
+        features = {}
+        points = TERRAIN_POINTS
+        for grid in GRIDS:
+            origins = self.tiling.origins(grid)
+            chunks = []
+            for start in range(0, len(origins), self.batch_size):
+                batch = np.stack([padded_terrain[r * ratio:r * ratio + points, c * ratio:c * ratio + points]
+                                  for r, c in origins[start:start + self.batch_size]])[:, None]
+                out = self.model.terrain_features(torch.as_tensor(batch, device=self.device))
+                expected = (len(batch), 1, PATCH_CELLS, PATCH_CELLS)
+                if tuple(out.shape) != expected:
+                    raise PredictError(f"the model's terrain features have shape {tuple(out.shape)} for "
+                                       f"{points} x {points} terrain points; full-domain prediction tiles "
+                                       f"{PATCH_CELLS}-cell patches and needs {expected}")
+                chunks.append(out.float())
+            features[grid] = torch.cat(chunks)
+        return features
+
+    def _padded(self, domain: np.ndarray, what: str) -> torch.Tensor:
+        domain = np.asarray(domain, dtype=np.float32)
+        if domain.shape != self.shape:
+            raise PredictError(f"{what} has shape {domain.shape}, expected the domain's {self.shape}")
+        values = np.where(self.mask, 0.0, domain)
+        if not np.isfinite(values).all() or (values < 0).any():
+            bad = np.argwhere(~np.isfinite(values) | (values < 0))[0]
+            raise PredictError(f"{what}: cell (row {bad[0]}, col {bad[1]}) holds {domain[tuple(bad)]}; depths must be "
+                               "finite and >= 0 m inside the model's area")
+        return torch.as_tensor(self.tiling.pad(values.astype(np.float32)).ravel(), device=self.device)
+
+    def _free_cells(self, prescribed: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Outer-ring cells with no prescribed depth and the cells just inside them they copy (zero gradient)."""
+        rows, cols = self.shape
+        free = np.zeros((rows, cols), dtype=bool)
+        free[self.tiling.unpad(self._outer_ring.reshape(self.tiling.padded_shape))] = True
+        free &= ~prescribed
+        r, c = np.nonzero(free)
+        src_r = np.clip(r, RING_CELLS, rows - 1 - RING_CELLS)
+        src_c = np.clip(c, RING_CELLS, cols - 1 - RING_CELLS)
+        width = self.tiling.padded_shape[1]
+        h = self.tiling.half
+        to_flat = lambda rr, cc: torch.as_tensor((rr + h) * width + cc + h, device=self.device)
+        return to_flat(r, c), to_flat(src_r, src_c)
+
+    @torch.no_grad()
+    def step(self, depth_now: np.ndarray, boundary_next: np.ndarray, *, guess: np.ndarray | None = None) -> StepResult:
+        """Close one step: the depth at n + dt from ``depth_now`` (rows, cols, m) and ``boundary_next`` (the
+        outer ring's depth at n + dt, NaN where free; see :mod:`floodlib.predict.boundary`).
+
+        ``guess``: the first guess of the depth at n + dt (default: ``depth_now``).
+        """
+        started = time.perf_counter()
+        boundary_next = np.asarray(boundary_next, dtype=np.float32)
+        if boundary_next.shape != self.shape:
+            raise PredictError(f"boundary has shape {boundary_next.shape}, expected the domain's {self.shape}")
+        now = self._padded(depth_now, "depth at n")
+        state = self._padded(depth_now if guess is None else guess, "guess of the depth at n + dt").clone()
+        outer = self.tiling.unpad(self._outer_ring.reshape(self.tiling.padded_shape))
+        prescribed = outer & np.isfinite(boundary_next) & ~self.mask
+        bad = prescribed & ~(boundary_next >= 0)
+        if bad.any():
+            r, c = np.argwhere(bad)[0]
+            raise PredictError(f"boundary: cell (row {r}, col {c}) holds {boundary_next[r, c]}; depths must be >= 0 m")
+        fixed = self.tiling.pad(prescribed, fill=False).ravel()
+        fixed_index = torch.as_tensor(np.flatnonzero(fixed), device=self.device)
+        state[fixed_index] = torch.as_tensor(self.tiling.pad(np.where(prescribed, boundary_next, 0)).ravel()[fixed],
+                                             device=self.device)
+        free, free_source = self._free_cells(prescribed)
+        state[free] = state[free_source]
+        writable = self._inside & ~torch.as_tensor(fixed, device=self.device)
+        watched = torch.as_tensor(np.flatnonzero(self._some_ring & ~fixed), device=self.device)
+        residuals, predicted = [], 0
+        for _ in range(self.max_iterations):
+            before = state[watched].clone()
+            for grid in PASS_ORDER:
+                predicted += self._update(grid, now, state, writable)
+                state[free] = state[free_source]
+            residual = float((state[watched] - before).abs().max()) if len(watched) else 0.0
+            residuals.append(residual)
+            if residual < self.tolerance_m:
+                break
+        depth = self.tiling.unpad(state.reshape(self.tiling.padded_shape).cpu().numpy()).copy()
+        depth[self.mask] = np.nan
+        return StepResult(depth=depth, residuals=residuals, converged=residuals[-1] < self.tolerance_m,
+                          patches_predicted=predicted, seconds=time.perf_counter() - started)
+
+    def _update(self, grid: str, now: torch.Tensor, state: torch.Tensor, writable: torch.Tensor) -> int:
+        cells = self._cells[grid]
+        size = (len(cells), PATCH_CELLS, PATCH_CELLS)
+        depth_now = now[cells].reshape(size)
+        ring = torch.where(self._ring_in_patch, state[cells].reshape(size), 0.0)
+        wet = ((depth_now > self.dry_depth_m) | (ring > self.dry_depth_m)).flatten(1).any(dim=1)
+        new = depth_now.clone()
+        active = torch.nonzero(wet).flatten()
+        for start in range(0, len(active), self.batch_size):
+            chosen = active[start:start + self.batch_size]
+            depths = torch.stack([ring[chosen], depth_now[chosen]], dim=1)
+            with self._autocast():
+                change = self.model.predict_change(self._features[grid][chosen], depths)
+            if tuple(change.shape) != (len(chosen), 1, PATCH_CELLS, PATCH_CELLS):
+                raise PredictError(f"the model predicted shape {tuple(change.shape)} for {len(chosen)} patches; "
+                                   f"expected {(len(chosen), 1, PATCH_CELLS, PATCH_CELLS)}")
+            change = change[:, 0].float()
+            if not torch.isfinite(change).all():
+                raise PredictError(f"the model predicted non-finite depth changes on the {grid} grid; its weights or "
+                                   "inputs are broken")
+            new[chosen] = torch.clamp(depth_now[chosen] + change, min=0.0)
+        interior = self._interior[grid]
+        values = new[:, RING_CELLS:-RING_CELLS, RING_CELLS:-RING_CELLS].reshape(len(cells), -1)
+        keep = writable[interior]
+        state[interior[keep]] = values[keep]
+        return len(active)
+
+    def rollout(self, depth_start: np.ndarray, boundary: Boundary, *, start_s: float, steps: int,
+                delta_t_s: float = 3600.0, progress=None) -> Rollout:
+        """``steps`` closed steps of ``delta_t_s`` from ``depth_start`` at ``start_s``, each step's prediction
+        feeding the next; ``boundary.at(t)`` gives the outer ring at each step's end time.
+
+        ``progress``: an optional callable(step_index, StepResult) called after each step.
+        """
+        if steps < 1:
+            raise PredictError(f"steps={steps!r}: a rollout needs at least one step")
+        depths = [np.asarray(depth_start, dtype=np.float32).copy()]
+        depths[0][self.mask] = np.nan
+        results = []
+        for k in range(steps):
+            boundary_next = boundary.at(start_s + (k + 1) * delta_t_s)
+            result = self.step(depths[-1], boundary_next)
+            results.append(result)
+            depths.append(result.depth)
+            if progress is not None:
+                progress(k, result)
+        times = start_s + delta_t_s * np.arange(steps + 1)
+        return Rollout(depths=np.stack(depths), times_s=times, steps=results)
