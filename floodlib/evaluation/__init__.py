@@ -5,7 +5,9 @@
   shared with the prediction viewer;
 - :mod:`floodlib.evaluation.run` — a run folder's models on every split, pages of their predictions;
 - :mod:`floodlib.evaluation.report` — figures per model and split (CSV), headlines, stage D's summary;
-- :mod:`floodlib.evaluation.compare` — runtime, size and accuracy side by side.
+- :mod:`floodlib.evaluation.compare` — runtime, size and accuracy side by side;
+- :mod:`floodlib.evaluation.rollout` — a model rolled out over whole held-out plans (ring closure), against
+  the solver hour by hour.
 
 A run folder's models themselves are :func:`floodlib.runs.run_models`' (re-exported here).
 
@@ -22,11 +24,14 @@ from floodlib.evaluation.compare import compare_models, inference_latency
 from floodlib.evaluation.report import (REFERENCE_MEDIAN_RAE, SPLIT_DESCRIPTIONS, EvaluationError, headline,
                                         headline_text, read_sample_metrics, report_summary, reported_splits,
                                         save_metrics, save_table, summary_table)
+from floodlib.evaluation.rollout import (PlanRollout, plot_convergence, plot_rollout_maps, plot_rollout_rae,
+                                         plot_volume, roll_out_plans, rollout_summary, rollout_text)
 from floodlib.evaluation.run import choose_samples, evaluate_models, prediction_pages
 from floodlib.runs import RunModel, run_models
 
 __all__ = [
-    "EvaluationError", "MetricSpec", "REFERENCE_MEDIAN_RAE", "RunModel", "SPLIT_DESCRIPTIONS", "SampleView",
+    "EvaluationError", "MetricSpec", "PlanRollout", "plot_convergence", "plot_rollout_maps", "plot_rollout_rae",
+    "plot_volume", "roll_out_plans", "rollout_summary", "rollout_text", "REFERENCE_MEDIAN_RAE", "RunModel", "SPLIT_DESCRIPTIONS", "SampleView",
     "choose_samples", "compare_models", "evaluate_dataset", "evaluate_models", "figure_png", "format_rae", "headline",
     "headline_text", "inference_latency", "plot_comparison", "plot_rae_boxplots", "predict_dataset",
     "prediction_page", "prediction_pages", "read_sample_metrics", "report_summary", "reported_splits",

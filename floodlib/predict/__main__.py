@@ -29,7 +29,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("model", type=Path, help="a model checkpoint (model.pth) written by floodlib")
     p.add_argument("plan", type=Path, help="a simulation file (.h5): terrain, and the depth at the start")
     p.add_argument("--start", type=float, default=0.0, help="start time, minutes since the plan's start (default 0)")
-    p.add_argument("--hours", type=int, default=1, help="hours to predict, one closed step each (default 1)")
+    p.add_argument("--hours", type=int, default=1, help="steps to predict, one closed step each (default 1)")
+    p.add_argument("--step-min", type=float, default=STEP_S / 60,
+                   help="the model's lead time, minutes (default 60, the samples' delta_t it was trained on)")
     p.add_argument("--out", type=Path, required=True, help="the prediction's simulation file (.h5)")
     p.add_argument("--boundary", type=Path, help="edge depth or inflow series (JSON/YAML) instead of the plan's edges")
     p.add_argument("--dry-start", action="store_true", help="start from a dry domain instead of the plan's depth")
@@ -52,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
         return fail(f"{args.out} exists; pass --force to replace it")
     if args.hours < 1:
         return fail(f"--hours {args.hours}: predict at least one hour")
+    if not args.step_min > 0:
+        return fail(f"--step-min {args.step_min}: the lead time must be > 0 minutes")
     try:
         import torch
 
@@ -81,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
 
         started = time.perf_counter()
         rollout = predict_plan(model, simulation, start_s=args.start * 60.0, steps=args.hours, boundary=boundary,
-                               depth_start=depth_start,
+                               depth_start=depth_start, delta_t_s=args.step_min * 60.0,
                                name=str(args.plan), progress=progress, device=args.device, precision=args.precision,
                                tolerance_m=args.tolerance_mm / 1000.0, max_iterations=args.max_iterations)
         write_rollout(args.out, simulation, rollout, model_name=f"{model.arch} ({args.model})",

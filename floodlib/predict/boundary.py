@@ -138,6 +138,7 @@ class EdgeBoundary:
             else:
                 cells[segment.from_cell:stop, cols - ring:] = True
             series = np.asarray(segment.depth_m if segment.depth_m is not None else segment.discharge_m3s, dtype=np.float64)
+            to_depth = None
             if segment.discharge_m3s is not None:
                 slope = segment.slope
                 if slope is None:
@@ -145,9 +146,9 @@ class EdgeBoundary:
                         raise PredictError(f"{name}: segments[{number}] gives a discharge but no slope, and no terrain "
                                            "was given to measure one")
                     slope = self._terrain_slope(cell_elevation, segment, stop, cell_size_m)
-                width = (stop - segment.from_cell) * cell_size_m
-                series = (series * segment.manning_n / (width * np.sqrt(slope))) ** 0.6
-            self.segments.append((cells, np.asarray(segment.times_min, dtype=np.float64) * 60.0, series))
+                factor = segment.manning_n / ((stop - segment.from_cell) * cell_size_m * np.sqrt(slope))
+                to_depth = lambda discharge, factor=factor: (discharge * factor) ** 0.6  # noqa: E731
+            self.segments.append((cells, np.asarray(segment.times_min, dtype=np.float64) * 60.0, series, to_depth))
 
     @staticmethod
     def _terrain_slope(z: np.ndarray, segment: EdgeSegment, stop: int, cell_size_m: float) -> float:
@@ -165,8 +166,9 @@ class EdgeBoundary:
 
     def at(self, time_s: float) -> np.ndarray:
         out = np.full(self.shape, np.nan, dtype=np.float32)
-        for cells, times_s, depths in self.segments:
-            out[cells] = np.interp(time_s, times_s, depths)
+        for cells, times_s, series, to_depth in self.segments:
+            value = float(np.interp(time_s, times_s, series))  # a discharge is interpolated, then made a depth
+            out[cells] = value if to_depth is None else to_depth(value)
         return out
 
 

@@ -31,10 +31,10 @@ import torch
 
 from floodlib.models.constants import PATCH_CELLS, TERRAIN_POINTS
 from floodlib.predict.boundary import Boundary
-from floodlib.predict.tiling import GRIDS, PredictError, Tiling
+from floodlib.predict.tiling import GRID_SHIFTS, PredictError, Tiling
 
 #: Grids in the order of one pass.
-PASS_ORDER = ("dual", "standard")
+PASS_ORDER = ("dual", "rows", "cols", "standard")
 RING_CELLS = 2
 PRECISIONS = ("32", "bf16")
 
@@ -97,7 +97,8 @@ class DomainPredictor:
 
     def __init__(self, model, terrain: np.ndarray, *, mask: np.ndarray | None = None, terrain_ratio: int = 10,
                  device: str | torch.device = "cpu", precision: str = "32", tolerance_m: float = 1e-3,
-                 max_iterations: int = 20, batch_size: int = 64, dry_depth_m: float = 1e-3):
+                 max_iterations: int = 20, batch_size: int = 64, dry_depth_m: float = 1e-3,
+                 pass_order: tuple[str, ...] = PASS_ORDER):
         _check_model(model)
         if precision not in PRECISIONS:
             raise PredictError(f"precision={precision!r}: expected one of {PRECISIONS}")
@@ -122,6 +123,10 @@ class DomainPredictor:
         self.max_iterations = int(max_iterations)
         self.batch_size = int(batch_size)
         self.dry_depth_m = float(dry_depth_m)
+        unknown = [grid for grid in pass_order if grid not in GRID_SHIFTS]
+        if unknown or not pass_order:
+            raise PredictError(f"pass_order={pass_order!r}: expected grids among {tuple(GRID_SHIFTS)}")
+        self.pass_order = tuple(pass_order)
         mask = np.zeros((rows, cols), dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
         if mask.shape != (rows, cols):
             raise PredictError(f"mask has shape {mask.shape}, expected the domain's {(rows, cols)}")
@@ -133,11 +138,12 @@ class DomainPredictor:
                             constant_values=True), fill=False)
         self._outer_ring = ring.ravel() & inside.ravel()
         some_ring = np.zeros(t.padded_shape[0] * t.padded_shape[1], dtype=bool)
-        for grid in GRIDS:
+        for grid in self.pass_order:
             some_ring[t.cells(grid, part="ring").ravel()] = True
         self._some_ring = some_ring & inside.ravel()
-        self._cells = {grid: torch.as_tensor(t.cells(grid), device=self.device) for grid in GRIDS}
-        self._interior = {grid: torch.as_tensor(t.cells(grid, part="interior"), device=self.device) for grid in GRIDS}
+        self._cells = {grid: torch.as_tensor(t.cells(grid), device=self.device) for grid in self.pass_order}
+        self._interior = {grid: torch.as_tensor(t.cells(grid, part="interior"), device=self.device)
+                          for grid in self.pass_order}
         self._ring_in_patch = torch.as_tensor(t.ring_mask, device=self.device)
         self.cell_elevation = terrain[:-1, :-1].reshape(rows, terrain_ratio, cols, terrain_ratio).mean(axis=(1, 3))
         started = time.perf_counter()
@@ -158,7 +164,7 @@ class DomainPredictor:
         self.model.eval()
         features = {}
         points = TERRAIN_POINTS
-        for grid in GRIDS:
+        for grid in self.pass_order:
             origins = self.tiling.origins(grid)
             chunks = []
             for start in range(0, len(origins), self.batch_size):
@@ -229,7 +235,7 @@ class DomainPredictor:
         residuals, predicted = [], 0
         for _ in range(self.max_iterations):
             before = state[watched].clone()
-            for grid in PASS_ORDER:
+            for grid in self.pass_order:
                 predicted += self._update(grid, now, state, writable)
                 state[free] = state[free_source]
             residual = float((state[watched] - before).abs().max()) if len(watched) else 0.0

@@ -17,6 +17,9 @@ from functools import cached_property
 
 import numpy as np
 
+#: Grids by name: the patch origins' offset (rows, cols) from the domain's first cell, in half patches.
+GRID_SHIFTS = {"standard": (0, 0), "dual": (1, 1), "rows": (1, 0), "cols": (0, 1)}
+#: The two grids that samples are cut on.
 GRIDS = ("standard", "dual")
 
 
@@ -53,24 +56,25 @@ class Tiling:
     def half(self) -> int:
         return self.patch // 2
 
-    def _count(self, cells: int, grid: str) -> int:
-        start = 0 if grid == "standard" else -self.half
-        return math.ceil((cells - start) / self.patch)
+    def _axis(self, cells: int, shifted: int) -> tuple[int, int]:
+        """First padded-frame origin and number of patches along an axis of ``cells`` cells."""
+        return (0, math.ceil((cells + self.half) / self.patch)) if shifted else (self.half, math.ceil(cells / self.patch))
 
     @cached_property
     def padded_shape(self) -> tuple[int, int]:
         """Cells of the padded frame: the domain plus what the grids' outermost patches reach beyond it."""
         def extent(cells: int) -> int:
-            return max(self.half + self._count(cells, "standard") * self.patch, self._count(cells, "dual") * self.patch)
+            return max(first + count * self.patch for first, count in (self._axis(cells, 0), self._axis(cells, 1)))
         return extent(self.rows), extent(self.cols)
 
     def origins(self, grid: str) -> np.ndarray:
         """(n, 2) int64: the padded-frame (row, col) origin of every patch of ``grid``, row-major."""
-        if grid not in GRIDS:
-            raise PredictError(f"grid={grid!r}: expected one of {GRIDS}")
-        first = self.half if grid == "standard" else 0
-        rows = first + self.patch * np.arange(self._count(self.rows, grid))
-        cols = first + self.patch * np.arange(self._count(self.cols, grid))
+        if grid not in GRID_SHIFTS:
+            raise PredictError(f"grid={grid!r}: expected one of {tuple(GRID_SHIFTS)}")
+        shift_rows, shift_cols = GRID_SHIFTS[grid]
+        (first_row, n_rows), (first_col, n_cols) = self._axis(self.rows, shift_rows), self._axis(self.cols, shift_cols)
+        rows = first_row + self.patch * np.arange(n_rows)
+        cols = first_col + self.patch * np.arange(n_cols)
         r, c = np.meshgrid(rows, cols, indexing="ij")
         return np.stack([r.ravel(), c.ravel()], axis=1).astype(np.int64)
 

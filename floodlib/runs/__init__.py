@@ -11,10 +11,10 @@ from floodlib.runs.folder import (PROFILE_FILE, SUMMARY_FILE, Run, RunError, ope
                                   stale_upstream, write_profile, write_summary)
 from floodlib.runs.models import RunModel, run_models
 from floodlib.runs.profile import STAGES, Profile, ProfileError, load_profile
-from floodlib.runs.summaries import (BigModel, Headline, RankedModel, StageASummary, StageBSummary, StageCSummary,
+from floodlib.runs.summaries import (BigModel, Headline, RankedModel, RolloutHeadline, StageASummary, StageBSummary, StageCSummary,
                                      StageDSummary, TunedConfiguration)
 
-__all__ = ["PROFILE_FILE", "STAGES", "SUMMARY_FILE", "BigModel", "Headline", "Profile", "ProfileError", "RankedModel",
+__all__ = ["PROFILE_FILE", "STAGES", "SUMMARY_FILE", "BigModel", "Headline", "Profile", "ProfileError", "RankedModel", "RolloutHeadline",
            "Run", "RunError", "RunModel", "StageASummary", "StageBSummary", "StageCSummary", "StageDSummary",
            "TunedConfiguration",
            "load_profile", "open_run", "read_summary", "run_models", "splits", "stale_upstream", "write_profile",

@@ -292,6 +292,10 @@ class StageD(Strict):
     latency_repeats: int = Field(default=10, ge=1)
     seed: int = 0
     show_viewer: bool = True
+    rollout_steps: int = Field(default=3, ge=0)  # 0: no full-domain rollout
+    rollout_start_min: float = Field(default=60.0, ge=0)
+    rollout_tolerance_mm: float = Field(default=1.0, gt=0)
+    rollout_max_iterations: int = Field(default=20, ge=1)
 
     @field_validator("device")
     @classmethod

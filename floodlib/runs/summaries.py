@@ -121,15 +121,36 @@ class Headline(Contract):
     reference_note: str
 
 
+class RolloutHeadline(Contract):
+    """The best stage C model rolled out over every held-out plan's whole domain with ring closure."""
+
+    model: str
+    plans: int
+    steps: int  # closed steps over all plans
+    pooled_rae_by_step: dict[int, float | None]  # full-domain RAE k steps after the start, every plan pooled
+    one_step_rae: float | None  # one step from the solver's depth, full domain, pooled
+    one_step_rae_by_split: dict[str, float | None]
+    closed_rae_interiors: float | None  # the same, over the standard grid's patch interiors
+    patch_rae_true_rings: float | None  # the same model given the true rings, same cells
+    closed_over_true_rings: float | None
+    converged_fraction: float
+    converged_within_20_fraction: float
+    median_passes: float
+    max_passes: int
+    max_iterations: int
+    volume_error_last_step: float | None  # (surrogate - solver) / solver water volume after the last step
+
+
 class StageDSummary(StageSummary):
     """Stage D: the headline of the test split, one per reported held-out split, the figures per model and
-    split, and the runtime / size / accuracy comparison."""
+    split, the runtime / size / accuracy comparison, and the full-domain rollout of the best C model."""
 
     stage: Literal["D"] = "D"
     headline: Headline
     headlines: dict[str, Headline]
     table: list[dict[str, Any]]
     comparison: list[dict[str, Any]] | None = None
+    rollout: RolloutHeadline | None = None
 
 
 SUMMARIES: dict[str, type[StageSummary]] = {"A": StageASummary, "B": StageBSummary, "C": StageCSummary,

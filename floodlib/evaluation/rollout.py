@@ -1,0 +1,312 @@
+"""Full-domain rollouts against the solver: a surrogate predicts a held-out plan hour by hour on its own,
+closing its patches' boundary rings (:mod:`floodlib.predict`), and is scored against the stored simulation.
+
+For a plan, a start time s and each step k (one lead time each):
+
+- ``rae`` — full-domain RAE of the depth after k steps against the no-change baseline from the start:
+  sum|predicted - solver| / sum|solver - depth at s| over the plan's cells;
+- ``closed_rae_interiors`` and ``patch_rae_true_rings`` — the same step scored like-for-like over the
+  interiors of the standard grid's patches that lie inside the domain: the closed prediction, and the
+  same model given each patch's true ring at n + dt from the solver (what the patch test measures), both
+  against the no-change baseline of that step (sum|pred - truth| / sum|truth - depth at n|);
+- ``volume_solver_m3`` / ``volume_surrogate_m3`` — water stored on the domain;
+- the closure's passes, last residual and whether it converged.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from floodlib.data.store import Simulation, read_simulation
+from floodlib.evaluation.metrics import resolve_device
+from floodlib.models.constants import PATCH_CELLS
+from floodlib.predict import DomainPredictor, PredictError, Rollout, StoredBoundary, Tiling, predict_plan
+
+
+@dataclass
+class PlanRollout:
+    """One plan's rollout and where it came from."""
+
+    split: str
+    path: Path
+    simulation: Simulation
+    rollout: Rollout
+    start_s: float
+    delta_t_s: float
+
+
+def fitting_steps(simulation: Simulation, *, start_s: float, steps: int, delta_t_s: float) -> tuple[float, int]:
+    """(start, steps) that fit in the plan: ``steps`` from ``start_s`` at most; from 0 when not one step fits
+    from ``start_s``. PredictError when the plan is shorter than one step or the times are off its frames."""
+    interval = simulation.output_interval_s
+    last = (simulation.water_depth.shape[0] - 1) * interval
+    name = f"plan {simulation.project}/{simulation.plan}"
+    for value, what in ((start_s, "start"), (delta_t_s, "lead time")):
+        if abs(value / interval - round(value / interval)) > 1e-6:
+            raise PredictError(f"{name}: {what} {value / 60:g} min is not a multiple of its output interval "
+                               f"({interval / 60:g} min)")
+    if last < delta_t_s:
+        raise PredictError(f"{name}: {last / 60:g} min long, shorter than one {delta_t_s / 60:g}-min step")
+    if start_s + delta_t_s > last + 1e-6:
+        start_s = 0.0
+    return start_s, max(1, min(steps, int(math.floor((last - start_s) / delta_t_s + 1e-9))))
+
+
+@torch.no_grad()
+def patch_scores_true_rings(model, simulation: Simulation, frame: int, next_frame: int, predicted_next: np.ndarray,
+                            *, device: torch.device) -> tuple[float, float, float]:
+    """(sum |closed - truth|, sum |true-ring prediction - truth|, sum |truth - now|) over the interiors of the
+    standard grid's patches inside the domain (none touching a cell outside the model's area)."""
+    tiling = Tiling(*simulation.grid_shape)
+    now = np.asarray(simulation.water_depth[frame], dtype=np.float32)
+    later = np.asarray(simulation.water_depth[next_frame], dtype=np.float32)
+    r, ring = simulation.terrain_ratio, 2
+    closed = patch = baseline = 0.0
+    for row, col in tiling.domain_origins("standard"):
+        if row + PATCH_CELLS > now.shape[0] or col + PATCH_CELLS > now.shape[1]:
+            continue
+        window = np.s_[row:row + PATCH_CELLS, col:col + PATCH_CELLS]
+        if np.isnan(now[window]).any() or np.isnan(later[window]).any():
+            continue
+        rings = later[window].copy()
+        rings[ring:-ring, ring:-ring] = 0.0
+        terrain = simulation.terrain[row * r:(row + PATCH_CELLS) * r + 1, col * r:(col + PATCH_CELLS) * r + 1]
+        depths = torch.as_tensor(np.stack([rings, now[window]])[None], device=device)
+        change = model(torch.as_tensor(np.ascontiguousarray(terrain)[None, None], device=device), depths)
+        predicted = np.maximum(now[window] + change[0, 0].float().cpu().numpy(), 0.0)
+        inner = np.s_[ring:-ring, ring:-ring]
+        truth = later[window][inner]
+        patch += float(np.abs(predicted[inner] - truth).sum())
+        closed += float(np.abs(predicted_next[window][inner] - truth).sum())
+        baseline += float(np.abs(truth - now[window][inner]).sum())
+    return closed, patch, baseline
+
+
+def roll_out_plans(model, plans: Sequence[tuple[str, str | Path]], *, start_s: float, steps: int, delta_t_s: float,
+                   device: str = "auto", **options) -> tuple[pd.DataFrame, list[PlanRollout]]:
+    """Roll ``model`` out over every (split, plan file) and score each step (see the module's docstring).
+
+    Returns one row per plan and step, and the rollouts (for maps). ``options`` go to
+    :class:`floodlib.predict.DomainPredictor` (tolerance_m, max_iterations, precision, ...).
+    """
+    device = resolve_device(device)
+    model = model.to(device).eval()
+    rows, rollouts = [], []
+    for split, path in plans:
+        simulation = read_simulation(path)
+        start, count = fitting_steps(simulation, start_s=start_s, steps=steps, delta_t_s=delta_t_s)
+        mask = np.isnan(simulation.water_depth[0])
+        predictor = DomainPredictor(model, simulation.terrain, mask=mask, terrain_ratio=simulation.terrain_ratio,
+                                    device=device, **options)
+        rollout = predict_plan(model, simulation, start_s=start, steps=count, delta_t_s=delta_t_s, predictor=predictor)
+        rollouts.append(PlanRollout(split, Path(path), simulation, rollout, start, delta_t_s))
+        interval = simulation.output_interval_s
+        first = int(round(start / interval))
+        start_depth = np.nan_to_num(simulation.water_depth[first])
+        cell_area = simulation.cell_size_m ** 2
+        boundary = StoredBoundary(simulation)
+        step_frames = int(round(delta_t_s / interval))
+        for k, step in enumerate(rollout.steps, 1):
+            frame = first + (k - 1) * step_frames
+            truth = np.nan_to_num(simulation.water_depth[frame + step_frames])
+            predicted = np.nan_to_num(rollout.depths[k])
+            baseline = float(np.abs(truth - start_depth).sum())
+            # the one-step prediction from the solver's depth at n: the rollout's own first step, a fresh closure later
+            one_step = step if k == 1 else predictor.step(simulation.water_depth[frame],
+                                                          boundary.at((frame + step_frames) * interval))
+            one_step_depth = np.nan_to_num(one_step.depth)
+            now = np.nan_to_num(simulation.water_depth[frame])
+            closed, patch, step_baseline = patch_scores_true_rings(model, simulation, frame, frame + step_frames,
+                                                                   one_step_depth, device=device)
+            one_step_baseline = float(np.abs(truth - now).sum())
+            rows.append({
+                "split": split, "project": simulation.project, "plan": simulation.plan, "start_min": start / 60,
+                "step": k, "time_min": (start + k * delta_t_s) / 60,
+                "abs_error_m": float(np.abs(predicted - truth).sum()), "baseline_m": baseline,
+                "rae": ratio(float(np.abs(predicted - truth).sum()), baseline),
+                "one_step_error_m": float(np.abs(one_step_depth - truth).sum()), "one_step_baseline_m": one_step_baseline,
+                "one_step_rae": ratio(float(np.abs(one_step_depth - truth).sum()), one_step_baseline),
+                "closed_error_interiors_m": closed, "patch_error_true_rings_m": patch,
+                "step_baseline_interiors_m": step_baseline,
+                "closed_rae_interiors": ratio(closed, step_baseline),
+                "patch_rae_true_rings": ratio(patch, step_baseline),
+                "volume_solver_m3": float(truth.sum() * cell_area),
+                "volume_surrogate_m3": float(predicted.sum() * cell_area),
+                "passes": len(step.residuals), "residual_m": float(step.residuals[-1]),
+                "converged": bool(step.converged), "seconds": float(step.seconds),
+                "patches_predicted": int(step.patches_predicted),
+                "residuals_m": " ".join(f"{value:.3g}" for value in step.residuals),
+            })
+    return pd.DataFrame(rows), rollouts
+
+
+def ratio(numerator: float, denominator: float) -> float:
+    return numerator / denominator if denominator > 0 else math.nan
+
+
+def pooled(frame: pd.DataFrame, numerator: str, denominator: str) -> float:
+    total = float(frame[denominator].sum())
+    return float(frame[numerator].sum()) / total if total > 0 else math.nan
+
+
+def volume_error(frame: pd.DataFrame) -> float:
+    """(surrogate - solver) / solver water volume summed over every plan's last step."""
+    last = frame[frame["step"] == frame.groupby(["project", "plan"])["step"].transform("max")]
+    total = float(last["volume_solver_m3"].sum())
+    return float((last["volume_surrogate_m3"] - last["volume_solver_m3"]).sum()) / total if total > 0 else math.nan
+
+
+def _finite(value):
+    """JSON-ready: NaN (no water moved, nothing to score) becomes None; dicts are converted value by value."""
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+def rollout_summary(frame: pd.DataFrame, *, model: str, max_iterations: int) -> dict:
+    """The rollout's headline: pooled RAE per step over every plan; the one-step prediction from the solver's
+    depth at each step's start, full-domain and over the patch interiors against the same model with true
+    rings; and how the closure converged."""
+    by_step = {int(k): pooled(group, "abs_error_m", "baseline_m") for k, group in frame.groupby("step")}
+    first = frame[frame["step"] == 1]
+    closed = pooled(frame, "closed_error_interiors_m", "step_baseline_interiors_m")
+    true_rings = pooled(frame, "patch_error_true_rings_m", "step_baseline_interiors_m")
+    passes = frame["passes"].to_numpy()
+    return _finite({
+        "model": model,
+        "plans": int(frame.groupby(["project", "plan"]).ngroups),
+        "steps": int(len(frame)),
+        "pooled_rae_by_step": by_step,
+        "one_step_rae": pooled(frame, "one_step_error_m", "one_step_baseline_m"),
+        "one_step_rae_by_split": {split: pooled(group, "one_step_error_m", "one_step_baseline_m")
+                                  for split, group in frame.groupby("split")},
+        "closed_rae_interiors": closed,
+        "patch_rae_true_rings": true_rings,
+        "closed_over_true_rings": closed / true_rings if true_rings > 0 else math.nan,
+        "converged_fraction": float(frame["converged"].mean()),
+        "converged_within_20_fraction": float((frame["converged"] & (frame["passes"] <= 20)).mean()),
+        "median_passes": float(np.median(passes)),
+        "max_passes": int(passes.max()),
+        "max_iterations": int(max_iterations),
+        "volume_error_last_step": volume_error(frame),
+    })
+
+
+def rollout_text(summary: dict) -> str:
+    """The rollout headline in words."""
+    def show(value):
+        return "n/a" if value is None else f"{value:.3f}"
+
+    volume = "n/a" if summary["volume_error_last_step"] is None else f"{summary['volume_error_last_step']:+.0%}"
+    by_step = ", ".join(f"{step}: {show(value)}" for step, value in summary["pooled_rae_by_step"].items())
+    by_split = ", ".join(f"{split} {show(value)}" for split, value in summary["one_step_rae_by_split"].items())
+    return (f"{summary['model']} over {summary['plans']} held-out plans ({summary['steps']} closed steps): pooled "
+            f"full-domain RAE after each step {by_step}.\n"
+            f"One step from the solver's depth: full domain {show(summary['one_step_rae'])} ({by_split}); patch "
+            f"interiors {show(summary['closed_rae_interiors'])} closed vs {show(summary['patch_rae_true_rings'])} with "
+            f"true rings (ratio {show(summary['closed_over_true_rings'])}).\n"
+            f"Closure: {summary['converged_fraction']:.0%} of steps converged, median {summary['median_passes']:g} "
+            f"passes, at most {summary['max_passes']} (limit {summary['max_iterations']}); water volume after the "
+            f"last step {volume} against the solver's.")
+
+
+def plot_rollout_rae(frame: pd.DataFrame, *, title: str = ""):
+    """Full-domain RAE per step for every plan (thin lines) and pooled per split (thick), beside the closed and
+    true-ring patch RAE of the first step."""
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [2, 1]})
+    colours = dict(zip(sorted(frame["split"].unique()), plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+    for (split, project, plan), group in frame.groupby(["split", "project", "plan"]):
+        left.plot(group["step"], group["rae"], color=colours[split], alpha=0.35, linewidth=1)
+    for split, group in frame.groupby("split"):
+        steps = sorted(group["step"].unique())
+        left.plot(steps, [pooled(group[group["step"] == k], "abs_error_m", "baseline_m") for k in steps],
+                  color=colours[split], linewidth=3, marker="o", label=f"{split} (pooled)")
+    left.axhline(1.0, color="grey", linestyle="--", linewidth=1, label="no change")
+    left.set(xlabel="step (lead times after the start)", ylabel="full-domain RAE vs solver", title="rollout")
+    left.legend(fontsize=8)
+    labels, values = [], []
+    for split, group in frame.groupby("split"):
+        labels += [f"{split}\nclosed", f"{split}\ntrue rings"]
+        values += [pooled(group, "closed_error_interiors_m", "step_baseline_interiors_m"),
+                   pooled(group, "patch_error_true_rings_m", "step_baseline_interiors_m")]
+    right.bar(range(len(values)), values, color=[colours[label.split("\n")[0]] for label in labels], alpha=0.8)
+    for x, value in enumerate(values):
+        right.text(x, value, f"{value:.2f}", ha="center", va="bottom", fontsize=8)
+    right.set_xticks(range(len(values)), labels, fontsize=7)
+    right.set(ylabel="one-step RAE, patch interiors", title="closed rings vs true rings")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_convergence(frame: pd.DataFrame, *, tolerance_m: float, title: str = ""):
+    """Closure residual per pass for every step (log scale), and the distribution of passes per step."""
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    for residuals in frame["residuals_m"]:
+        values = [max(float(v), 1e-9) for v in residuals.split()]
+        left.semilogy(range(1, len(values) + 1), values, color="tab:blue", alpha=0.3)
+    left.axhline(tolerance_m, color="tab:red", linestyle="--", label=f"tolerance {tolerance_m * 1000:g} mm")
+    left.set(xlabel="pass", ylabel="largest ring change (m)", title="closure convergence, every step")
+    left.legend(fontsize=8)
+    counts = frame["passes"].value_counts().sort_index()
+    right.bar(counts.index, counts.values, color="tab:blue")
+    right.set(xlabel="passes to converge", ylabel="steps",
+              title=f"{frame['converged'].mean():.0%} of {len(frame)} steps converged")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_volume(frame: pd.DataFrame, *, title: str = ""):
+    """Water volume on the domain after each step, solver against surrogate, one point per plan and step."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    for split, group in frame.groupby("split"):
+        ax.scatter(group["volume_solver_m3"], group["volume_surrogate_m3"], label=split, alpha=0.7)
+    top = float(max(frame["volume_solver_m3"].max(), frame["volume_surrogate_m3"].max(), 1.0)) * 1.05
+    ax.plot([0, top], [0, top], color="grey", linestyle="--", linewidth=1)
+    ax.set(xlim=(0, top), ylim=(0, top), xlabel="solver volume (m³)", ylabel="surrogate volume (m³)", title=title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_rollout_maps(item: PlanRollout, *, title: str = ""):
+    """Depth by the solver and by the surrogate, and their difference, at the start and after each step."""
+    import matplotlib.pyplot as plt
+
+    simulation, rollout = item.simulation, item.rollout
+    interval = simulation.output_interval_s
+    frames = [int(round(t / interval)) for t in rollout.times_s]
+    truth = np.stack([np.asarray(simulation.water_depth[f]) for f in frames])
+    depth_max = float(np.nanmax([np.nanmax(truth), np.nanmax(rollout.depths), 0.05]))
+    error = rollout.depths - truth
+    error_max = float(max(np.nanmax(np.abs(error)), 0.05))
+    count = len(frames)
+    fig, axes = plt.subplots(count, 3, figsize=(9.5, 3.0 * count), squeeze=False)
+    for k in range(count):
+        minutes = rollout.times_s[k] / 60
+        for col, (field, cmap, limits, name) in enumerate((
+                (truth[k], "Blues", (0, depth_max), "solver depth (m)"),
+                (rollout.depths[k], "Blues", (0, depth_max), "surrogate depth (m)"),
+                (error[k], "RdBu_r", (-error_max, error_max), "surrogate − solver (m)"))):
+            image = axes[k, col].imshow(field, cmap=cmap, vmin=limits[0], vmax=limits[1])
+            axes[k, col].set_xticks([])
+            axes[k, col].set_yticks([])
+            axes[k, col].set_title(f"{name}, {minutes:g} min", fontsize=9)
+            fig.colorbar(image, ax=axes[k, col], fraction=0.046, pad=0.02)
+    fig.suptitle(title or f"{item.split}: {simulation.project}/{simulation.plan}")
+    fig.tight_layout()
+    return fig
