@@ -136,9 +136,11 @@ def test_closure_from_the_depth_at_n_reaches_the_true_depth_in_one_more_pass():
     ring[:2], ring[-2:], ring[:, :2], ring[:, -2:] = False, False, False, False  # the boundary condition
     assert result.residuals[0] == float(np.abs(later - now)[ring].max())
     np.testing.assert_array_equal(result.depth, later)
-    # every patch of every grid is predicted in each of the two passes (none is dry)
+    # every patch of every grid is predicted in the first pass (none is dry), then only those whose ring moved:
+    # the dual grid's (its first rings were the guess); the standard grid's rings were already the answer
     tiling = Tiling(64, 96)
-    assert result.patches_predicted == 2 * sum(len(tiling.origins(grid)) for grid in PASS_ORDER)
+    count = {grid: len(tiling.origins(grid)) for grid in PASS_ORDER}
+    assert sum(count.values()) + count["dual"] <= result.patches_predicted <= 2 * sum(count.values()) - count["standard"]
 
 
 def test_a_rollout_over_a_stored_plan_with_the_oracle_reproduces_the_solver():

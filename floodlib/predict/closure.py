@@ -14,7 +14,9 @@ is found by iteration (:meth:`DomainPredictor.step`):
 Depths never go negative (the interior is max(depth at n + change, 0)); cells outside the model's area
 (NaN in the plan) are dry to the model and NaN in the answer; outer-ring cells with no prescribed depth
 take the depth just inside them. A patch whose depth at n and ring are both dry (no cell above
-``dry_depth_m``) is not sent to the model: nothing can flow into it without crossing its ring.
+``dry_depth_m``) is not sent to the model: nothing can flow into it without crossing its ring; nor is a
+patch whose ring has moved by less than ``tolerance_m`` since it was last predicted in this step (its last
+prediction stands).
 
 Terrain features (the downsampler's output) are computed once per patch when the predictor is built and
 reused for every pass and every step.
@@ -232,11 +234,11 @@ class DomainPredictor:
         state[free] = state[free_source]
         writable = self._inside & ~torch.as_tensor(fixed, device=self.device)
         watched = torch.as_tensor(np.flatnonzero(self._some_ring & ~fixed), device=self.device)
-        residuals, predicted = [], 0
+        residuals, predicted, memory = [], 0, {}
         for _ in range(self.max_iterations):
             before = state[watched].clone()
             for grid in self.pass_order:
-                predicted += self._update(grid, now, state, writable)
+                predicted += self._update(grid, now, state, writable, memory)
                 state[free] = state[free_source]
             residual = float((state[watched] - before).abs().max()) if len(watched) else 0.0
             residuals.append(residual)
@@ -247,14 +249,27 @@ class DomainPredictor:
         return StepResult(depth=depth, residuals=residuals, converged=residuals[-1] < self.tolerance_m,
                           patches_predicted=predicted, seconds=time.perf_counter() - started)
 
-    def _update(self, grid: str, now: torch.Tensor, state: torch.Tensor, writable: torch.Tensor) -> int:
+    def _update(self, grid: str, now: torch.Tensor, state: torch.Tensor, writable: torch.Tensor,
+                memory: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> int:
+        """Predict ``grid``'s patches and write their interiors into ``state``; returns how many the model saw.
+
+        ``memory[grid]`` holds the rings each patch was last predicted with and the result, within one step:
+        a patch whose ring has not moved by ``tolerance_m`` since is not predicted again, its last interior is
+        written back (another grid may have overwritten it since)."""
         cells = self._cells[grid]
         size = (len(cells), PATCH_CELLS, PATCH_CELLS)
         depth_now = now[cells].reshape(size)
         ring = torch.where(self._ring_in_patch, state[cells].reshape(size), 0.0)
         wet = ((depth_now > self.dry_depth_m) | (ring > self.dry_depth_m)).flatten(1).any(dim=1)
-        new = depth_now.clone()
-        active = torch.nonzero(wet).flatten()
+        if grid in memory:
+            last_ring, new = memory[grid]
+            moved = (ring - last_ring).abs().flatten(1).amax(dim=1) >= self.tolerance_m
+            new = torch.where((~wet)[:, None, None], depth_now, new)
+        else:
+            last_ring, new, moved = ring.clone(), depth_now.clone(), torch.ones_like(wet)
+        active = torch.nonzero(wet & moved).flatten()
+        last_ring[active] = ring[active]
+        memory[grid] = (last_ring, new)
         for start in range(0, len(active), self.batch_size):
             chosen = active[start:start + self.batch_size]
             depths = torch.stack([ring[chosen], depth_now[chosen]], dim=1)
