@@ -136,11 +136,11 @@ def test_closure_from_the_depth_at_n_reaches_the_true_depth_in_one_more_pass():
     ring[:2], ring[-2:], ring[:, :2], ring[:, -2:] = False, False, False, False  # the boundary condition
     assert result.residuals[0] == float(np.abs(later - now)[ring].max())
     np.testing.assert_array_equal(result.depth, later)
-    # every patch of every grid is predicted in the first pass (none is dry), then only those whose ring moved:
-    # the dual grid's (its first rings were the guess); the standard grid's rings were already the answer
+    # every patch of every grid is predicted in the first pass (none is dry), then only those whose ring moved
+    # since: not the standard grid's, whose rings were already the answer when it went last
     tiling = Tiling(64, 96)
     count = {grid: len(tiling.origins(grid)) for grid in PASS_ORDER}
-    assert sum(count.values()) + count["dual"] <= result.patches_predicted <= 2 * sum(count.values()) - count["standard"]
+    assert sum(count.values()) < result.patches_predicted <= 2 * sum(count.values()) - count["standard"]
 
 
 def test_a_rollout_over_a_stored_plan_with_the_oracle_reproduces_the_solver():
@@ -168,6 +168,31 @@ def test_a_rollout_over_a_stored_plan_with_the_oracle_reproduces_the_solver():
     np.testing.assert_array_equal(rollout.depths, np.stack(frames))
     np.testing.assert_array_equal(rollout.times_s, [0.0, 1800.0, 3600.0])
     assert [step.converged for step in rollout.steps] == [True, True]
+
+
+class RingAverse(nn.Module):
+    """Predicts each patch's interior as max(0, 1 - 4 x the mean depth on its ring): the more water around
+    a patch, the less in it, so an undamped closure swings back and forth."""
+
+    def terrain_features(self, terrain):
+        return torch.zeros(terrain.shape[0], 1, 32, 32)
+
+    def predict_change(self, features, depths):
+        mean = depths[:, 0].sum(dim=(1, 2)) / (32 * 32 - 28 * 28)
+        return (torch.clamp(1 - 4 * mean, min=0)[:, None, None] - depths[:, 1])[:, None]
+
+
+def test_an_oscillating_closure_is_damped_until_it_reaches_a_fixed_point():
+    terrain = np.zeros((961, 961), dtype=np.float32)
+    now = np.full((96, 96), 0.2, dtype=np.float32)
+    ring = outer_ring_of(np.full((96, 96), 0.2, dtype=np.float32))
+    predictor = DomainPredictor(RingAverse(), terrain, max_iterations=40, pass_order=("dual", "standard"))
+    result = predictor.step(now, ring)
+    assert result.residuals[1] > result.residuals[0]  # the second pass moved the rings more than the first
+    assert result.relaxation < 1 and result.converged
+    # the answer is a fixed point: one more pass from it moves no ring cell by the tolerance
+    again = predictor.step(now, ring, guess=result.depth)
+    assert again.iterations == 0 and again.residuals[0] < 1e-3
 
 
 # -- real models ----------------------------------------------------------------------------------------------

@@ -5,11 +5,17 @@ the depth at n + dt on the patch's 2-cell ring. Over a whole domain the ring at 
 is found by iteration (:meth:`DomainPredictor.step`):
 
 1. guess the depth at n + dt: the depth at n, with the domain's outer ring from the boundary condition;
-2. one **pass**: predict every patch of the dual grid with its ring taken from the guess and write the
-   patches' interiors into the guess, then the same with the standard grid (the standard grid goes last,
-   so the answer's cells come from patches that lie inside the domain wherever the domain allows);
-3. the pass's **residual** is the largest change of the guess on any cell that is some patch's ring;
-   stop when it is below ``tolerance_m`` (default 1 mm) or after ``max_iterations`` passes.
+2. one **pass**: predict every patch of one grid with its ring taken from the guess and write the patches'
+   interiors into the guess, then the next grid, in the order :data:`PASS_ORDER` — the grids shifted half
+   a patch down and across, the dual grid, and the standard grid last, so that the answer's cells come
+   from patches inside the domain wherever the domain allows. Four grids, because where a ring line of
+   the standard grid crosses one of the dual grid a 4 x 4 block lies on a ring of both: with those two
+   alone it would never be predicted and would keep the first guess;
+3. the pass's **residual** is the largest distance, on any cell that is some patch's ring, between the
+   guess before the pass and what the grids predicted for it; stop when it is below ``tolerance_m``
+   (default 1 mm) or after ``max_iterations`` passes. When a residual does not shrink, the iteration is
+   oscillating through the rings: from then on each write moves the guess only part of the way towards
+   the prediction (the weight halves each time, down to :data:`MIN_RELAXATION`).
 
 Depths never go negative (the interior is max(depth at n + change, 0)); cells outside the model's area
 (NaN in the plan) are dry to the model and NaN in the answer; outer-ring cells with no prescribed depth
@@ -36,9 +42,11 @@ from floodlib.predict.boundary import Boundary
 from floodlib.predict.tiling import GRID_SHIFTS, PredictError, Tiling
 
 #: Grids in the order of one pass.
-PASS_ORDER = ("dual", "rows", "cols", "standard")
+PASS_ORDER = ("rows", "cols", "dual", "standard")
 RING_CELLS = 2
 PRECISIONS = ("32", "bf16")
+#: The damping never goes below this weight of a new prediction.
+MIN_RELAXATION = 0.125
 
 
 @dataclass
@@ -48,7 +56,8 @@ class StepResult:
     ``depth`` (rows, cols) float32, m (NaN outside the model's area); ``residuals`` the largest ring change
     of each pass, m; ``iterations`` the index of the last pass (0: the first pass already changed no ring
     cell by ``tolerance_m`` or more); ``converged`` whether the last residual is below the tolerance;
-    ``patches_predicted`` patch predictions made (dry patches skipped); ``seconds`` wall time.
+    ``patches_predicted`` patch predictions made (dry patches skipped); ``seconds`` wall time;
+    ``relaxation`` the weight of a new prediction at the end (below 1: the closure oscillated and was damped).
     """
 
     depth: np.ndarray
@@ -56,6 +65,7 @@ class StepResult:
     converged: bool
     patches_predicted: int
     seconds: float
+    relaxation: float = 1.0
 
     @property
     def iterations(self) -> int:
@@ -100,7 +110,7 @@ class DomainPredictor:
     def __init__(self, model, terrain: np.ndarray, *, mask: np.ndarray | None = None, terrain_ratio: int = 10,
                  device: str | torch.device = "cpu", precision: str = "32", tolerance_m: float = 1e-3,
                  max_iterations: int = 20, batch_size: int = 64, dry_depth_m: float = 1e-3,
-                 pass_order: tuple[str, ...] = PASS_ORDER):
+                 pass_order: tuple[str, ...] = PASS_ORDER, relaxation: float = 1.0):
         _check_model(model)
         if precision not in PRECISIONS:
             raise PredictError(f"precision={precision!r}: expected one of {PRECISIONS}")
@@ -129,6 +139,9 @@ class DomainPredictor:
         if unknown or not pass_order:
             raise PredictError(f"pass_order={pass_order!r}: expected grids among {tuple(GRID_SHIFTS)}")
         self.pass_order = tuple(pass_order)
+        if not 0 < relaxation <= 1:
+            raise PredictError(f"relaxation={relaxation!r}: expected a number in (0, 1] (1: take each prediction whole)")
+        self.relaxation = float(relaxation)
         mask = np.zeros((rows, cols), dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
         if mask.shape != (rows, cols):
             raise PredictError(f"mask has shape {mask.shape}, expected the domain's {(rows, cols)}")
@@ -235,19 +248,25 @@ class DomainPredictor:
         writable = self._inside & ~torch.as_tensor(fixed, device=self.device)
         watched = torch.as_tensor(np.flatnonzero(self._some_ring & ~fixed), device=self.device)
         residuals, predicted, memory = [], 0, {}
+        self._weight = self.relaxation
         for _ in range(self.max_iterations):
             before = state[watched].clone()
             for grid in self.pass_order:
                 predicted += self._update(grid, now, state, writable, memory)
                 state[free] = state[free_source]
-            residual = float((state[watched] - before).abs().max()) if len(watched) else 0.0
+            # the ring cells' distance from what the grids predicted for them: the damped change, undamped
+            weight = self._weight
+            residual = float((state[watched] - before).abs().max()) / weight if len(watched) else 0.0
+            if residuals and residual >= residuals[-1]:  # not shrinking: an oscillation through the rings; damp it
+                self._weight = max(weight / 2, MIN_RELAXATION)
             residuals.append(residual)
             if residual < self.tolerance_m:
                 break
         depth = self.tiling.unpad(state.reshape(self.tiling.padded_shape).cpu().numpy()).copy()
         depth[self.mask] = np.nan
         return StepResult(depth=depth, residuals=residuals, converged=residuals[-1] < self.tolerance_m,
-                          patches_predicted=predicted, seconds=time.perf_counter() - started)
+                          patches_predicted=predicted, seconds=time.perf_counter() - started,
+                          relaxation=self._weight)
 
     def _update(self, grid: str, now: torch.Tensor, state: torch.Tensor, writable: torch.Tensor,
                 memory: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> int:
@@ -286,7 +305,11 @@ class DomainPredictor:
         interior = self._interior[grid]
         values = new[:, RING_CELLS:-RING_CELLS, RING_CELLS:-RING_CELLS].reshape(len(cells), -1)
         keep = writable[interior]
-        state[interior[keep]] = values[keep]
+        target = interior[keep]
+        if self._weight < 1:
+            state[target] += self._weight * (values[keep] - state[target])
+        else:
+            state[target] = values[keep]
         return len(active)
 
     def rollout(self, depth_start: np.ndarray, boundary: Boundary, *, start_s: float, steps: int,
