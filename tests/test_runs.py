@@ -29,7 +29,7 @@ def run(tmp_path) -> Run:
 def test_a_summary_round_trips_and_records_the_summaries_it_was_made_from(run):
     a = StageASummary(ranking=[ROW], splits={"small_train": {"samples": 12}})
     path_a = write_summary(run, a)
-    assert read_summary(run, "A") == a.model_copy(update={"upstream": {}})
+    assert read_summary(run, "A") == a.model_copy(update={"upstream": {}, "settings": run.profile.settings_digest("A")})
     b = StageBSummary(tuned=TUNED, default_arch04_val_loss=0.03, beats_default=True, trials={"COMPLETE": 2})
     write_summary(run, b)
     back = read_summary(run.run_dir, "B")  # a run folder's path does as well as the Run

@@ -102,7 +102,10 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """``"auto"``: CUDA when present, else the CPU."""
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {str(device)!r}: this torch {torch.__version__} sees no CUDA device; use 'auto' or 'cpu'")
+    return device
 
 
 def predict_dataset(model: torch.nn.Module, dataset, *, batch_size: int = 64,
@@ -118,6 +121,11 @@ def predict_dataset(model: torch.nn.Module, dataset, *, batch_size: int = 64,
     with torch.inference_mode():
         for batch in loader:
             output = model(batch.terrain.to(device, non_blocking=True), batch.depths.to(device, non_blocking=True))
+            if not torch.isfinite(output).all():
+                name = getattr(model, "arch", type(model).__name__)
+                raise ValueError(f"model {name} predicted NaN or infinite depth changes on {len(predictions) * batch_size}"
+                                 f"-{len(predictions) * batch_size + len(output) - 1} of the samples; they cannot be "
+                                 "scored (its weights or inputs are broken)")
             predictions.append(output[:, 0].float().cpu().numpy())
             truths.append(batch.depth_change[:, 0].cpu().numpy())
             depths.append(batch.depths[:, 1].cpu().numpy())

@@ -65,15 +65,22 @@ def load_model(path: str | Path, *, expected_arch: str | None = None, device: st
     config = dict(checkpoint["config"])
     if expected_arch is not None and config.get("arch") != expected_arch:
         raise CheckpointError(f"{path}: holds architecture {config.get('arch')!r}, expected {expected_arch!r}")
-    # Keys a checkpoint may predate take the value that reproduces what it computed then.
-    model = create_model(
-        config["arch"],
-        downsampler=config["downsampler"],
-        downsampler_kwargs=config.get("downsampler_kwargs") or {},
-        **{key: config.get(key, value) for key, value in ABSENT_KEY_VALUES.items()},
-        init=None,
-        **(config.get("arch_kwargs") or {}),
-    )
+    bad = [name for name, tensor in checkpoint["state_dict"].items()
+           if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and not torch.isfinite(tensor).all()]
+    if bad:
+        raise CheckpointError(f"{path}: {len(bad)} weight tensor(s) hold NaN or infinite values (first: {bad[0]!r}); "
+                              "the training that wrote it diverged — retrain, or use an earlier checkpoint")
+    try:  # keys a checkpoint may predate take the value that reproduces what it computed then
+        model = create_model(
+            config["arch"],
+            downsampler=config["downsampler"],
+            downsampler_kwargs=config.get("downsampler_kwargs") or {},
+            **{key: config.get(key, value) for key, value in ABSENT_KEY_VALUES.items()},
+            init=None,
+            **(config.get("arch_kwargs") or {}),
+        )
+    except (TypeError, ValueError, KeyError) as error:  # e.g. a scale factor that is not a positive number
+        raise CheckpointError(f"{path}: its config cannot rebuild a model ({error})") from None
     try:
         model.load_state_dict(checkpoint["state_dict"])
     except RuntimeError as error:

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from floodlib.pipeline.config import NOTEBOOKS, STAGES, ProfileError, load_profile
-from floodlib.runs import SUMMARY_FILE, stale_upstream, write_profile
+from floodlib.runs import SUMMARY_FILE, stage_state, write_profile
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 DEFAULT_NOTEBOOKS = REPOSITORY / "notebooks"
@@ -85,8 +85,12 @@ def run_pipeline(profile_path: str | Path, *, stages: list[str] | None = None, f
                  run_dir: str | Path | None = None, timeout_s: int | None = None) -> Path:
     """Run the profile's stages in order into ``outputs/<name>/`` (or ``run_dir``); returns the run folder.
 
-    A stage whose summary.json exists is skipped unless ``force``. Stages run by default: A, B, C and
-    D where its notebook exists.
+    A stage is skipped when complete (:func:`floodlib.runs.stage_state`: its summary reads back valid, was
+    made from the current results of the earlier stages and with the profile's current settings), unless
+    ``force``; one whose summary is unreadable or stale is redone, its previous folder kept beside it. A
+    profile whose settings differ from those a completed stage was made with is refused before anything
+    is written (the folder would no longer describe how its results were made), unless ``force``, which
+    redoes the stages asked for. Stages run by default: A, B, C and D where its notebook exists.
     """
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ProfileError(f"the pipeline runs as one process, but this is one of {os.environ['WORLD_SIZE']} "
@@ -95,13 +99,26 @@ def run_pipeline(profile_path: str | Path, *, stages: list[str] | None = None, f
     profile = load_profile(profile_path)
     run_dir = Path(run_dir) if run_dir else Path(outputs) / profile.name
     notebooks = Path(notebooks)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_profile(profile, run_dir)
-    log_file = run_dir / "pipeline.log"
+    if not notebooks.is_dir():
+        raise ProfileError(f"--notebooks {notebooks}: not a folder of stage notebooks "
+                           f"({', '.join(NOTEBOOKS.values())})")
     wanted = stages or [s for s in STAGES if (notebooks / NOTEBOOKS[s]).exists()]
+    if not wanted:
+        raise ProfileError(f"--notebooks {notebooks}: holds none of the stage notebooks ({', '.join(NOTEBOOKS.values())})")
     unknown = [s for s in wanted if s not in STAGES]
     if unknown:
         raise ProfileError(f"unknown stage(s) {unknown}; expected some of {list(STAGES)}")
+    changed = {stage: why for stage in STAGES for state, why in [stage_state(run_dir, stage, profile)]
+               if state == "changed"}
+    if changed and not force:
+        raise ProfileError(
+            f"{profile_path}: run folder {run_dir} holds stage(s) {', '.join(changed)} made with other settings "
+            f"(the data section or their own) than this profile's; its results would no longer describe how they "
+            f"were made, so nothing was run or changed. Start a new run folder (--run-dir, or another `name:`), "
+            f"or pass --force to redo the stages (their previous results are kept beside them).")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_profile(profile, run_dir)
+    log_file = run_dir / "pipeline.log"
     _log(log_file, f"run {profile.name} -> {run_dir} (profile {profile_path}); stages {', '.join(wanted)}")
     last = Path(outputs) / "last"
     if run_dir.parent == Path(outputs):
@@ -113,16 +130,15 @@ def run_pipeline(profile_path: str | Path, *, stages: list[str] | None = None, f
             pass
     total = time.perf_counter()
     for index, stage in enumerate(wanted, 1):
-        complete = (run_dir / stage / SUMMARY_FILE).exists()
-        changed = stale_upstream(run_dir, stage) if complete else []
-        if complete and not force and not changed:
+        state, reason = stage_state(run_dir, stage, profile)
+        if state == "complete" and not force:
             _log(log_file, f"[{index}/{len(wanted)}] stage {stage}: complete already, skipped (--force redoes it)")
             continue
-        if (force or changed) and (run_dir / stage).exists():
+        if (run_dir / stage).exists():
             # Redo from scratch, but keep what was there: the old stage folder is renamed, not deleted.
             kept = run_dir / f"{stage}.replaced-{time.strftime('%Y%m%d-%H%M%S')}"
             (run_dir / stage).rename(kept)
-            why = "--force" if force else f"made from earlier results of stage {', '.join(changed)}"
+            why = "--force" if state == "complete" else (reason if state != "missing" else "not complete")
             _log(log_file, f"[{index}/{len(wanted)}] stage {stage}: {why}, previous results kept in {kept}")
         start = time.perf_counter()
         _log(log_file, f"[{index}/{len(wanted)}] stage {stage}: running {NOTEBOOKS[stage]}")
@@ -137,10 +153,9 @@ def run_pipeline(profile_path: str | Path, *, stages: list[str] | None = None, f
         _log(log_file, f"[{index}/{len(wanted)}] stage {stage}: done in {time.perf_counter() - start:.0f} s -> {output}")
     _log(log_file, f"run {profile.name} finished in {time.perf_counter() - total:.0f} s")
     for stage in STAGES:
-        changed = stale_upstream(run_dir, stage) if stage not in wanted else []
-        if changed:
-            _log(log_file, f"stage {stage} was made from earlier results of stage {', '.join(changed)}: "
-                           "the next run without --only redoes it")
+        state, reason = stage_state(run_dir, stage, profile) if stage not in wanted else ("", "")
+        if state in ("invalid", "stale", "changed"):
+            _log(log_file, f"stage {stage} is {state} ({reason}): the next run without --only redoes it")
     if (run_dir / "D" / SUMMARY_FILE).exists():
         _log(log_file, f"report: {run_dir / 'D' / 'D_evaluate.html'}; predictions in the browser: "
                        f"python -m floodlib.viewer {run_dir}")

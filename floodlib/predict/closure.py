@@ -130,6 +130,8 @@ class DomainPredictor:
         self.tiling = Tiling(rows, cols, PATCH_CELLS, RING_CELLS)
         self.model = model
         self.device = torch.device(device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise PredictError(f"device {str(device)!r}: this torch {torch.__version__} sees no CUDA device; use 'cpu'")
         self.precision = precision
         self.tolerance_m = float(tolerance_m)
         self.max_iterations = int(max_iterations)

@@ -126,19 +126,44 @@ def write_summary(run: Run, summary: StageSummary) -> Path:
     order = list(STAGES)
     upstream = {earlier: _digest(run.stage_dir(earlier) / SUMMARY_FILE) for earlier in order[:order.index(stage)]
                 if (run.stage_dir(earlier) / SUMMARY_FILE).exists()}
-    record = summary.model_copy(update={"upstream": upstream}).model_dump(mode="json")
-    return atomic_json(record, run.stage_dir(stage) / SUMMARY_FILE)
+    record = summary.model_copy(update={"upstream": upstream, "settings": run.profile.settings_digest(stage)})
+    return atomic_json(record.model_dump(mode="json"), run.stage_dir(stage) / SUMMARY_FILE)
 
 
 def stale_upstream(run_dir: str | Path, stage: str) -> list[str]:
-    """The earlier stages whose results changed (or vanished) since ``stage`` was completed from them."""
+    """The earlier stages whose results changed (or vanished) since ``stage`` was completed from them.
+
+    [] when ``stage`` has not completed; RunError naming the file when its summary is unreadable."""
     run_dir = Path(run_dir)
-    try:
-        recorded = json.loads((run_dir / stage / SUMMARY_FILE).read_text()).get("upstream") or {}
-    except (OSError, json.JSONDecodeError):
+    if not (run_dir / stage / SUMMARY_FILE).exists():
         return []
+    recorded = read_summary(run_dir, stage).upstream
     return [earlier for earlier, digest in recorded.items()
             if not (run_dir / earlier / SUMMARY_FILE).exists() or _digest(run_dir / earlier / SUMMARY_FILE) != digest]
+
+
+#: What :func:`stage_state` finds a stage to be.
+STAGE_STATES = ("missing", "complete", "invalid", "stale", "changed")
+
+
+def stage_state(run_dir: str | Path, stage: str, profile: Profile | None = None) -> tuple[str, str]:
+    """Whether ``stage`` of the run is complete, and if not why: ("missing", ""), ("complete", ""),
+    ("invalid", what is wrong with its summary), ("stale", which earlier results changed since) or
+    ("changed", ...) when ``profile``'s settings for it differ from those it was made with."""
+    run_dir = Path(run_dir)
+    path = run_dir / stage / SUMMARY_FILE
+    if not path.exists():
+        return "missing", ""
+    try:
+        summary = read_summary(run_dir, stage)
+        stale = stale_upstream(run_dir, stage)
+    except RunError as error:
+        return "invalid", str(error)
+    if stale:
+        return "stale", f"made from earlier results of stage {', '.join(stale)}"
+    if profile is not None and summary.settings and summary.settings != profile.settings_digest(stage):
+        return "changed", f"made with other settings (data or {stage} section of the profile)"
+    return "complete", ""
 
 
 def splits(run: Run, names: list[str] | None = None) -> dict[str, PatchDataset]:

@@ -7,6 +7,9 @@ stage notebook's parameters. Unknown keys and ill-typed values are refused with 
 
 from __future__ import annotations
 
+import hashlib
+import json
+
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -322,6 +325,16 @@ class Profile(Strict):
         if not value or not all(ch.isalnum() or ch in "-_." for ch in value) or value.startswith("."):
             raise ValueError(f"{value!r} must be a folder name of letters, digits, '-', '_', '.'")
         return value
+
+    def settings_digest(self, stage: str) -> str:
+        """A digest of what ``stage``'s results depend on in this profile: the data section and the stage's
+        own settings with their defaults filled in (where the run folder lives is not a setting)."""
+        settings = validate_stage(stage, {**getattr(self, stage), "run_dir": ""},
+                                  where=f"profile {self.name!r}, section {stage}").model_dump(mode="json")
+        settings.pop("run_dir", None)
+        settings.pop("profile", None)  # stage A's: which profile starts a run from JupyterLab
+        text = json.dumps({"data": self.data.model_dump(mode="json"), stage: settings}, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()
 
     def stage_parameters(self, stage: str, run_dir: str | Path) -> dict[str, Any]:
         """The parameters papermill injects into ``stage``'s notebook (validated)."""

@@ -47,11 +47,14 @@ class RankedModel(Contract):
 
 
 class StageSummary(Contract):
-    """What every stage summary records besides its own results: the stage and the digests of the earlier
-    stages' summaries it was made from (``upstream``, filled in by ``write_summary``)."""
+    """What every stage summary records besides its own results: the stage, the digests of the earlier
+    stages' summaries it was made from (``upstream``) and of the profile settings it was made with
+    (``settings``: the data section and the stage's own; empty in summaries written before it was recorded),
+    both filled in by ``write_summary``."""
 
     stage: str
     upstream: dict[str, str] = Field(default_factory=dict)
+    settings: str = ""
 
 
 class StageASummary(StageSummary):

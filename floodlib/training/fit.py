@@ -340,6 +340,10 @@ def fit(
     -------
     TrainingResult with the best weights loaded into ``result.model``.
     """
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ValueError(f"accelerator={accelerator!r}, but this torch {torch.__version__} sees no CUDA device"
+                         f"{' (a CPU-only build)' if torch.version.cuda is None else ''}; use 'auto' or 'cpu', or "
+                         "install a CUDA build of torch (make install TORCH_SPEC=...)")
     _check_arguments(model, train, val, epochs, lr, batch_size, patience, placement, strategy)
     mode = _progress_mode(progress)
     name = name or model.arch
