@@ -112,3 +112,23 @@ def test_the_served_viewer_changes_sample_and_shows_floodlibs_rae(tiny_run, serv
     Select(browser.find_element(By.CSS_SELECTOR, ".floodlib-model select")).select_by_visible_text(other)
     wait.until(lambda driver: text(".floodlib-rae") == wanted)
     assert "big_test[1]" in text(".floodlib-details") and text(".floodlib-error") == ""
+
+    # the whole-domain mode: one click, and the first test plan is predicted from its start, step by step
+    from floodlib.data.dataset import discover_plans, split_plans
+    from floodlib.data.store import read_simulation
+    from floodlib.predict import predict_plan
+
+    patch_picture = browser.find_element(By.CSS_SELECTOR, "img.floodlib-picture").screenshot_as_png
+    browser.find_element(By.XPATH, "//*[contains(@class, 'floodlib-mode')]//button[normalize-space()='whole domain']"
+                         ).click()
+    wait.until(lambda driver: "over the whole domain" in text(".floodlib-rae") or text(".floodlib-error"))
+    assert text(".floodlib-error") == "" and "start 0 min · step 1 of 2 (20 min each)" in text(".floodlib-details")
+    time.sleep(1.0)
+    assert browser.find_element(By.CSS_SELECTOR, "img.floodlib-picture").screenshot_as_png != patch_picture
+    plans = split_plans(discover_plans(tiny_run / "data"), stages.open_run(tiny_run).split_spec())
+    simulation = read_simulation(plans["big_test"][0])
+    rollout = predict_plan(load_model(tiny_run / "C" / c_models[1]["model_path"]), simulation, start_s=0, steps=1,
+                           delta_t_s=1200)
+    truth, start = simulation.water_depth[20].astype(float), simulation.water_depth[0].astype(float)
+    expected = abs(rollout.depths[1] - truth).sum() / abs(truth - start).sum()
+    assert float(text(".floodlib-rae").split()[1]) == pytest.approx(expected, rel=1e-3)
