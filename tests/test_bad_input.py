@@ -59,7 +59,7 @@ def test_a_profile_changed_after_the_run_is_refused_and_nothing_is_touched(run_c
 
 def test_a_default_spelled_out_is_not_a_change(run_copy, tmp_path):
     default_patience = load_profile(run_copy / "params.yaml")  # the tiny profile leaves C's patience at its default
-    edited = profile_with(run_copy, tmp_path, lambda raw: raw["C"].update(patience=5))
+    edited = profile_with(run_copy, tmp_path, lambda raw: raw["C"].update(patience=30))
     assert load_profile(edited).settings_digest("C") == default_patience.settings_digest("C")
     assert stage_state(run_copy, "C", load_profile(edited))[0] == "complete"
 
