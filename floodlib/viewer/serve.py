@@ -26,9 +26,12 @@ def viewer_notebook(run_dir: str = "../outputs/last"):
     parameters = new_code_cell(f"run_dir: str = {str(run_dir)!r}  # the run folder whose predictions are shown")
     parameters.metadata["tags"] = ["parameters"]
     return new_notebook(cells=[
-        new_markdown_cell("# Prediction viewer\n\nChoose a model, split, plan and sample, or step through the "
-                          "split: terrain, depth at n, true and predicted depth change, their error and the "
-                          "sample's RAE against the no-change baseline."),
+        new_markdown_cell("# Prediction viewer\n\n**Patches**: choose a model, split, plan and sample, or step "
+                          "through the split: terrain, depth at n, true and predicted depth change, their error and "
+                          "the sample's RAE against the no-change baseline.\n\n**Whole domain**: choose a plan and "
+                          "a start; the model predicts the plan's whole domain step by step on its own (its patches' "
+                          "rings closed by iteration), and a time slider shows the solver's depth, the surrogate's "
+                          "and their difference, with the full-domain RAE of each step."),
         parameters,
         new_code_cell("from floodlib.viewer import show\n\nshow(run_dir)"),
     ], metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
