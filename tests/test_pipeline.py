@@ -317,3 +317,13 @@ def test_each_notebook_declares_exactly_its_stage_parameters_with_the_same_defau
         value = declared[name]
         as_list = (lambda v: list(v) if isinstance(v, (list, tuple)) else v)
         assert as_list(value) == as_list(default), f"{NOTEBOOKS[stage]}: {name} = {value!r}, config.py: {default!r}"
+
+
+def test_the_committed_notebooks_are_valid_nbformat_with_cell_ids():
+    import nbformat
+
+    for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        notebook = nbformat.read(path, as_version=4)
+        nbformat.validate(notebook)
+        assert all(cell.get("id") for cell in notebook.cells), f"{path.name}: a cell has no id"
+        assert len({cell.id for cell in notebook.cells}) == len(notebook.cells), f"{path.name}: repeated cell ids"
