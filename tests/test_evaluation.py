@@ -223,3 +223,53 @@ def test_bad_run_folders_are_clear_errors_in_the_notebook(run_copy, damage):
     assert message in str(info.value) and where in str(info.value)
     assert str(run_copy / "D" / "D_evaluate.ipynb") in str(info.value)
     assert not (run_copy / "D" / "summary.json").exists() and not (run_copy / "D" / "metrics").exists()
+
+
+def test_stage_d_rolls_the_best_model_out_over_every_held_out_plan(tiny_run):
+    """The tiny profile's plans last 40 min at a 20-min lead time: from the default start (60 min) not one step
+    fits, so each plan is rolled out from 0 for the 2 steps it holds; the figures add up from the CSV."""
+    from floodlib.data import read_simulation
+    from floodlib.evaluation.rollout import pooled
+
+    stage_dir = tiny_run / "D"
+    summary = json.loads((stage_dir / "summary.json").read_text())
+    rollout = summary["rollout"]
+    assert rollout["model"] == summary["headline"]["best_model"]
+    frame = pd.read_csv(stage_dir / "rollout.csv")
+    run = stages.open_run(tiny_run)
+    held_out = stages.splits(run, ["big_test", "test_projects"])
+    plans = [f"{p.parent.name}/{p.stem}" for split in held_out.values() for p in split.files]
+    assert sorted(frame["project"] + "/" + frame["plan"]) == sorted(plans * 2) and rollout["plans"] == len(plans)
+    assert set(frame["start_min"]) == {0.0} and sorted(set(frame["step"])) == [1, 2]
+    for step, value in rollout["pooled_rae_by_step"].items():
+        assert value == pytest.approx(pooled(frame[frame["step"] == int(step)], "abs_error_m", "baseline_m"))
+    assert rollout["converged_fraction"] == pytest.approx(frame["converged"].mean())
+    assert rollout["max_passes"] == frame["passes"].max() <= 20
+    # the first step starts from the solver's depth: the rollout's first step is the one-step prediction
+    first = frame[frame["step"] == 1]
+    np.testing.assert_allclose(first["rae"], first["one_step_rae"])
+    # the solver's volume is the stored depth times the cell area
+    row = frame.iloc[-1]
+    plan = read_simulation(tiny_run / "data" / row["project"] / f"{row['plan']}.h5")
+    frame_index = int(round(row["time_min"] * 60 / plan.output_interval_s))
+    expected = float(np.nansum(plan.water_depth[frame_index]) * plan.cell_size_m ** 2)
+    assert row["volume_solver_m3"] == pytest.approx(expected, rel=1e-5)
+    for name in ("rollout_rae", "rollout_convergence", "rollout_volume", f"rollout_maps_{row['project']}_{row['plan']}"):
+        assert (stage_dir / "figures" / f"{name}.png").stat().st_size > 5_000
+
+
+def test_fitting_steps_keeps_the_start_or_falls_back_to_the_plans_start():
+    from floodlib.data.store import Simulation
+    from floodlib.evaluation.rollout import fitting_steps
+    from floodlib.predict import PredictError
+
+    plan = Simulation(project="p", plan="q", terrain=np.zeros((321, 321), np.float32),
+                      water_depth=np.zeros((5, 32, 32), np.float32), cell_size_m=10.0, terrain_spacing_m=1.0,
+                      output_interval_s=1800.0, source="test")  # outputs every 30 min up to 120 min
+    assert fitting_steps(plan, start_s=1800, steps=3, delta_t_s=3600) == (1800, 1)
+    assert fitting_steps(plan, start_s=3600, steps=3, delta_t_s=3600) == (3600, 1)
+    assert fitting_steps(plan, start_s=5400, steps=3, delta_t_s=3600) == (0.0, 2)
+    with pytest.raises(PredictError, match="start 10 min is not a multiple of its output interval"):
+        fitting_steps(plan, start_s=600, steps=1, delta_t_s=3600)
+    with pytest.raises(PredictError, match="120 min long, shorter than one 180-min step"):
+        fitting_steps(plan, start_s=0, steps=1, delta_t_s=3 * 3600)
