@@ -14,8 +14,9 @@ is found by iteration (:meth:`DomainPredictor.step`):
 3. the pass's **residual** is the largest distance, on any cell that is some patch's ring, between the
    guess before the pass and what the grids predicted for it; stop when it is below ``tolerance_m``
    (default 1 mm) or after ``max_iterations`` passes. When a residual does not shrink, the iteration is
-   oscillating through the rings: from then on each write moves the guess only part of the way towards
-   the prediction (the weight halves each time, down to :data:`MIN_RELAXATION`).
+   oscillating through the rings: from then on each pass moves the guess only part of the way from where
+   it started to where the pass took it (the weight halves each time, down to :data:`MIN_RELAXATION`), which
+   leaves the fixed point where it was.
 
 Depths never go negative (the interior is max(depth at n + change, 0)); cells outside the model's area
 (NaN in the plan) are dry to the model and NaN in the answer; outer-ring cells with no prescribed depth
@@ -252,15 +253,16 @@ class DomainPredictor:
         residuals, predicted, memory = [], 0, {}
         self._weight = self.relaxation
         for _ in range(self.max_iterations):
-            before = state[watched].clone()
+            previous = state.clone()
             for grid in self.pass_order:
                 predicted += self._update(grid, now, state, writable, memory)
                 state[free] = state[free_source]
-            # the ring cells' distance from what the grids predicted for them: the damped change, undamped
-            weight = self._weight
-            residual = float((state[watched] - before).abs().max()) / weight if len(watched) else 0.0
+            # how far the pass moved the ring cells: the distance between the guess and what the grids predict
+            residual = float((state[watched] - previous[watched]).abs().max()) if len(watched) else 0.0
             if residuals and residual >= residuals[-1]:  # not shrinking: an oscillation through the rings; damp it
-                self._weight = max(weight / 2, MIN_RELAXATION)
+                self._weight = max(self._weight / 2, MIN_RELAXATION)
+            if self._weight < 1:  # the damped pass: part of the way from the guess to the pass's answer
+                state.copy_(previous + self._weight * (state - previous))
             residuals.append(residual)
             if residual < self.tolerance_m:
                 break
@@ -307,11 +309,7 @@ class DomainPredictor:
         interior = self._interior[grid]
         values = new[:, RING_CELLS:-RING_CELLS, RING_CELLS:-RING_CELLS].reshape(len(cells), -1)
         keep = writable[interior]
-        target = interior[keep]
-        if self._weight < 1:
-            state[target] += self._weight * (values[keep] - state[target])
-        else:
-            state[target] = values[keep]
+        state[interior[keep]] = values[keep]
         return len(active)
 
     def rollout(self, depth_start: np.ndarray, boundary: Boundary, *, start_s: float, steps: int,
