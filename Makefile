@@ -44,6 +44,7 @@ benchmark: $(STAMP)
 	$(PY) benchmarks/training.py
 	@if [ -f outputs/smoke/C/summary.json ]; then $(PY) benchmarks/evaluation.py; \
 	else echo "benchmarks/evaluation.py times stage D on a finished smoke run: run 'make run' first"; fi
+	@if [ -f outputs/smoke/B/models/Arch_04_tuned/model.pth ]; then $(PY) benchmarks/predict.py; else echo "benchmarks/predict.py times the smoke run's tuned Arch_04 against the solver: run 'make run' first"; fi
 
 clean:
 	rm -rf $(VENV)

@@ -89,3 +89,54 @@ def test_data_scaling_benchmark_refuses_sizes_the_pool_cannot_give(tiny_run):
                             cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode != 0
     assert "fewer than 100000" in result.stderr and "patch_stride_cells" in result.stderr
+
+
+def test_predict_benchmark_times_the_surrogate_against_the_solver_with_its_accuracy(tiny_run, tmp_path):
+    """One simulated hour of a 32 x 32-cell valley by the solver and by the tiny run's tuned Arch_04 (trained
+    for 20 minutes ahead; the benchmark steps an hour, which is all its speed figures need)."""
+    import json
+    import math
+
+    model = tiny_run / "C" / "models" / "Arch_04_tuned" / "model.pth"
+    if not model.exists():  # tiny's stage C keeps its best four; stage B always trains the tuned Arch_04
+        model = tiny_run / "B" / "models" / "Arch_04_tuned" / "model.pth"
+    figures = tmp_path / "predict.json"
+    result = subprocess.run(
+        [sys.executable, "benchmarks/predict.py", "--sizes", "32", "--start-min", "10", "--model", str(model),
+         "--json", str(figures)], cwd=ROOT, capture_output=True, text=True, timeout=600, check=True)
+    report = json.loads(figures.read_text())
+    assert report["arch"] == "Arch_04" and report["solver_threads"] == 1 and report["surrogate_threads"] >= 1
+    (row,) = report["sizes"]
+    assert (row["size"], row["hours"], row["start_s"]) == (32, 1, 600.0)
+    solver, surrogate = row["solver"], row["surrogate"]
+    # The solver's hour is the difference of its two runs, which took the same steps up to the start.
+    assert solver["identical_start"] and solver["time_steps"] > 0
+    assert 0 < solver["seconds_to_start"] < solver["seconds_to_end"]
+    assert abs(solver["seconds_per_hour"] - (solver["seconds_to_end"] - solver["seconds_to_start"])) < 1e-9
+    assert surrogate["feature_seconds"] > 0 and surrogate["seconds_per_hour"] > 0
+    assert abs(surrogate["seconds_per_hour_with_features"]
+               - (surrogate["seconds_per_hour"] + surrogate["feature_seconds"])) < 1e-9
+    assert math.isclose(row["ratio"], solver["seconds_per_hour"] / surrogate["seconds_per_hour"], rel_tol=1e-9)
+    assert math.isclose(row["ratio_with_features"],
+                        solver["seconds_per_hour"] / surrogate["seconds_per_hour_with_features"], rel_tol=1e-9)
+    (hour,) = surrogate["per_hour"]
+    assert 1 <= hour["closure_passes"] <= report["max_iterations"] and hour["patches_predicted"] >= 1
+    assert 0 < hour["seconds"] <= surrogate["seconds_per_hour"]
+    assert math.isfinite(hour["rae"]) and hour["rae"] >= 0 and 0 < hour["wet_fraction"] <= 1
+    # The printed row carries the same figures, side by side.
+    table_row = re.compile(r"\s*32 x 32\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)x\s+([\d.]+)x")
+    match = next(filter(None, map(table_row.match, result.stdout.splitlines())))
+    solver_s, surrogate_s, _, ratio, with_features = map(float, match.groups())
+    assert abs(solver_s - solver["seconds_per_hour"]) <= 0.005 + 1e-9
+    assert abs(surrogate_s - surrogate["seconds_per_hour"]) <= 0.005 + 1e-9
+    assert abs(ratio - row["ratio"]) <= 0.005 + 1e-9
+    assert abs(with_features - row["ratio_with_features"]) <= 0.005 + 1e-9
+    assert "1 thread" in result.stdout and f"{report['surrogate_threads']} CPU threads" in result.stdout
+
+
+def test_predict_benchmark_names_a_missing_model_and_the_command_that_makes_it(tmp_path):
+    missing = tmp_path / "no_run" / "model.pth"
+    result = subprocess.run([sys.executable, "benchmarks/predict.py", "--sizes", "32", "--model", str(missing)],
+                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert str(missing) in result.stderr and "make run" in result.stderr
