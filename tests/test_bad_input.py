@@ -3,8 +3,6 @@ field or value, and that nothing already saved is lost or changed."""
 
 from __future__ import annotations
 
-import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path

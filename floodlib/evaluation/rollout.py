@@ -175,7 +175,6 @@ def rollout_summary(frame: pd.DataFrame, *, model: str, max_iterations: int) -> 
     depth at each step's start, full-domain and over the patch interiors against the same model with true
     rings; and how the closure converged."""
     by_step = {int(k): pooled(group, "abs_error_m", "baseline_m") for k, group in frame.groupby("step")}
-    first = frame[frame["step"] == 1]
     closed = pooled(frame, "closed_error_interiors_m", "step_baseline_interiors_m")
     true_rings = pooled(frame, "patch_error_true_rings_m", "step_baseline_interiors_m")
     passes = frame["passes"].to_numpy()
