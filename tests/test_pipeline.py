@@ -92,7 +92,7 @@ def test_force_redoes_a_stage_and_keeps_the_old_results(own_tiny_run):
     assert [row["name"] for row in new["ranking"]] and (tiny_run / "C" / "C_train_big.ipynb").exists()
     log = (tiny_run / "pipeline.log").read_text()
     assert "--force, previous results kept in" in log
-    assert "stage D was made from earlier results of stage C: the next run without --only redoes it" in log
+    assert "stage D is stale (made from earlier results of stage C): the next run without --only redoes it" in log
     # The next full run redoes D (made from the replaced C) and skips A, B and C.
     old_d = json.loads((tiny_run / "D" / "summary.json").read_text())
     run_pipeline(TINY, outputs=tiny_run.parent)
