@@ -161,3 +161,17 @@ def test_cuda_on_a_machine_without_one_is_a_clear_error_everywhere(tmp_path):
         DomainPredictor(create_model("Arch_02"), np.zeros((321, 321), np.float32), device="cuda:1")
     with pytest.raises(ValueError, match="accelerator='gpu', but this torch .* sees no CUDA device"):
         fit(create_model("Arch_02"), [], [], out_dir=tmp_path, accelerator="gpu")
+
+
+# -- profiles --------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("text, key, lines", [
+    ("name: x\nA: {epochs: 1}\nA: {epochs: 2}\n", "'A'", "lines 2 and 3"),
+    ("name: x\ndata:\n  workers: 1\n  workers: 2\n", "'workers'", "lines 3 and 4"),
+])
+def test_a_key_given_twice_in_a_profile_is_refused(tmp_path, text, key, lines):
+    path = tmp_path / "twice.yaml"
+    path.write_text(text)
+    with pytest.raises(ProfileError, match=f"{path}: not valid YAML .*key {key} appears twice in one mapping "
+                                           f"\\({lines}\\); the first would be silently dropped"):
+        load_profile(path)

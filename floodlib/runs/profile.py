@@ -384,13 +384,28 @@ def _resolve_paths(raw: dict, base: Path) -> None:
                     plan[key] = resolve(plan[key])
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (plain YAML keeps the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} appears twice in one mapping (lines {seen[key] + 1} and "
+                    f"{key_node.start_mark.line + 1}); the first would be silently dropped", key_node.start_mark)
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_profile(path: str | Path) -> Profile:
     """Read and validate a profile; every stage section is checked against its notebook's parameters."""
     path = Path(path)
     if not path.exists():
         raise ProfileError(f"{path}: profile does not exist")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)  # noqa: S506 — a SafeLoader subclass
     except yaml.YAMLError as error:
         raise ProfileError(f"{path}: not valid YAML ({error})") from None
     if not isinstance(raw, dict):
