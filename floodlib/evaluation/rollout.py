@@ -25,7 +25,7 @@ import pandas as pd
 import torch
 
 from floodlib.data.store import Simulation, read_simulation
-from floodlib.evaluation.metrics import resolve_device
+from floodlib.evaluation.metrics import MetricSpec, resolve_device
 from floodlib.models.constants import PATCH_CELLS
 from floodlib.predict import DomainPredictor, PredictError, Rollout, StoredBoundary, Tiling, predict_plan
 
@@ -130,9 +130,11 @@ def roll_out_plans(model, plans: Sequence[tuple[str, str | Path]], *, start_s: f
                 "split": split, "project": simulation.project, "plan": simulation.plan, "start_min": start / 60,
                 "step": k, "time_min": (start + k * delta_t_s) / 60,
                 "abs_error_m": float(np.abs(predicted - truth).sum()), "baseline_m": baseline,
-                "rae": ratio(float(np.abs(predicted - truth).sum()), baseline),
+                "rae": domain_rae(rollout.depths[k], simulation.water_depth[frame + step_frames],
+                                  simulation.water_depth[first])[0],
                 "one_step_error_m": float(np.abs(one_step_depth - truth).sum()), "one_step_baseline_m": one_step_baseline,
-                "one_step_rae": ratio(float(np.abs(one_step_depth - truth).sum()), one_step_baseline),
+                "one_step_rae": domain_rae(one_step.depth, simulation.water_depth[frame + step_frames],
+                                           simulation.water_depth[frame])[0],
                 "closed_error_interiors_m": closed, "patch_error_true_rings_m": patch,
                 "step_baseline_interiors_m": step_baseline,
                 "closed_rae_interiors": ratio(closed, step_baseline),
@@ -145,6 +147,25 @@ def roll_out_plans(model, plans: Sequence[tuple[str, str | Path]], *, start_s: f
                 "residuals_m": " ".join(f"{value:.3g}" for value in step.residuals),
             })
     return pd.DataFrame(rows), rollouts
+
+
+def domain_rae(prediction: np.ndarray, truth: np.ndarray, depth_start: np.ndarray, *,
+               min_mean_change_m: float = MetricSpec().min_mean_change_m) -> tuple[float, bool]:
+    """Full-domain RAE against the no-change baseline from the start, and whether its denominator is too
+    small to mean anything (mean |truth - depth_start| below ``min_mean_change_m``, m).
+
+    ``prediction``, ``truth``, ``depth_start``: (rows, cols), m; cells where the truth or the start is NaN
+    are left out. 0 / 0 gives NaN, x / 0 infinity; both are flagged small.
+    """
+    inside = np.isfinite(truth) & np.isfinite(depth_start)
+    truth, start = truth[inside].astype(np.float64), depth_start[inside].astype(np.float64)
+    error = float(np.abs(prediction[inside].astype(np.float64) - truth).sum())
+    change = float(np.abs(truth - start).sum())
+    cells = int(inside.sum())
+    small = cells == 0 or change / cells < min_mean_change_m
+    if change > 0:
+        return error / change, small
+    return (math.nan if error == 0 else math.inf), True
 
 
 def ratio(numerator: float, denominator: float) -> float:

@@ -251,7 +251,7 @@ class DomainPredictor:
         writable = self._inside & ~torch.as_tensor(fixed, device=self.device)
         watched = torch.as_tensor(np.flatnonzero(self._some_ring & ~fixed), device=self.device)
         residuals, predicted, memory = [], 0, {}
-        self._weight = self.relaxation
+        weight = self.relaxation
         for _ in range(self.max_iterations):
             previous = state.clone()
             for grid in self.pass_order:
@@ -260,9 +260,9 @@ class DomainPredictor:
             # how far the pass moved the ring cells: the distance between the guess and what the grids predict
             residual = float((state[watched] - previous[watched]).abs().max()) if len(watched) else 0.0
             if residuals and residual >= residuals[-1]:  # not shrinking: an oscillation through the rings; damp it
-                self._weight = max(self._weight / 2, MIN_RELAXATION)
-            if self._weight < 1:  # the damped pass: part of the way from the guess to the pass's answer
-                state.copy_(previous + self._weight * (state - previous))
+                weight = max(weight / 2, MIN_RELAXATION)
+            if weight < 1:  # the damped pass: part of the way from the guess to the pass's answer
+                state.copy_(previous + weight * (state - previous))
             residuals.append(residual)
             if residual < self.tolerance_m:
                 break
@@ -270,7 +270,7 @@ class DomainPredictor:
         depth[self.mask] = np.nan
         return StepResult(depth=depth, residuals=residuals, converged=residuals[-1] < self.tolerance_m,
                           patches_predicted=predicted, seconds=time.perf_counter() - started,
-                          relaxation=self._weight)
+                          relaxation=weight)
 
     def _update(self, grid: str, now: torch.Tensor, state: torch.Tensor, writable: torch.Tensor,
                 memory: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> int:

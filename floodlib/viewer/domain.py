@@ -22,6 +22,7 @@ import numpy as np
 
 from floodlib.data.store import Simulation
 from floodlib.evaluation.metrics import MetricSpec
+from floodlib.evaluation.rollout import domain_rae
 from floodlib.predict import DomainPredictor, PredictError, Rollout, StepResult, plan_start_frame, predict_plan
 
 PANELS = ("solver depth (m)", "surrogate depth (m)", "difference: surrogate − solver (m)")
@@ -82,25 +83,6 @@ def solver_depths(simulation: Simulation, times_s: np.ndarray) -> tuple[np.ndarr
     weight = (position - before)[:, None, None].astype(np.float32)
     depth = (1 - weight) * simulation.water_depth[before] + weight * simulation.water_depth[after]
     return depth.astype(np.float32), True
-
-
-def domain_rae(prediction: np.ndarray, truth: np.ndarray, depth_start: np.ndarray, *,
-               min_mean_change_m: float = MetricSpec().min_mean_change_m) -> tuple[float, bool]:
-    """Full-domain RAE against the no-change baseline from the start, and whether its denominator is too
-    small to mean anything (mean |truth - depth_start| below ``min_mean_change_m``, m).
-
-    ``prediction``, ``truth``, ``depth_start``: (rows, cols), m; cells where the truth or the start is NaN
-    are left out. 0 / 0 gives NaN, x / 0 infinity; both are flagged small.
-    """
-    inside = np.isfinite(truth) & np.isfinite(depth_start)
-    truth, start = truth[inside].astype(np.float64), depth_start[inside].astype(np.float64)
-    error = float(np.abs(prediction[inside].astype(np.float64) - truth).sum())
-    change = float(np.abs(truth - start).sum())
-    cells = int(inside.sum())
-    small = cells == 0 or change / cells < min_mean_change_m
-    if change > 0:
-        return error / change, small
-    return (math.nan if error == 0 else math.inf), True
 
 
 def format_domain_rae(rae: float, small_denominator: bool, *, step: int, start_s: float) -> str:
