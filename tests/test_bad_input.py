@@ -3,8 +3,14 @@ field or value, and that nothing already saved is lost or changed."""
 
 from __future__ import annotations
 
+import os
+import re
+import signal
+import socket
+import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -53,6 +59,17 @@ def test_a_profile_changed_after_the_run_is_refused_and_nothing_is_touched(run_c
                                            "other settings.*nothing was run or changed.*--force"):
         run_pipeline(edited, stages=["D"], run_dir=run_copy)
     assert snapshot(run_copy) == before  # params.yaml included: the folder still describes its results
+
+
+def test_forcing_a_stage_over_changed_earlier_stages_is_refused(run_copy, tmp_path):
+    # New splits, then `--only D --force`: D would score C's models on plans they trained on.
+    edited = profile_with(run_copy, tmp_path, lambda raw: raw["data"]["splits"].update(test_plans=1))
+    before = snapshot(run_copy)
+    with pytest.raises(ProfileError, match=f"--force redoes stage D, but stage\\(s\\) A, B, C of run folder {run_copy}, "
+                                           "whose results it uses, were made with other settings.*--only A --only B "
+                                           "--only C --only D --force.*nothing was run or changed"):
+        run_pipeline(edited, stages=["D"], force=True, run_dir=run_copy)
+    assert snapshot(run_copy) == before
 
 
 def test_a_default_spelled_out_is_not_a_change(run_copy, tmp_path):
@@ -175,3 +192,300 @@ def test_a_key_given_twice_in_a_profile_is_refused(tmp_path, text, key, lines):
     with pytest.raises(ProfileError, match=f"{path}: not valid YAML .*key {key} appears twice in one mapping "
                                            f"\\({lines}\\); the first would be silently dropped"):
         load_profile(path)
+
+
+# -- profiles: every setting checked before anything starts ---------------------------------------------------
+
+def _smoke_with(tmp_path: Path, change) -> Path:
+    raw = yaml.safe_load((ROOT / "params" / "smoke.yaml").read_text())
+    change(raw)
+    path = tmp_path / "profile.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def _drop_fetch(raw, path):
+    terrain = raw["data"]["simulate"][1]["terrain"]
+    terrain.pop("fetch")
+    terrain["path"] = path
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda r: r["B"].update(layers=[14, 6]), r"section B: layers = \[14, 6\]: expected \[low, high\] with 2 <= low <= high"),
+    (lambda r: r["B"].update(layers=[0, 6]), r"section B: layers = \[0, 6\]: expected"),
+    (lambda r: r["B"].update(attentions=[-1, 2]), r"section B: attentions = \[-1, 2\]: expected \[low, high\] with 0 <= low"),
+    (lambda r: r["B"].update(layers=[3, 8], attentions=[2, 3]),
+     r"attentions = \[2, 3\] with layers = \[3, 8\]: Arch_04 fits at most layers - 2 = 1 attention"),
+    (lambda r: r["B"].update(lr_range=[0.01, 0.001]), r"section B: lr_range = \[0.01, 0.001\]: expected \[low, high\] with 0 < low"),
+    (lambda r: r["B"].update(lr_range=[-0.01, 0.001]), r"section B: lr_range = \[-0.01, 0.001\]"),
+    (lambda r: r["B"].update(channels=[]), r"section B: channels = \[\]: .*one or more positive channel counts"),
+    (lambda r: r["B"].update(channels=[0, 16]), r"section B: channels = \[0, 16\]"),
+    (lambda r: r["B"].update(downsamplers=["bilinear"]), r"section B: downsamplers = \['bilinear'\]: .*unknown downsampler 'bilinear'"),
+    (lambda r: r["B"].update(downsamplers=[]), r"section B: downsamplers = \[\]: .*at least one downsampler"),
+    (lambda r: r.update(D={"test_split": "big_tset"}), r"D.test_split: unknown split\(s\) \['big_tset'\]; this profile's data makes \[.*'big_test'"),
+    (lambda r: r.update(D={"splits": ["big_test", "valley_tset"]}), r"D.splits: unknown split\(s\) \['valley_tset'\]"),
+    (lambda r: r["A"].update(models=["Arch_02", "Arch_03"]), r"A.models = \['Arch_02', 'Arch_03'\]: stage B tunes Arch_04 .* add Arch_04"),
+    (lambda r: r["C"].update(models=["Arch_99"]), r"section C: models = \['Arch_99'\]: .*unknown model 'Arch_99'"),
+    (lambda r: _drop_fetch(r, "/nonexistent/dem.tif"), r"data.simulate.1.terrain.path = /nonexistent/dem.tif: no such file; expected a GeoTIFF"),
+    (lambda r: r["data"].update(hecras=[{"file": "/nonexistent/plan.p01.hdf"}]),
+     r"data.hecras.0.file = /nonexistent/plan.p01.hdf: no such file; expected a HEC-RAS plan results file"),
+    (lambda r: r["data"]["simulate"].append(dict(r["data"]["simulate"][0])),
+     r"data.simulate: project name\(s\) \['valley'\] given more than once"),
+    (lambda r: r["data"]["simulate"][0].update(terrain={"kind": "valley", "valley": {"slop": 0.01}}),
+     r"data.simulate.0.terrain = .*valley: .*'slop'"),
+    (lambda r: r["data"]["samples"].update(stride_cells=0), r"data.samples: .*unexpected keyword argument 'stride_cells'"),
+    (lambda r: r["data"]["splits"].update(test_plans=-1), r"data.splits: SplitSpec.test_plans=-1 must be a positive integer"),
+    (lambda r: r["data"]["splits"].update(test_projects=["valley_stepe"]), r"data.splits.test_projects: unknown project\(s\) \['valley_stepe'\]"),
+], ids=["B-layers-reversed", "B-layers-zero", "B-attentions-negative", "B-attentions-beyond-layers", "B-lr-reversed",
+        "B-lr-negative", "B-channels-empty", "B-channels-zero", "B-downsampler-unknown", "B-downsamplers-empty",
+        "D-test-split-unknown", "D-splits-unknown", "A-without-Arch_04", "C-model-unknown", "DEM-missing",
+        "HEC-RAS-missing", "project-twice", "valley-field-unknown", "samples-bad", "splits-bad", "test-project-unknown"])
+def test_a_bad_setting_is_refused_when_the_profile_is_read_before_anything_runs(tmp_path, change, message):
+    path = _smoke_with(tmp_path, change)
+    outputs = tmp_path / "outputs"
+    with pytest.raises(ProfileError, match=f"(?s)^{re.escape(str(path))}: .*{message}"):
+        run_pipeline(path, outputs=outputs)
+    assert not outputs.exists()  # nothing was started, not even the run folder
+
+
+def test_the_split_names_a_profile_can_name_are_the_ones_its_data_makes(tiny_run):
+    from floodlib.runs import open_run
+
+    run = open_run(tiny_run)
+    profile = load_profile(tiny_run / "params.yaml")
+    from floodlib.data.dataset import discover_plans, split_plans
+
+    plans = split_plans(discover_plans(run.data_dir), profile.data.split_spec())
+    assert "test_projects" in plans  # the tiny profile holds a project out
+    assert sorted(profile.data.split_spec().split_names(profile.data.project_names())) == sorted(plans)
+
+
+# -- one process per run folder and per model; processes that end with what started them -----------------------
+
+def _pipeline(run_dir: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "floodlib.pipeline", str(ROOT / "params" / "tiny.yaml"),
+                             "--run-dir", str(run_dir), *extra], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for(condition, what: str, timeout_s: float = 120.0):
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def _stage_a_running(run_dir: Path) -> bool:
+    log = run_dir / "pipeline.log"
+    return log.exists() and "stage A: running" in log.read_text()
+
+
+def test_a_second_pipeline_on_a_busy_run_folder_is_refused_and_a_killed_one_takes_its_workers_with_it(tmp_path):
+    import psutil
+
+    run_dir = tmp_path / "run"
+    first = _pipeline(run_dir)
+    try:
+        _wait_for(lambda: _stage_a_running(run_dir), "stage A to start")
+        # Stage A's kernel simulates the data with two worker processes: wait until they run.
+        _wait_for(lambda: len(psutil.Process(first.pid).children(recursive=True)) >= 3, "the simulation workers")
+        before = snapshot(run_dir)
+        second = _pipeline(run_dir)
+        _, error = second.communicate(timeout=120)
+        assert second.returncode == 1
+        assert f"{run_dir}: the run folder is in use by process {first.pid} on " in error, error
+        assert "Traceback" not in error
+        family = psutil.Process(first.pid).children(recursive=True)
+        assert snapshot(run_dir)["pipeline.log"] == before["pipeline.log"]  # the refused run wrote nothing
+    finally:
+        first.kill()
+        first.wait(timeout=60)
+    gone, alive = psutil.wait_procs(family, timeout=15)
+    assert not alive, f"still running after the pipeline was killed: {[p.info for p in alive]}"
+    # The lock died with its holder: the next run may start (refusing here only for its stale stage A).
+    from floodlib.data.locks import hold_folder
+
+    with hold_folder(run_dir, what="run folder"):
+        pass
+
+
+def test_ctrl_c_stops_the_pipeline_with_one_line_and_logs_it(tmp_path):
+    run_dir = tmp_path / "run"
+    process = _pipeline(run_dir)
+    # The kernel writes its own messages to A/kernel.log, not to the terminal: once it exists, the kernel runs.
+    _wait_for(lambda: (run_dir / "A" / "kernel.log").exists(), "stage A's kernel to start")
+    time.sleep(2)
+    process.send_signal(signal.SIGINT)
+    _, error = process.communicate(timeout=120)
+    assert process.returncode == 130
+    assert error.strip().splitlines() == [
+        f"floodlib pipeline: interrupted during stage A; completed stages are kept in {run_dir}, and the same "
+        f"command continues from stage A (log: {run_dir / 'pipeline.log'})"]
+    assert "stage A: interrupted (Ctrl-C)" in (run_dir / "pipeline.log").read_text()
+
+
+def test_a_killed_simulation_leaves_no_worker_writing(tmp_path):
+    import psutil
+
+    script = (f"import sys; sys.path.insert(0, {str(ROOT)!r})\n"
+              "from floodlib.data.simulate import ProjectSpec, simulate_project\n"
+              "simulate_project(ProjectSpec(name='valley', seed=3, n_plans=4, rows=96, cols=96, duration_s=36000),"
+              f" {str(tmp_path / 'data')!r}, workers=2, progress=False)\n")
+    parent = subprocess.Popen([sys.executable, "-c", script])
+    try:
+        _wait_for(lambda: len(psutil.Process(parent.pid).children(recursive=True)) >= 2, "two workers", 60)
+        workers = psutil.Process(parent.pid).children(recursive=True)
+    finally:
+        parent.kill()
+        parent.wait(timeout=30)
+    _, alive = psutil.wait_procs(workers, timeout=15)
+    assert not alive
+    assert not list((tmp_path / "data").rglob("*.h5"))  # no plan finished, and none is written after the kill
+
+
+def test_two_trainings_of_one_model_in_one_folder_are_refused(tmp_path):
+    from floodlib.data.locks import FolderBusyError
+
+    holder = subprocess.Popen([sys.executable, "-c", (
+        f"import sys, time; sys.path.insert(0, {str(ROOT)!r})\n"
+        "from floodlib.data.locks import hold_folder\n"
+        f"with hold_folder({str(tmp_path / 'stage' / 'models' / 'Arch_02')!r}, what='training of Arch_02'):\n"
+        "    print('held', flush=True); time.sleep(120)\n")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        sys.path.insert(0, str(Path(__file__).parent))
+        from training_job import datasets
+
+        from floodlib.models import create_model
+        from floodlib.training import fit
+
+        train, val = datasets(tmp_path / "job")
+        with pytest.raises(FolderBusyError, match=f"models/Arch_02: the training of Arch_02 is in use by process "
+                                                  f"{holder.pid} on "):
+            fit(create_model("Arch_02", downsampler="cubic", layers=3, channels=4), train, val,
+                out_dir=tmp_path / "stage", epochs=1, batch_size=8, progress="none")
+        assert not (tmp_path / "stage" / "checkpoints").exists()
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
+
+
+# -- training's own files ------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def small_splits(tmp_path_factory):
+    sys.path.insert(0, str(Path(__file__).parent))
+    from training_job import datasets
+
+    return datasets(tmp_path_factory.mktemp("growing"))
+
+
+@pytest.mark.parametrize("content", [b"", b"PK\x03\x04 cut short"], ids=["empty", "truncated"])
+def test_a_damaged_resume_checkpoint_is_named_with_the_way_out(small_splits, tmp_path, content):
+    from floodlib.models import CheckpointError, create_model
+    from floodlib.training import fit
+
+    last = tmp_path / "checkpoints" / "Arch_02" / "last.ckpt"
+    last.parent.mkdir(parents=True)
+    last.write_bytes(content)
+    train, val = small_splits
+    with pytest.raises(CheckpointError, match=f"{re.escape(str(last))}: the resume checkpoint of an interrupted "
+                                              f"training cannot be read .* mv '{re.escape(str(last))}' "):
+        fit(create_model("Arch_02", downsampler="cubic", layers=3, channels=4), train, val, out_dir=tmp_path,
+            epochs=1, batch_size=8, progress="none")
+    assert last.read_bytes() == content and not (tmp_path / "models" / "Arch_02").exists()
+
+
+def test_a_loss_that_is_nan_from_the_start_does_not_claim_saved_weights(small_splits, tmp_path):
+    import torch
+
+    from floodlib.models import create_model
+    from floodlib.training import NonFiniteLossError, fit
+
+    model = create_model("Arch_02", downsampler="cubic", layers=3, channels=4)
+    with torch.no_grad():
+        model.body.net[0].weight.fill_(float("nan"))
+    train, val = small_splits
+    with pytest.raises(NonFiniteLossError, match="Training stopped; no epoch completed, so no weights were saved"):
+        fit(model, train, val, out_dir=tmp_path, epochs=2, batch_size=8, progress="none")
+    assert not (tmp_path / "models" / "Arch_02" / "model.pth").exists()
+
+
+# -- writes: a full disk named, the previous file kept; the modes any new file gets ----------------------------
+
+FULL_DISK = """
+import resource, signal, sys
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # past the limit a write fails with EFBIG, as a full disk with ENOSPC
+sys.path.insert(0, {root!r})
+import numpy as np
+from floodlib.data.store import WriteError
+from floodlib.models import create_model, save_model
+from floodlib.data.store import atomic_json, write_simulation
+sys.path.insert(0, {tests!r})
+from training_job import growing_flood_plan
+resource.setrlimit(resource.RLIMIT_FSIZE, (20000, 20000))
+try:
+    {call}
+except WriteError as error:
+    print(error)
+"""
+
+
+@pytest.mark.parametrize("call, name", [
+    ("save_model(create_model('Arch_02'), sys.argv[1])", "model.pth"),
+    ("write_simulation(sys.argv[1], growing_flood_plan(0))", "plan.h5"),
+    ("atomic_json({'x': 'y' * 100000}, sys.argv[1])", "summary.json"),
+], ids=["checkpoint", "store", "json"])
+def test_a_full_disk_is_named_and_the_previous_file_kept(tmp_path, call, name):
+    target = tmp_path / name
+    target.write_bytes(b"the previous result")
+    script = FULL_DISK.format(root=str(ROOT), tests=str(Path(__file__).parent), call=call)
+    done = subprocess.run([sys.executable, "-c", script, str(target)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"{target}: could not be written: ") and "MB free on its file system" in done.stdout
+    assert "the previous file is intact" in done.stdout
+    assert target.read_bytes() == b"the previous result"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]  # no temporary file left
+
+
+def test_written_files_get_the_umask_mode_not_a_private_one(tmp_path):
+    from floodlib.data.store import atomic_json
+
+    previous = os.umask(0o022)
+    try:
+        path = atomic_json({"a": 1}, tmp_path / "summary.json")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+
+
+# -- the viewer serves where it says, and leaves nothing behind ------------------------------------------------
+
+def test_the_viewer_refuses_a_busy_port_instead_of_moving_to_another(tmp_path):
+    (tmp_path / "params.yaml").write_text("name: x\n")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        done = subprocess.run([sys.executable, "-m", "floodlib.viewer", str(tmp_path), "--port", str(port)],
+                              capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert done.returncode == 1
+    assert f"port {port} on 127.0.0.1 is not free" in done.stderr and "--port 0" in done.stderr
+    assert "at http://" not in done.stdout
+
+
+def test_the_viewer_stopped_by_sigterm_removes_its_temporary_folder(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "params.yaml").write_text("name: x\n")
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    process = subprocess.Popen([sys.executable, "-m", "floodlib.viewer", str(run), "--port", "0"], cwd=ROOT,
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                               env=dict(os.environ, TMPDIR=str(temporary)))
+    announced = process.stdout.readline()
+    assert re.search(r"at http://127\.0\.0\.1:\d+/", announced) and ":0/" not in announced
+    assert [p.name for p in temporary.iterdir() if p.name.startswith("floodlib-viewer-")]
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=60) == 0
+    assert not [p.name for p in temporary.iterdir() if p.name.startswith("floodlib-viewer-")]

@@ -190,7 +190,7 @@ def test_a_stage_notebook_trains_on_two_machines_of_two_processes_from_its_kerne
     assert [row["name"] for row in json.loads((run / "A" / "summary.json").read_text())["ranking"]] == ["Arch_02"]
     assert sorted(str(p.relative_to(run / "A")) for p in (run / "A").rglob("*") if p.is_file()) == [
         "A_train.html", "A_train.ipynb", "figures/learning_curves.png", "figures/preview_small_train.png",
-        "figures/preview_small_val.png", "losses/Arch_02/losses.pt",
+        "figures/preview_small_val.png", "kernel.log", "losses/Arch_02/losses.pt",
         "models/Arch_02/model.pth", "models/Arch_02/summary.json", "summary.json"]
 
 

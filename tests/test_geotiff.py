@@ -15,12 +15,13 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason=f"shared sample data not found at {SHARED}")
 
 
-def write_geotiff(path: Path, values: np.ndarray, *, x0=1000.0, y0=2000.0, dx=1.0, nodata=None, compress=None):
+def write_geotiff(path: Path, values: np.ndarray, *, x0=1000.0, y0=2000.0, dx=1.0, nodata=None, compress=None,
+                  crs="EPSG:26915"):
     import rasterio
-    from rasterio.transform import from_origin
+    from rasterio.transform import Affine
 
     profile = dict(driver="GTiff", width=values.shape[1], height=values.shape[0], count=1, dtype="float32",
-                   crs="EPSG:26915", transform=from_origin(x0, y0, dx, dx), nodata=nodata)
+                   crs=crs, transform=Affine(dx, 0.0, x0, 0.0, -dx, y0), nodata=nodata)
     if compress:
         profile["compress"] = compress
     with rasterio.open(path, "w", **profile) as dataset:
@@ -35,6 +36,7 @@ def test_reads_the_minnesota_lidar_tile():
     assert raster.values.dtype == np.float32
     assert raster.dx == pytest.approx(1.0) and raster.dy == pytest.approx(1.0)
     assert raster.crs == "EPSG:26915"
+    assert raster.units_factor == 1.0 and raster.source_units == "metre"
     assert np.nanmin(raster.values) == pytest.approx(379.66, abs=0.01)
     assert np.nanmax(raster.values) == pytest.approx(410.76, abs=0.01)
     west, south, east, north = raster.bounds
@@ -47,6 +49,7 @@ def test_reads_the_deflate_compressed_muncie_terrain():
     assert raster.values.shape == (821, 1265)
     assert raster.dx == pytest.approx(5.0531, abs=1e-4)
     assert raster.crs == "EPSG:6458"
+    assert raster.units_factor == 1.0 and raster.source_units == "metre"
     finite = raster.values[np.isfinite(raster.values)]
     # The nodata tag (-3.4e38) never leaks through as an elevation.
     assert finite.min() == pytest.approx(277.2, abs=0.1) and finite.max() == pytest.approx(306.3, abs=0.1)
@@ -87,3 +90,51 @@ def test_missing_or_unreadable_files(tmp_path):
         read_geotiff(broken)
     raster = Raster(values=np.zeros((2, 2), np.float32), x0=0, y0=0, dx=1, dy=1)
     assert raster.bounds == (0, -2, 2, 0)
+
+
+@pytest.mark.parametrize("crs, factor, units", [
+    ("EPSG:2222", 0.3048, "international foot"),  # NAD83 / Arizona East (ft)
+    ("EPSG:2236", 1200 / 3937, "US survey foot"),  # NAD83 / Florida East (ftUS)
+], ids=["international_foot", "us_survey_foot"])
+def test_a_raster_in_feet_is_read_in_metres(tmp_path, crs, factor, units):
+    values = 300.0 + np.arange(30, dtype=np.float32).reshape(5, 6) * 0.5  # elevations in the same feet
+    raster = read_geotiff(write_geotiff(tmp_path / "feet.tif", values, x0=640000.0, y0=1500000.0, dx=3.0, crs=crs))
+    assert raster.units_factor == factor and raster.source_units == units
+    assert raster.crs == crs
+    assert raster.dx == pytest.approx(3.0 * factor, rel=1e-15) and raster.dy == pytest.approx(3.0 * factor, rel=1e-15)
+    assert raster.x0 == pytest.approx(640000.0 * factor, rel=1e-15)
+    assert raster.y0 == pytest.approx(1500000.0 * factor, rel=1e-15)
+    assert raster.values.dtype == np.float32
+    np.testing.assert_array_equal(raster.values, (values.astype(np.float64) * factor).astype(np.float32))
+    # Sampling takes metres: pixel (2, 3)'s centre, converted, gives its elevation in metres.
+    x = np.array([(640000.0 + 3.5 * 3.0) * factor])
+    y = np.array([(1500000.0 - 2.5 * 3.0) * factor])
+    assert_allclose(sample_raster(raster, x=x, y=y), [values[2, 3] * factor], rtol=1e-6)
+
+
+def test_a_dem_in_us_survey_feet_at_1_m_pixels_makes_metre_terrain(tmp_path):
+    from floodlib.data.terrain import DemSource, dem_terrain
+
+    foot = 1200 / 3937
+    values = (1000.0 + np.add.outer(np.arange(90.0), np.arange(90.0)) * 0.1).astype(np.float32)
+    path = write_geotiff(tmp_path / "ftus.tif", values, x0=500000.0, y0=800000.0, dx=1 / foot, crs="EPSG:2236")
+    terrain = dem_terrain(DemSource(str(path), row_offset=2, col_offset=3), rows=8, cols=8)
+    assert terrain.elevation.shape == (81, 81)
+    assert_allclose(terrain.elevation, values[2:83, 3:84].astype(np.float64) * foot, rtol=1e-7)
+    assert terrain.origin_x == pytest.approx(500000.0 * foot + 3.5, rel=1e-12)
+    assert terrain.origin_y == pytest.approx(800000.0 * foot - 2.5, rel=1e-12)
+    assert terrain.description["source_units"] == "US survey foot"
+    assert terrain.description["units_factor"] == foot
+
+
+def test_a_georeferenced_raster_without_crs_is_taken_as_metres(tmp_path):
+    values = np.arange(16, dtype=np.float32).reshape(4, 4)
+    raster = read_geotiff(write_geotiff(tmp_path / "local.tif", values, x0=0.0, y0=400.0, dx=1.0, crs=None))
+    assert raster.crs is None and raster.units_factor == 1.0 and raster.source_units == "metre"
+    assert (raster.x0, raster.y0, raster.dx, raster.dy) == (0.0, 400.0, 1.0, 1.0)
+    assert_allclose(raster.values, values)
+
+
+def test_the_smallest_raster_read_is_3_by_3(tmp_path):
+    values = np.arange(9, dtype=np.float32).reshape(3, 3)
+    assert_allclose(read_geotiff(write_geotiff(tmp_path / "three.tif", values)).values, values)

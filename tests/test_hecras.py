@@ -209,7 +209,8 @@ def test_round_trip_through_the_store(tmp_path):
                  "origin_x", "origin_y", "crs", "event", "extra"):
         assert getattr(stored, name) == getattr(direct, name), name
     assert stored.project == "indiana" and stored.plan == "p01"
-    assert stored.extra == {"hecras_first_output": "1900-01-02 00:00:00"}
+    assert stored.extra == {"hecras_first_output": "1900-01-02 00:00:00", "source_units": "SI",
+                            "source_units_from": "Units System"}
 
 
 def test_ghost_cells_are_ignored(tmp_path, backwater):
@@ -331,6 +332,30 @@ def test_uneven_output_times(tmp_path):
 
     assert_fails(tmp_path, edited_copy(tmp_path, BACKWATER, shift), "Time Date Stamp (ms)", "not evenly spaced",
                  "4200 s between outputs 4 and 5")
+
+
+def test_last_output_off_the_interval_is_dropped(tmp_path, backwater):
+    # The run ended 20 min after its 11:00 output: HEC-RAS writes that end as a last, shorter-spaced output.
+    def end_early(h5):
+        h5[f"{SERIES}/Time Date Stamp (ms)"][12] = b"30DEC1899 11:20:00:000"
+
+    plan = edited_copy(tmp_path, BACKWATER, end_early)
+    with pytest.warns(UserWarning, match=r"backwater_curve\.p01\.hdf: .*Time Date Stamp \(ms\): the last output, "
+                                         r"40800 s after the first \(1899-12-30 11:20:00\), is 1200 s after the one "
+                                         r"before it, off the 3600 s output interval.*dropped"):
+        sim = read_hecras(plan)
+    assert sim.output_interval_s == 3600.0
+    assert_array_equal(sim.water_depth, backwater.water_depth[:12])
+    assert sim.extra["hecras_dropped_output_s"] == 40800.0
+
+
+def test_a_terrain_ratio_that_would_exhaust_memory_is_refused_at_once(tmp_path):
+    # terrain_ratio=1000 once asked for 12001 x 200001 points (9.6 GB) and was killed for memory.
+    message = assert_fails(tmp_path, BACKWATER, "terrain_ratio", "1000", "12,001 x 200,001 = 2,400,212,001 points",
+                           "area 'channel'", "200,000,000", "terrain_ratio <= 288", terrain_ratio=1000)
+    assert "9.6 GB" in message
+    # 289 is the first ratio past the limit (3469 x 57801 points); 288 (3457 x 57601) is within it.
+    assert_fails(tmp_path, BACKWATER, "terrain_ratio", "289", "3,469 x 57,801", terrain_ratio=289)
 
 
 def test_dem_that_does_not_cover_the_grid(tmp_path):

@@ -175,6 +175,8 @@ def test_held_out_projects_and_sampling_are_checked_when_the_profile_loads(tmp_p
         profile["data"][key] = {**profile["data"][key], **value} if isinstance(value, dict) else value
     path = tmp_path / "held_out.yaml"
     path.write_text(yaml.safe_dump(profile))
+    (tmp_path / "plans").mkdir()
+    (tmp_path / "plans" / "muncie.p01.hdf").write_bytes(b"")  # a path that exists; only its name counts here
     with pytest.raises(ProfileError, match=pattern):
         run_pipeline(path, outputs=tmp_path / "outputs")
     assert not (tmp_path / "outputs").exists()
@@ -258,13 +260,15 @@ def test_an_interrupted_search_continues(tiny_run, tmp_path):
 
 def test_a_failing_stage_names_the_executed_notebook(tmp_path):
     profile = yaml.safe_load(TINY.read_text())
-    profile["data"]["simulate"][0]["terrain"] = {"kind": "dem", "path": str(tmp_path / "missing.tif")}
+    # A DEM that exists but is no GeoTIFF: found when the profile loads, refused only when stage A reads it.
+    (tmp_path / "broken.tif").write_bytes(b"not a GeoTIFF")
+    profile["data"]["simulate"][0]["terrain"] = {"kind": "dem", "path": str(tmp_path / "broken.tif")}
     path = tmp_path / "broken.yaml"
     path.write_text(yaml.safe_dump(profile))
     with pytest.raises(StageFailed) as info:
         run_pipeline(path, outputs=tmp_path / "outputs", stages=["A"])
     message = str(info.value)
-    assert "stage A failed in cell" in message and "missing.tif" in message
+    assert "stage A failed in cell" in message and "broken.tif" in message
     assert str(tmp_path / "outputs" / "tiny" / "A" / "A_train.ipynb") in message
     assert not (tmp_path / "outputs" / "tiny" / "A" / "summary.json").exists()
 

@@ -116,9 +116,11 @@ def test_early_stopping_on_a_plateau(splits, tmp_path):
 
 
 @pytest.mark.parametrize(("each_step", "message"), [
-    (None, r"Arch_02: train loss is nan at epoch 1, batch 1\..*best weights so far are in"),
+    (None, r"Arch_02: train loss is nan at epoch 1, batch 1\..*no epoch of this run completed; .*model.pth still "
+           r"holds the weights saved before it"),
     # As on a GPU: the first bad batch is recorded on the device and reported before the epoch's validation.
-    (False, r"Arch_02: train loss is not finite at epoch 1, batch 1\..*best weights so far are in"),
+    (False, r"Arch_02: train loss is not finite at epoch 1, batch 1\..*no epoch of this run completed; .*model.pth "
+            r"still holds the weights saved before it"),
 ])
 def test_non_finite_loss_stops_with_a_clear_message_and_keeps_the_last_good_model(splits, tmp_path, monkeypatch,
                                                                                    each_step, message):

@@ -210,6 +210,17 @@ class SplitSpec:
         if self.small_project and self.small_project not in known:
             raise ValueError(f"{where}.small_project: unknown project {self.small_project!r}; the projects are {known}")
 
+    def split_names(self, projects: Sequence[str]) -> list[str]:
+        """The names of the splits :func:`split_plans` makes of ``projects`` (sorted by name, as discovered),
+        without reading a plan: for checking a stage's settings before any data exists."""
+        projects = sorted(dict.fromkeys(projects))
+        training = [project for project in projects if project not in self.test_projects]
+        names = ["small_train", "small_val", "big_train", "big_val", "big_test"]
+        names += [TEST_PROJECTS_SPLIT] if self.test_projects else []
+        for project in training:
+            names += [f"{project}_train_val", f"{project}_test"]
+        return names + [f"{project}_test" for project in self.test_projects]
+
 
 def discover_plans(data_dir: str | Path) -> dict[str, list[Path]]:
     """Plans of a data folder laid out as ``<data_dir>/<project>/<plan>.h5``, projects and plans sorted by name."""

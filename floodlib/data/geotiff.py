@@ -1,7 +1,13 @@
-"""Terrain rasters: read a GeoTIFF DEM (rasterio) and sample it onto a store's terrain points."""
+"""Terrain rasters: read a GeoTIFF DEM (rasterio) and sample it onto a store's terrain points.
+
+A DEM must be georeferenced in a projected CRS whose unit is the metre or a foot: coordinates in
+degrees would be taken for metres (a 1° pixel read as a 1 m one), so a geographic CRS is refused, and a
+DEM in feet is converted to metres as it is read (:func:`read_geotiff`).
+"""
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -9,18 +15,33 @@ import numpy as np
 
 from floodlib.data.store import SimulationFileError
 
+# Metres per foot, exact by definition: the international foot (1959) and the US survey foot
+# (1200/3937 m). PROJ reports the latter as 0.30480060960121924, one ulp away from 1200/3937.
+INTERNATIONAL_FOOT_M = 0.3048
+US_SURVEY_FOOT_M = 1200 / 3937
+_LINEAR_UNITS = (("metre", 1.0), ("international foot", INTERNATIONAL_FOOT_M), ("US survey foot", US_SURVEY_FOOT_M))
+# Fewer pixels a side is a sample, not a surface: 3 is the smallest raster with a pixel that has
+# neighbours on every side, so that slope is defined everywhere in its interior.
+MIN_RASTER_PIXELS = 3
+_REPROJECT_HINT = ("reproject it first, e.g. gdalwarp -t_srs EPSG:<UTM zone in metres> -tr 1 1 -r bilinear "
+                   "in.tif out.tif")
+
 
 @dataclass
 class Raster:
-    """A north-up raster.
+    """A north-up raster, in metres.
 
     Attributes
     ----------
-    values : (rows, cols) float32, NaN where the file has no data.
+    values : (rows, cols) float32, elevation in m, NaN where the file has no data.
     x0, y0 : west and north edges of the raster (outer corner of pixel row 0, column 0), m.
     dx, dy : pixel width and height, m (both positive; rows run south).
     crs : the coordinate reference system as ``EPSG:<code>`` or WKT, or None.
     path : where it was read from (for messages).
+    units_factor : metres per unit of the file's CRS (1.0 for a CRS in metres, 0.3048 for the
+        international foot, 1200/3937 for the US survey foot). ``x0, y0, dx, dy`` and ``values`` have
+        been multiplied by it: coordinates in the CRS itself are ``x0 / units_factor`` and so on.
+    source_units : name of that unit (``"metre"``, ``"international foot"``, ``"US survey foot"``).
     """
 
     values: np.ndarray
@@ -30,6 +51,8 @@ class Raster:
     dy: float
     crs: str | None = None
     path: str = "<raster>"
+    units_factor: float = 1.0
+    source_units: str = "metre"
 
     @property
     def bounds(self) -> tuple[float, float, float, float]:
@@ -38,46 +61,122 @@ class Raster:
         return self.x0, self.y0 - rows * self.dy, self.x0 + cols * self.dx, self.y0
 
 
-def read_geotiff(path: str | Path, band: int = 1) -> Raster:
-    """Read one band of a GeoTIFF (any compression GDAL reads) as float32, nodata as NaN.
+def _crs_text(crs) -> str:
+    epsg = crs.to_epsg()
+    return f"EPSG:{epsg}" if epsg else crs.to_wkt()
 
-    Raises :class:`SimulationFileError` for a missing or unreadable file or a rotated/south-up grid.
+
+def _crs_for_message(text: str) -> str:
+    """A CRS short enough to read in a message: an EPSG code, or the start of its WKT."""
+    return text if len(text) <= 100 else text[:80] + "..."
+
+
+def _linear_unit(path: Path, crs) -> tuple[str, float]:
+    """(name, metres per unit) of ``crs``'s linear unit; refuses degrees and units other than metre or foot."""
+    from rasterio.errors import CRSError
+
+    text = _crs_for_message(_crs_text(crs))
+    if crs.is_geographic:
+        raise SimulationFileError(
+            f"{path}: crs: {text} is a geographic CRS (coordinates in degrees); expected a projected CRS in metres "
+            f"(a DEM's pixel size and the 10 m grid are in metres); {_REPROJECT_HINT}")
+    try:
+        name, factor = crs.linear_units_factor
+    except CRSError:
+        raise SimulationFileError(
+            f"{path}: crs: {text} is neither geographic nor projected and has no linear unit; expected a projected CRS "
+            f"in metres; {_REPROJECT_HINT}") from None
+    for known, metres in _LINEAR_UNITS:
+        # Tight enough to tell the US survey foot (2e-6 relative) from the international one, and both
+        # from the Clarke's, Indian and Gold Coast feet, which are refused below.
+        if abs(factor - metres) <= 1e-12 * metres:
+            return known, metres
+    raise SimulationFileError(
+        f"{path}: crs: {text} is in {name!r} ({factor!r} m each); expected a projected CRS in metres (or in "
+        f"international or US survey feet, converted as read); {_REPROJECT_HINT}")
+
+
+def read_geotiff(path: str | Path, band: int = 1) -> Raster:
+    """Read one band of a GeoTIFF (any compression GDAL reads) as float32 metres, nodata as NaN.
+
+    The file must be georeferenced by a north-up geotransform, be at least ``MIN_RASTER_PIXELS``
+    (3) pixels a side, and have one of:
+
+    - a projected CRS in metres: read as it is;
+    - a projected CRS in international or US survey feet: pixel size, origin and elevations are
+      multiplied by the foot's exact length in metres (recorded as ``units_factor`` and
+      ``source_units`` on the result). The elevations are assumed to be in the same foot as the
+      coordinates (a vertical unit the file may state is not read);
+    - no CRS but a geotransform other than the identity: everything is assumed to be in metres
+      already (a local survey grid); nothing in the file can confirm or refute it.
+
+    Raises
+    ------
+    SimulationFileError
+        naming the file, the field, its value and what was expected: a missing or unreadable file, a
+        band the file lacks, no georeference (the identity geotransform GDAL reports for a bare image,
+        or ground control points only), a rotated or south-up grid, a geographic CRS (degrees), a CRS
+        in any other unit, or fewer than 3 pixels a side.
     """
     import rasterio
-    from rasterio.errors import RasterioIOError
+    from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 
     path = Path(path)
     if not path.exists():
         raise SimulationFileError(f"{path}: file: does not exist")
     try:
-        with rasterio.open(path) as dataset:
-            if band < 1 or band > dataset.count:
-                raise SimulationFileError(f"{path}: band: {band} is not one of the file's bands 1..{dataset.count}")
-            values = dataset.read(band, masked=True).astype(np.float32).filled(np.nan)
-            transform = dataset.transform
-            crs = dataset.crs
-            nodata = dataset.nodata
+        # The warning is turned into the error below, which names the file.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(path) as dataset:
+                if band < 1 or band > dataset.count:
+                    raise SimulationFileError(
+                        f"{path}: band: {band} is not one of the file's bands 1..{dataset.count}")
+                transform = dataset.transform
+                crs = dataset.crs
+                nodata = dataset.nodata
+                shape = dataset.shape
+                control_points = len(dataset.gcps[0]) if transform.is_identity else 0
+                north_up = transform.b == 0 and transform.d == 0 and transform.a > 0 and transform.e < 0
+                values = None
+                if north_up and not transform.is_identity and min(shape) >= MIN_RASTER_PIXELS:
+                    values = dataset.read(band, masked=True).astype(np.float32).filled(np.nan)
     except RasterioIOError as error:
         raise SimulationFileError(f"{path}: file: is not a readable GeoTIFF ({error})") from None
-    if transform.b != 0 or transform.d != 0 or transform.a <= 0 or transform.e >= 0:
+    if transform.is_identity:
+        how = (f"it has only {control_points} ground control points; warp it onto a grid first, e.g. "
+               "gdalwarp -t_srs EPSG:<code in metres> in.tif out.tif") if control_points else (
+               "georeference it first, e.g. gdal_translate -a_srs EPSG:<code> -a_ullr <west> <north> <east> <south> "
+               "in.tif out.tif")
+        raise SimulationFileError(
+            f"{path}: geotransform: {tuple(transform)[:6]} (pixel size 1, origin 0, 0) is the identity: the file is "
+            f"not georeferenced; expected a north-up geotransform in metres; {how}")
+    if not north_up:
         raise SimulationFileError(
             f"{path}: geotransform: {tuple(transform)[:6]} is rotated or not north-up; expected a north-up grid")
+    if crs is None:
+        crs_text, units, factor = None, "metre", 1.0
+    else:
+        crs_text = _crs_text(crs)
+        units, factor = _linear_unit(path, crs)
+    if min(shape) < MIN_RASTER_PIXELS:
+        raise SimulationFileError(
+            f"{path}: size: {shape[0]}x{shape[1]} pixels (rows x columns) is too small; expected at least "
+            f"{MIN_RASTER_PIXELS}x{MIN_RASTER_PIXELS} pixels of terrain")
     # Some writers store the nodata value with float32 rounding (e.g. -3.4028230607370965e+38).
     if nodata is not None and np.isfinite(nodata):
         values[np.isclose(values, np.float32(nodata), rtol=1e-6)] = np.nan
     values[np.abs(values) > 1e30] = np.nan
-    if crs is None:
-        crs_text = None
-    else:
-        epsg = crs.to_epsg()
-        crs_text = f"EPSG:{epsg}" if epsg else crs.to_wkt()
-    return Raster(values=values, x0=transform.c, y0=transform.f, dx=transform.a, dy=-transform.e,
-                  crs=crs_text, path=str(path))
+    if factor != 1.0:
+        values = (values.astype(np.float64) * factor).astype(np.float32)
+    return Raster(values=values, x0=transform.c * factor, y0=transform.f * factor, dx=transform.a * factor,
+                  dy=-transform.e * factor, crs=crs_text, path=str(path), units_factor=factor, source_units=units)
 
 
 def sample_raster(raster: Raster, *, x: np.ndarray, y: np.ndarray, what: str = "terrain") -> np.ndarray:
-    """Bilinear values of ``raster`` at points (x, y) (m, same CRS). Points must lie within the raster's
-    pixel centres' hull and on data: otherwise a :class:`SimulationFileError` says how many do not and where.
+    """Bilinear values of ``raster`` at points (x, y) (m: the raster's CRS coordinates times its
+    ``units_factor``). Points must lie within the raster's pixel centres' hull and on data: otherwise a
+    :class:`SimulationFileError` says how many do not and where.
     """
     from scipy.ndimage import map_coordinates
 

@@ -14,11 +14,22 @@ Where things live in a plan file (HEC-RAS 5.x and 6.x alike):
 The store wants a regular grid, so only meshes whose cell centres lie on one square lattice (HEC-RAS's
 default square cells, trimmed to an irregular outline) can be read; grid cells outside the outline are
 NaN in ``water_depth``.
+
+Units: the root attribute ``Units System`` says ``SI Units`` (metres) or ``US Customary`` (feet). Plans in
+feet are converted to metres — coordinates, cell size, elevations, depths and a DEM's elevations — with
+the foot of the plan's ``Projection`` when it names one (US survey foot, 1200/3937 m, or international
+foot, 0.3048 m) and the international foot otherwise; the store records the conversion. A file that does
+not state its units is refused unless the caller states them (``units="SI"`` or ``"US"``).
+
+Output times: the store needs one fixed interval. HEC-RAS also writes the simulation's end time as a last
+output when the end falls between two regular outputs; such a last output (closer to the one before it
+than the interval) is dropped with a warning. Any other uneven spacing is refused.
 """
 
 from __future__ import annotations
 
 import re
+import warnings
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -26,7 +37,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from floodlib.data.geotiff import Raster, read_geotiff, sample_raster, terrain_points
+from floodlib.data.geotiff import (INTERNATIONAL_FOOT_M, US_SURVEY_FOOT_M, Raster, read_geotiff, sample_raster,
+                                   terrain_points)
 from floodlib.data.store import Simulation, SimulationFileError, field_error, open_hdf5, write_simulation
 
 AREAS_PATH = "Geometry/2D Flow Areas"
@@ -38,6 +50,12 @@ LATTICE_TOLERANCE = 1e-3
 # Negative depths down to this are single-precision rounding of (water surface − bed); deeper ones are not.
 DEPTH_ROUNDING_M = 1e-3
 TIME_TOLERANCE_S = 1e-3
+# The largest terrain a plan may ask for, in points: 0.8 GB as float32 in the store (2 million cells at
+# the default 10 terrain points per cell edge). terrain_ratio=1000 on a 12 x 200 grid would be 2.4 billion.
+MAX_TERRAIN_POINTS = 200_000_000
+# Terrain points computed at once (nearest-cell search or DEM sampling): bounds the working memory of a
+# large terrain to a few hundred MB beyond the terrain itself.
+TERRAIN_BLOCK_POINTS = 4_000_000
 
 _SECONDS_PER_UNIT = {"days": 86400.0, "day": 86400.0, "hours": 3600.0, "hour": 3600.0,
                      "minutes": 60.0, "minute": 60.0, "seconds": 1.0, "second": 1.0}
@@ -51,8 +69,26 @@ class _Lattice:
     rows: np.ndarray  # (cells,) int, 0 on the north edge
     cols: np.ndarray  # (cells,) int, 0 on the west edge
     shape: tuple[int, int]
-    origin_x: float  # west edge of column 0, m
-    origin_y: float  # north edge of row 0, m
+    origin_x: float  # west edge of column 0, in the plan's length unit
+    origin_y: float  # north edge of row 0, in the plan's length unit
+
+    def scaled(self, metres_per_unit: float) -> "_Lattice":
+        """The same lattice with lengths in metres (``metres_per_unit`` m per unit of the plan)."""
+        if metres_per_unit == 1.0:
+            return self
+        # Micrometre rounding again, as in _fit_lattice: 100 ft cells become exactly 30.48 m.
+        return _Lattice(cell_size=round(self.cell_size * metres_per_unit, 6), rows=self.rows, cols=self.cols,
+                        shape=self.shape, origin_x=self.origin_x * metres_per_unit,
+                        origin_y=self.origin_y * metres_per_unit)
+
+
+@dataclass(frozen=True)
+class _Foot:
+    """The foot a US Customary plan's lengths are in, and why that one."""
+
+    metres: float  # m per foot
+    name: str  # 'US survey foot' or 'international foot'
+    reason: str
 
 
 def list_2d_areas(plan_hdf: str | Path) -> list[str]:
@@ -88,21 +124,30 @@ def read_hecras(
     project: str | None = None,
     plan: str | None = None,
     terrain_ratio: int = 10,
+    units: str | None = None,
 ) -> Simulation:
     """Read one 2D flow area of a HEC-RAS plan's results as a store :class:`Simulation`.
 
     Parameters
     ----------
-    plan_hdf : path of the plan results file (``<project>.pNN.hdf``), SI units.
+    plan_hdf : path of the plan results file (``<project>.pNN.hdf``), in SI or US Customary units.
     area : name of the 2D flow area; None picks the only one (an error lists them if there are several).
+        A plan with several areas is read one area per call.
     terrain : GeoTIFF DEM in the plan's coordinates, sampled bilinearly at the store's terrain points; it
-        must cover the whole grid box (out-of-area cells included) with data. None builds the terrain
-        from HEC-RAS's ``Cells Minimum Elevation``: each terrain point takes the value of the nearest
-        in-area cell (a step surface, coarse but always available).
+        must cover the whole grid box (out-of-area cells included) with data. A DEM with a CRS is read in
+        that CRS's unit (metres, or feet converted to m by :func:`~floodlib.data.geotiff.read_geotiff`); one
+        without a CRS is taken to be in the plan's own units (feet for a US Customary plan). None builds
+        the terrain from HEC-RAS's ``Cells Minimum Elevation``: each terrain point takes the value of the
+        nearest in-area cell (a step surface, coarse but always available).
     project : defaults to the HEC-RAS project name, the file name before ``.pNN`` (``backwater_curve`` for
-        ``backwater_curve.p01.hdf``), so that plans of one project share it.
-    plan : defaults to the plan's short id, else its title, else the file name.
-    terrain_ratio : terrain points per cell edge, r; terrain spacing = cell size / r, m.
+        ``backwater_curve.p01.hdf``), so that plans of one project share it (the areas of one plan too).
+    plan : defaults to the plan's short id, else its title, else the file name; when the plan has more
+        than one 2D area, followed by the area's name in brackets (``Dam Break (Upper 2D Area)``) so that
+        each area of one plan gets its own plan name.
+    terrain_ratio : terrain points per cell edge, r; terrain spacing = cell size / r, m. The terrain's
+        (rows * r + 1) x (cols * r + 1) points may number at most ``MAX_TERRAIN_POINTS`` (200 million).
+    units : ``"SI"`` or ``"US"`` (US Customary, feet) for a file without a ``Units System`` attribute;
+        None (the default) reads the attribute. Stating units that contradict the file's is an error.
 
     Returns
     -------
@@ -112,69 +157,116 @@ def read_hecras(
         (rows * r + 1, cols * r + 1) float32, m; ``cell_size_m`` the lattice spacing; ``output_interval_s``
         the (uniform) spacing of the output times, s; ``origin_x``, ``origin_y`` the north-west corner of
         cell (0, 0) in the plan's coordinates, m; ``crs`` the file's ``Projection`` (WKT) or None.
+        ``extra`` holds ``hecras_first_output`` (the first output's date and time, when the file has
+        stamps), ``source_units`` (``"SI"`` or ``"US Customary"``) and ``source_units_from`` (``"Units
+        System"`` or ``"units argument"``); for a plan in feet also ``converted_from`` (the foot:
+        ``"US survey foot"`` or ``"international foot"``), ``foot_m`` (m per foot) and
+        ``source_origin_x``, ``source_origin_y`` (the corner in the projection's own feet: ``crs`` is
+        still the plan's projection, whose unit is the foot); and ``hecras_dropped_output_s`` (s after the
+        first output) when a last output off the interval was dropped.
+
+    Lengths in feet become metres with the foot the plan's ``Projection`` names: the US survey foot
+    (1200/3937 m) or the international foot (0.3048 m); with no projection, or one that does not say
+    which foot, the international foot (and ``source`` says it was assumed). Elevations and depths use the
+    same foot (the two differ by 2 parts per million, 0.2 mm in 100 ft).
+
+    Warns
+    -----
+    UserWarning
+        When the last output is closer to the one before it than the output interval (the simulation
+        ended between two regular outputs): that output is dropped, and the warning names its time.
 
     Raises
     ------
     SimulationFileError
-        Naming the file, the dataset and the value, for: a missing or unreadable file, an unknown area,
-        no cell centres, centres off a square lattice, non-SI units, uneven output times, no depth data,
-        NaN or negative depths (below −1 mm; shallower negatives are rounding and become 0), or a DEM
-        that does not cover the grid.
+        Naming the file, the dataset or attribute and the value, for: a missing or unreadable file, an
+        unknown area, no cell centres, centres off a square lattice, units that are unknown, not stated
+        (without ``units=``) or contradicted by ``units=``, output times unevenly spaced (other than the
+        dropped last one), no depth data, NaN or negative depths (below −1 mm; shallower negatives are
+        rounding and become 0), a terrain grid over ``MAX_TERRAIN_POINTS`` (refused before anything
+        large is built or read), or a DEM that does not cover the grid.
     """
     path = Path(plan_hdf)
     ratio = _check_terrain_ratio(path, terrain_ratio)
+    stated_units = _check_units_argument(path, units)
     with open_hdf5(path) as h5:
         try:
-            area = _pick_area(path, _area_names(h5, path), area)
+            names = _area_names(h5, path)
+            area = _pick_area(path, names, area)
+            system, system_from = _plan_units(h5, path, stated_units)
+            crs = _attr_text(h5, "Projection")
+            foot = _foot(crs) if system == "US" else None
             count = _cell_count(h5, path, area)
             centres_field = f"{AREAS_PATH}/{area}/Cells Center Coordinate"
             centres = _cell_centres(h5, path, area, count)
-            _check_units(h5, path)
-            lattice = _fit_lattice(path, centres_field, centres)
-            times_s, first_output, times_field = _output_times(h5, path)
+            # The lattice is fitted in the file's own unit, so that lattice errors quote the file's numbers.
+            native = _fit_lattice(path, centres_field, centres, unit="ft" if foot else "m")
+            _check_terrain_size(path, area, native.shape, ratio)
+            times_s, stamps, times_field = _output_times(h5, path)
+            interval_s, kept = _output_interval(path, times_field, times_s)
             depth, depth_field = _cell_depths(h5, path, area, count, len(times_s))
             minimum_elevation = None
             if terrain is None:
                 minimum_elevation = _minimum_elevation(h5, path, area, count)
             version = _version(h5)
-            crs = _attr_text(h5, "Projection")
             plan_id = _plan_id(h5) or path.name
         except (OSError, KeyError, RuntimeError) as error:
             # h5py reports damaged metadata or compressed chunks in any of these ways.
             raise _damaged(path, error) from None
 
-    interval_s = _output_interval(path, times_field, times_s)
-    water_depth = _depth_grid(path, depth_field, depth, lattice)
+    extra: dict = {}
+    if stamps:
+        extra["hecras_first_output"] = stamps[0].isoformat(sep=" ")
+    if kept < len(times_s):
+        dropped = float(round(times_s[-1], 3))
+        when = f" ({stamps[-1].isoformat(sep=' ')})" if stamps else ""
+        warnings.warn(f"{path}: {times_field}: the last output, {dropped:g} s after the first{when}, is "
+                      f"{times_s[-1] - times_s[-2]:g} s after the one before it, off the {interval_s:g} s output "
+                      "interval (the simulation ended between two outputs); it is dropped and the first "
+                      f"{kept} outputs are read", UserWarning, stacklevel=2)
+        extra["hecras_dropped_output_s"] = dropped
+        depth = depth[:kept]
+
+    metres = foot.metres if foot else 1.0
+    lattice = native.scaled(metres)
+    water_depth = _depth_grid(path, depth_field, depth, lattice, metres=metres)
     cell_size = lattice.cell_size
     spacing = cell_size / ratio
     shape = (lattice.shape[0] * ratio + 1, lattice.shape[1] * ratio + 1)
     if terrain is None:
-        terrain_values = _terrain_from_cells(path, area, minimum_elevation, lattice, ratio)
+        terrain_values = _terrain_from_cells(path, area, minimum_elevation * metres, lattice, ratio)
         terrain_text = "terrain from the nearest cell's Cells Minimum Elevation (no DEM given)"
     else:
         raster = read_geotiff(terrain)
         _check_same_crs(path, crs, raster)
-        xs, ys = terrain_points(origin_x=lattice.origin_x, origin_y=lattice.origin_y, spacing=spacing, shape=shape)
-        terrain_values = sample_raster(raster, x=xs, y=ys,
-                                       what=f"terrain for {path.name} area {area} ({shape[0]}x{shape[1]} points "
-                                            f"{spacing:g} m apart)")
-        terrain_text = f"terrain {Path(terrain).name} sampled bilinearly"
+        at, value_scale, dem_text = _dem_units(raster, foot)
+        terrain_values = _sample_dem(raster, native, ratio, at=at, value_scale=value_scale,
+                                     what=f"terrain for {path.name} area {area} ({shape[0]}x{shape[1]} points "
+                                          f"{spacing:g} m apart)")
+        terrain_text = f"terrain {Path(terrain).name} sampled bilinearly{dem_text}"
 
+    extra["source_units"] = "US Customary" if system == "US" else "SI"
+    extra["source_units_from"] = system_from
+    units_text = ""
+    if foot is not None:
+        extra.update(converted_from=foot.name, foot_m=foot.metres, source_origin_x=native.origin_x,
+                     source_origin_y=native.origin_y)
+        units_text = f", US Customary lengths converted to m with the {foot.name} ({foot.metres:.10g} m; {foot.reason})"
     simulation = Simulation(
         project=project if project is not None else project_name_from_file(path),
-        plan=plan if plan is not None else plan_id,
-        terrain=np.asarray(terrain_values, dtype=np.float32),
+        plan=plan if plan is not None else plan_id if len(names) == 1 else f"{plan_id} ({area})",
+        terrain=terrain_values,
         water_depth=water_depth,
         cell_size_m=cell_size,
         terrain_spacing_m=spacing,
         output_interval_s=interval_s,
         source=f"HEC-RAS {version} {path.name} area {area}, depth from {depth_field.rsplit('/', 1)[-1]}, "
-               f"{terrain_text}",
+               f"{terrain_text}{units_text}",
         origin_x=lattice.origin_x,
         origin_y=lattice.origin_y,
         crs=crs,
         event=None,
-        extra={"hecras_first_output": first_output} if first_output else {},
+        extra=extra,
     )
     return simulation.validate(path)
 
@@ -182,8 +274,8 @@ def read_hecras(
 def convert_hecras(plan_hdf: str | Path, out_path: str | Path, **kwargs) -> Path:
     """:func:`read_hecras` then :func:`~floodlib.data.store.write_simulation` (atomic) to ``out_path``.
 
-    Keyword arguments are those of :func:`read_hecras`. Nothing is written when reading fails.
-    Returns the path written.
+    Keyword arguments are those of :func:`read_hecras` (``area``, ``terrain``, ``project``, ``plan``,
+    ``terrain_ratio``, ``units``). Nothing is written when reading fails. Returns the path written.
     """
     return write_simulation(out_path, read_hecras(plan_hdf, **kwargs))
 
@@ -276,17 +368,62 @@ def _cell_centres(h5: h5py.File, path: Path, area: str, count: int) -> np.ndarra
     return centres
 
 
-def _check_units(h5: h5py.File, path: Path) -> None:
-    units = _attr_text(h5, "Units System")
-    # Depths, elevations and coordinates would all be in feet; converting the coordinates would
-    # detach the grid from the plan's (feet-based) projection, so such plans are refused rather than guessed.
-    if units is not None and "SI" not in units.upper().split():
-        raise field_error(path, "Units System", f"is {units!r}; only SI plans (metres) can be read; set the HEC-RAS "
-                    "project to SI units and rerun the plan")
+def _check_units_argument(path: Path, units) -> str | None:
+    """The ``units`` argument as 'SI', 'US' or None."""
+    if units is None:
+        return None
+    if isinstance(units, str) and units.strip().upper() in ("SI", "US"):
+        return units.strip().upper()
+    raise field_error(path, "units", f"{units!r} must be 'SI' (metres), 'US' (US Customary, feet) or None (read the "
+                      "file's 'Units System' attribute)")
 
 
-def _fit_lattice(path: Path, field: str, centres: np.ndarray) -> _Lattice:
-    """Fit one square lattice through all cell centres, or say which centre is off it."""
+def _plan_units(h5: h5py.File, path: Path, stated: str | None) -> tuple[str, str]:
+    """'SI' or 'US', and where that comes from: the file's ``Units System`` or the ``units`` argument."""
+    text = _attr_text(h5, "Units System")
+    if text is None:
+        if stated is None:
+            # Reading feet as metres would shrink every depth and cell by 3.3x without a trace: refuse.
+            raise field_error(path, "Units System", "attribute is missing or empty, so the file does not say whether "
+                              "its lengths are metres or feet; state the HEC-RAS project's unit system with "
+                              "units='SI' (metres) or units='US' (US Customary, feet)")
+        return stated, "units argument"
+    words = text.upper().replace("_", " ").split()
+    if "SI" in words or "METRIC" in words:
+        found = "SI"
+    elif "US" in words or "CUSTOMARY" in words or "ENGLISH" in words:
+        found = "US"
+    else:
+        raise field_error(path, "Units System", f"is {text!r}; expected 'SI Units' (metres) or 'US Customary' (feet)")
+    if stated is not None and stated != found:
+        raise field_error(path, "Units System", f"is {text!r} ({found}), but units={stated!r} was given; the file "
+                          "states its units, so leave units=None (or correct it)")
+    return found, "Units System"
+
+
+def _foot(crs: str | None) -> _Foot:
+    """The foot of a US Customary plan: its projection's, else the international foot."""
+    from rasterio.crs import CRS
+    from rasterio.errors import CRSError
+
+    unit = None
+    if crs is not None:
+        try:
+            unit = CRS.from_wkt(crs).linear_units_factor  # (name, metres per unit)
+        except CRSError:
+            unit = None  # unparseable or not projected: nothing reliable to say which foot
+    if unit is not None and abs(unit[1] - US_SURVEY_FOOT_M) < 1e-12:
+        return _Foot(US_SURVEY_FOOT_M, "US survey foot", f"the unit of the plan's Projection, {unit[0]!r}")
+    if unit is not None and abs(unit[1] - INTERNATIONAL_FOOT_M) < 1e-12:
+        return _Foot(INTERNATIONAL_FOOT_M, "international foot", f"the unit of the plan's Projection, {unit[0]!r}")
+    why = "no Projection" if crs is None else (
+        "a Projection that could not be read" if unit is None else f"a Projection in {unit[0]!r}, not feet")
+    return _Foot(INTERNATIONAL_FOOT_M, "international foot", f"assumed: the plan has {why}")
+
+
+def _fit_lattice(path: Path, field: str, centres: np.ndarray, *, unit: str = "m") -> _Lattice:
+    """Fit one square lattice through all cell centres, or say which centre is off it. Lengths stay in the
+    plan's ``unit`` ('m' or 'ft'), the unit messages quote them in."""
     from scipy.spatial import cKDTree
 
     n = len(centres)
@@ -310,8 +447,8 @@ def _fit_lattice(path: Path, field: str, centres: np.ndarray) -> _Lattice:
         steps.append(float(np.median(np.diff(distinct))) if len(distinct) > 1 else None)
     step_x, step_y = steps
     if step_x is not None and step_y is not None and abs(step_x - step_y) > tolerance:
-        raise field_error(path, field, f"cell centres are {step_x:g} m apart in x but {step_y:g} m apart in y; the store "
-                    "needs square cells (equal x and y spacing)")
+        raise field_error(path, field, f"cell centres are {step_x:g} {unit} apart in x but {step_y:g} {unit} apart in y; "
+                    "the store needs square cells (equal x and y spacing)")
     step = step_x if step_y is None else step_y if step_x is None else 0.5 * (step_x + step_y)
 
     # Integer lattice indices. The lattice's offset comes from the circular mean of every centre's
@@ -341,9 +478,10 @@ def _fit_lattice(path: Path, field: str, centres: np.ndarray) -> _Lattice:
     if off.any():
         cell = int(np.argmax(residual))
         x, y = centres[cell]
-        raise field_error(path, field, f"cell {cell} has its centre at (x, y) = ({x:.3f}, {y:.3f}), {residual[cell]:.3f} m "
-                    f"off the {fitted:g} m square lattice of the other centres ({int(off.sum())} of {n} centres off "
-                    f"by more than {tolerance:g} m); only meshes of square cells on one lattice can be gridded")
+        raise field_error(path, field, f"cell {cell} has its centre at (x, y) = ({x:.3f}, {y:.3f}), "
+                    f"{residual[cell]:.3f} {unit} off the {fitted:g} {unit} square lattice of the other centres "
+                    f"({int(off.sum())} of {n} centres off by more than {tolerance:g} {unit}); only meshes of square "
+                    "cells on one lattice can be gridded")
 
     cols = index[:, 0] - index[:, 0].min()
     rows = index[:, 1].max() - index[:, 1]
@@ -375,9 +513,9 @@ def _parse_stamp(text: str) -> datetime | None:
     return day + timedelta(seconds=seconds)
 
 
-def _output_times(h5: h5py.File, path: Path) -> tuple[np.ndarray, str | None, str]:
-    """Output times (s since the first output), the first output's stamp and the dataset read, from the
-    most exact source."""
+def _output_times(h5: h5py.File, path: Path) -> tuple[np.ndarray, list[datetime] | None, str]:
+    """Output times (s since the first output), the outputs' date stamps (None when the file has only
+    'Time') and the dataset read, from the most exact source."""
     group = h5.get(TIME_SERIES_PATH)
     if not isinstance(group, h5py.Group):
         raise field_error(path, TIME_SERIES_PATH, "group is missing; expected unsteady results (run the plan in HEC-RAS)")
@@ -392,7 +530,7 @@ def _output_times(h5: h5py.File, path: Path) -> tuple[np.ndarray, str | None, st
                 raise field_error(path, f"{TIME_SERIES_PATH}/{name}", f"output {bad[0]} is {texts[bad[0]]!r}; expected a "
                             "stamp like '02JAN1900 00:30:00'")
             seconds = np.array([(stamp - stamps[0]).total_seconds() for stamp in stamps])
-            return seconds, stamps[0].isoformat(sep=" ") if stamps else None, f"{TIME_SERIES_PATH}/{name}"
+            return seconds, stamps or None, f"{TIME_SERIES_PATH}/{name}"
     node = group.get("Time")
     if isinstance(node, h5py.Dataset):
         unit = (_attr_text(node, "Time") or "Days").lower()
@@ -404,17 +542,27 @@ def _output_times(h5: h5py.File, path: Path) -> tuple[np.ndarray, str | None, st
                 "'Time Date Stamp'; expected the output times")
 
 
-def _output_interval(path: Path, field: str, times_s: np.ndarray) -> float:
+def _output_interval(path: Path, field: str, times_s: np.ndarray) -> tuple[float, int]:
+    """The fixed output interval, s, and how many outputs keep to it: all of them, or all but the last when
+    only the last is closer than the interval to the one before it (HEC-RAS writes the end of a simulation
+    that ends between two regular outputs)."""
     if len(times_s) < 2:
         raise field_error(path, field, f"holds {len(times_s)} output time; at least two are needed for an output interval")
     gaps = np.diff(times_s)
     interval = float(gaps[0])
+    if interval <= 0:
+        raise field_error(path, field, f"output 1 is {interval:g} s after output 0; output times must increase")
     uneven = np.abs(gaps - interval) > TIME_TOLERANCE_S
-    if interval <= 0 or uneven.any():
-        k = int(np.flatnonzero(uneven)[0]) if uneven.any() else 0
+    kept = len(times_s)
+    if len(gaps) > 1 and uneven[-1] and not uneven[:-1].any() and 0 < gaps[-1] < interval:
+        kept -= 1
+        uneven = uneven[:-1]
+    if uneven.any():
+        k = int(np.flatnonzero(uneven)[0])
         raise field_error(path, field, f"outputs are not evenly spaced: {interval:g} s after output 0 but {gaps[k]:g} s "
-                    f"between outputs {k} and {k + 1}; the store needs one fixed, positive output interval")
-    return round(interval, 3)
+                    f"between outputs {k} and {k + 1}; the store needs one fixed, positive output interval (only a "
+                    "last output closer than that to the one before it, the end of the simulation, is dropped)")
+    return round(interval, 3), kept
 
 
 def _cell_depths(h5: h5py.File, path: Path, area: str, count: int, frames: int) -> tuple[np.ndarray, str]:
@@ -446,17 +594,27 @@ def _minimum_elevation(h5: h5py.File, path: Path, area: str, count: int) -> np.n
     return np.asarray(node[:count], dtype=np.float64)
 
 
-def _depth_grid(path: Path, field: str, depth: np.ndarray, lattice: _Lattice) -> np.ndarray:
-    """Place (frames, cells) depths on the grid, after checking them cell by cell."""
-    bad = ~np.isfinite(depth) | (depth < -DEPTH_ROUNDING_M)
+def _depth_grid(path: Path, field: str, depth: np.ndarray, lattice: _Lattice, *, metres: float = 1.0) -> np.ndarray:
+    """Place (frames, cells) depths on the grid in m, after checking them cell by cell. ``depth`` is in the
+    plan's unit, ``metres`` m each (messages quote the file's own value)."""
+    depth_m = depth * metres if metres != 1.0 else depth
+    bad = ~np.isfinite(depth_m) | (depth_m < -DEPTH_ROUNDING_M)
     if bad.any():
         frame, cell = (int(v) for v in np.argwhere(bad)[0])
+        value = f"{depth[frame, cell]}" if metres == 1.0 else f"{depth[frame, cell]} ft ({depth_m[frame, cell]:.4g} m)"
         raise field_error(path, field, f"frame {frame}, cell {cell} (grid row {lattice.rows[cell]}, column "
-                    f"{lattice.cols[cell]}) holds {depth[frame, cell]}; depths inside the area must be numbers >= 0 m "
+                    f"{lattice.cols[cell]}) holds {value}; depths inside the area must be numbers >= 0 m "
                     f"({int(bad.sum())} of {bad.size} values fail this)")
     grid = np.full((depth.shape[0], *lattice.shape), np.nan, dtype=np.float32)
-    grid[:, lattice.rows, lattice.cols] = np.maximum(depth, 0.0)
+    grid[:, lattice.rows, lattice.cols] = np.maximum(depth_m, 0.0)
     return grid
+
+
+def _row_blocks(shape: tuple[int, int]):
+    """Slices of terrain rows of at most TERRAIN_BLOCK_POINTS points each (one slice for a small terrain)."""
+    step = max(1, TERRAIN_BLOCK_POINTS // shape[1])
+    for start in range(0, shape[0], step):
+        yield slice(start, min(start + step, shape[0]))
 
 
 def _terrain_from_cells(path: Path, area: str, elevation: np.ndarray, lattice: _Lattice, ratio: int) -> np.ndarray:
@@ -469,12 +627,47 @@ def _terrain_from_cells(path: Path, area: str, elevation: np.ndarray, lattice: _
         raise field_error(path, name, f"cell {cell} holds {elevation[cell]}; a finite elevation is needed to build terrain "
                     "without a DEM (pass terrain= a GeoTIFF instead)")
     rows, cols = lattice.shape
+    shape = (rows * ratio + 1, cols * ratio + 1)
     # Distances in cell units (centre of cell (i, j) at (j + 0.5, i + 0.5)) keep ties exact.
-    point_rows, point_cols = np.meshgrid(np.arange(rows * ratio + 1) / ratio, np.arange(cols * ratio + 1) / ratio,
-                                         indexing="ij")
-    centres = np.column_stack([lattice.cols + 0.5, lattice.rows + 0.5])
-    _, nearest = cKDTree(centres).query(np.column_stack([point_cols.ravel(), point_rows.ravel()]))
-    return elevation[nearest].reshape(point_rows.shape).astype(np.float32)
+    tree = cKDTree(np.column_stack([lattice.cols + 0.5, lattice.rows + 0.5]))
+    point_cols = np.arange(shape[1]) / ratio
+    terrain = np.empty(shape, dtype=np.float32)
+    for block in _row_blocks(shape):
+        point_rows, point_cols_2d = np.meshgrid(np.arange(block.start, block.stop) / ratio, point_cols, indexing="ij")
+        _, nearest = tree.query(np.column_stack([point_cols_2d.ravel(), point_rows.ravel()]))
+        terrain[block] = elevation[nearest].reshape(point_rows.shape)
+    return terrain
+
+
+def _dem_units(raster: Raster, foot: _Foot | None) -> tuple[float, float, str]:
+    """How a DEM meets a plan: (m per unit of the plan's coordinates where the DEM is sampled, m per unit of
+    the sampled values, a note for ``source``). The plan's coordinates are the DEM's CRS coordinates."""
+    if foot is None:
+        return 1.0, 1.0, ""  # a plan in metres: the DEM as read_geotiff gives it, in metres
+    factor = getattr(raster, "units_factor", None)
+    if raster.crs is not None and factor is not None:
+        # read_geotiff has put the DEM in metres with its own CRS's unit; the plan's feet are that CRS's.
+        return float(factor), 1.0, ""
+    # No CRS to say otherwise (or a reader that does not convert): the DEM is in the plan's feet.
+    return 1.0, foot.metres, f" (no CRS: taken to be in the plan's {foot.name})"
+
+
+def _sample_dem(raster: Raster, lattice: _Lattice, ratio: int, *, at: float, value_scale: float,
+                what: str) -> np.ndarray:
+    """The DEM at the terrain points of ``lattice`` (in the plan's own unit, times ``at`` to meet the DEM's
+    coordinates), times ``value_scale``: m. Sampled a block of rows at a time."""
+    rows, cols = lattice.shape
+    shape = (rows * ratio + 1, cols * ratio + 1)
+    spacing = lattice.cell_size / ratio * at
+    blocks = list(_row_blocks(shape))
+    terrain = np.empty(shape, dtype=np.float32)
+    for block in blocks:
+        xs, ys = terrain_points(origin_x=lattice.origin_x * at, origin_y=lattice.origin_y * at - spacing * block.start,
+                                spacing=spacing, shape=(block.stop - block.start, shape[1]))
+        where = what if len(blocks) == 1 else f"{what}, rows {block.start}..{block.stop - 1}"
+        values = sample_raster(raster, x=xs, y=ys, what=where)
+        terrain[block] = values if value_scale == 1.0 else values.astype(np.float64) * value_scale
+    return terrain
 
 
 def _check_same_crs(path: Path, crs: str | None, raster: Raster) -> None:
@@ -500,6 +693,24 @@ def _check_terrain_ratio(path: Path, terrain_ratio) -> int:
     if isinstance(terrain_ratio, bool) or not isinstance(terrain_ratio, (int, np.integer)) or terrain_ratio < 1:
         raise field_error(path, "terrain_ratio", f"{terrain_ratio!r} must be a whole number >= 1 of terrain points per cell")
     return int(terrain_ratio)
+
+
+def _check_terrain_size(path: Path, area: str, grid: tuple[int, int], ratio: int) -> None:
+    """Refuse, before anything is built, a terrain of more than MAX_TERRAIN_POINTS points."""
+    rows, cols = grid
+    shape = (rows * ratio + 1, cols * ratio + 1)
+    points = shape[0] * shape[1]
+    if points <= MAX_TERRAIN_POINTS:
+        return
+    # The largest ratio that fits (the point count grows with the ratio, so step down from an estimate).
+    largest = int((MAX_TERRAIN_POINTS / (rows * cols)) ** 0.5)
+    while largest >= 1 and (rows * largest + 1) * (cols * largest + 1) > MAX_TERRAIN_POINTS:
+        largest -= 1
+    advice = (f"use terrain_ratio <= {largest}" if largest >= 1
+              else "even terrain_ratio=1 is too large for this grid")
+    raise field_error(path, "terrain_ratio", f"{ratio} would make a terrain of {shape[0]:,} x {shape[1]:,} = "
+                      f"{points:,} points ({points * 4 / 1e9:,.1f} GB as float32) for the {rows} x {cols} cells of "
+                      f"area {area!r}; at most {MAX_TERRAIN_POINTS:,} points are allowed: {advice}")
 
 
 def _version(h5: h5py.File) -> str:

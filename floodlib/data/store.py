@@ -18,9 +18,12 @@ Files are written to a temporary name and renamed into place: a crash never leav
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
+import re
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -162,11 +165,60 @@ def atomic_write(path: str | Path, write: Callable[[str], Any]) -> Path:
     os.close(handle)
     try:
         write(temporary)
+        # mkstemp makes the file private (0600); the result gets the mode any new file gets here (the umask's).
+        os.chmod(temporary, 0o666 & ~_umask())
         os.replace(temporary, path)
-    except BaseException:
+    except BaseException as error:
         Path(temporary).unlink(missing_ok=True)
+        if _out_of_space(error):
+            raise WriteError(f"{path}: could not be written: {_reason(error)}; "
+                             f"{shutil.disk_usage(path.parent).free / 1e6:.1f} MB free on its file system. "
+                             f"Nothing was replaced: {'the previous file is intact' if path.exists() else 'no file was left'}. "
+                             "Free some space (or point the run at another disk) and run again.") from error
         raise
     return path
+
+
+class WriteError(OSError):
+    """A file could not be written for want of space (or a size limit); the message names it and the space left."""
+
+
+def _umask() -> int:
+    """This process's umask: read where the OS tells it (Linux), else set and restored at once."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _out_of_space(error: BaseException) -> bool:
+    """A full disk, a quota, or a file-size limit, as the OS reports it or as torch's writer rewords it."""
+    codes = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+    if isinstance(error, OSError) and error.errno is not None:
+        return error.errno in codes
+    text = str(error)
+    if not isinstance(error, (OSError, RuntimeError)):
+        return False
+    # HDF5 (through h5py) names the OS error inside its message: "... errno = 28, error message = ..."
+    quoted = re.search(r"errno = (\d+)", text)
+    if quoted:
+        return int(quoted.group(1)) in codes
+    return "PytorchStreamWriter failed" in text or "inline_container" in text or "file write failed" in text
+
+
+def _reason(error: BaseException) -> str:
+    if isinstance(error, OSError) and error.strerror:
+        return f"{error.strerror} (errno {errno.errorcode.get(error.errno, error.errno)})"
+    quoted = re.search(r"errno = (\d+)", str(error))
+    if quoted:
+        code = int(quoted.group(1))
+        return f"{os.strerror(code)} (errno {errno.errorcode.get(code, code)})"
+    return f"the writer failed ({str(error).splitlines()[0][:160]}), which means the disk is full or the file too large"
 
 
 def atomic_json(obj: Any, path: str | Path) -> Path:

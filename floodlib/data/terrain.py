@@ -11,7 +11,8 @@ Two families:
   running to a downstream edge, banks with low levees, a floodplain rising away from the channel,
   valley walls, a regional downstream slope and multi-scale roughness;
 - :func:`dem_terrain` — a window of whole cells cut from a 1 m GeoTIFF DEM (:class:`DemSource`),
-  mirror-tiled when the grid is larger than the DEM.
+  mirror-tiled when the grid is larger than the DEM (which must hold at least the smallest grid's
+  ``MIN_DEM_POINTS`` x ``MIN_DEM_POINTS`` terrain points).
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ OPPOSITE_EDGE = {"north": "south", "south": "north", "east": "west", "west": "ea
 # 280-minute plan: the largest plan that still fits comfortably in one worker's memory.
 MIN_GRID_CELLS = 8
 MAX_GRID_CELLS = 512
+# A DEM smaller than the smallest grid's terrain window is not extended by reflection: a 1 x 1 DEM
+# would become a flat plane and a 2 x 2 one a zigzag, neither of them terrain.
+MIN_DEM_POINTS = MIN_GRID_CELLS * TERRAIN_RATIO + 1
 
 
 def check_edge(edge: str, *, field_name: str) -> str:
@@ -155,7 +159,8 @@ class DemSource:
 
     Attributes
     ----------
-    path : the GeoTIFF (read with :func:`floodlib.data.geotiff.read_geotiff`).
+    path : the GeoTIFF (read with :func:`floodlib.data.geotiff.read_geotiff`: a projected CRS in metres or
+        feet, or no CRS with a real geotransform, taken as metres).
     row_offset, col_offset : first DEM pixel (row from the north, column from the west) of the window;
         the window's terrain points are the DEM pixel centres from there on.
     band : raster band, 1-based.
@@ -287,26 +292,42 @@ def dem_terrain(source: DemSource, *, rows: int, cols: int) -> Terrain:
     resampled: another pixel size is an error (resampling would smooth the very micro-topography the
     1 m terrain is there to carry; resample the DEM beforehand, e.g. with ``gdalwarp -tr 1 1``).
 
+    A DEM in feet is converted to metres as it is read, so its pixels must be 1 m (3.2808 ft) apart;
+    ``origin_x``, ``origin_y`` are then in metres too (the CRS's coordinates times ``units_factor``, which
+    the description records with ``source_units``).
+
     When the grid needs more points than the DEM has along an axis, the DEM is extended by mirror-tiling
     (reflection keeps the surface continuous); the description records ``mirrored_rows`` /
-    ``mirrored_cols``, and only the unmirrored part matches the georeference.
+    ``mirrored_cols``, and only the unmirrored part matches the georeference. The DEM itself must hold at
+    least the smallest grid's window, ``MIN_DEM_POINTS`` (81) points a side: a smaller one is refused, not
+    tiled.
 
     Raises
     ------
     SimulationFileError
-        naming the file: pixel size other than 1 m, a window that leaves a DEM large enough to hold it,
-        an offset outside the DEM, or nodata (NaN) inside the window.
+        naming the file: anything :func:`~floodlib.data.geotiff.read_geotiff` refuses (no georeference, a
+        geographic CRS, a unit other than metre or foot, fewer than 3 pixels a side), a pixel size other
+        than 1 m, a DEM smaller than ``MIN_DEM_POINTS`` points a side, a window that leaves a DEM large
+        enough to hold it, an offset outside the DEM, or nodata (NaN) inside the window.
     """
     rows, cols = check_grid(rows, cols)
     raster = read_geotiff(source.path, band=source.band)
     path = raster.path
     for name, value in (("pixel width", raster.dx), ("pixel height", raster.dy)):
         if abs(value - TERRAIN_SPACING_M) > 1e-6 * TERRAIN_SPACING_M:
-            raise SimulationFileError(f"{path}: {name}: {value} m; the built-in simulator needs a DEM at "
-                                      f"{TERRAIN_SPACING_M:g} m (resample it first)")
+            as_read = "" if raster.units_factor == 1.0 else f" ({value / raster.units_factor:g} {raster.source_units})"
+            raise SimulationFileError(f"{path}: {name}: {value} m{as_read}; the built-in simulator needs a DEM at "
+                                      f"{TERRAIN_SPACING_M:g} m (resample it first, e.g. gdalwarp -tr "
+                                      f"{TERRAIN_SPACING_M:g} {TERRAIN_SPACING_M:g})")
     dem_rows, dem_cols = raster.values.shape
     need_rows = rows * TERRAIN_RATIO + 1
     need_cols = cols * TERRAIN_RATIO + 1
+    if min(dem_rows, dem_cols) < MIN_DEM_POINTS:
+        raise SimulationFileError(
+            f"{path}: size: {dem_rows}x{dem_cols} pixels (rows x columns) is too small for a {rows}x{cols}-cell grid, "
+            f"which needs {need_rows}x{need_cols} terrain points {TERRAIN_SPACING_M:g} m apart; expected a DEM of at "
+            f"least {MIN_DEM_POINTS}x{MIN_DEM_POINTS} pixels (the smallest grid, {MIN_GRID_CELLS}x{MIN_GRID_CELLS} "
+            f"cells), from which larger grids are mirror-tiled")
     mirrored = {}
     for axis, offset, need, have in (("row", source.row_offset, need_rows, dem_rows),
                                      ("col", source.col_offset, need_cols, dem_cols)):
@@ -330,6 +351,8 @@ def dem_terrain(source: DemSource, *, rows: int, cols: int) -> Terrain:
     description = {"dem": str(path), "band": source.band, "row_offset": int(source.row_offset),
                    "col_offset": int(source.col_offset), "mirrored_rows": mirrored["row"],
                    "mirrored_cols": mirrored["col"]}
+    if raster.units_factor != 1.0:
+        description.update(source_units=raster.source_units, units_factor=raster.units_factor)
     return Terrain(
         elevation=np.ascontiguousarray(window, dtype=np.float32),
         origin_x=raster.x0 + (source.col_offset + 0.5) * raster.dx,

@@ -9,7 +9,7 @@ from pydantic import BaseModel
 
 from floodlib.runs.profile import (STAGES, DataConfig, HecRasPlanConfig, Profile, ProfileError, ProjectConfig,
                                    StageA, StageB, StageC, StageD, TerrainConfig, TerrainFetch, TrainSettings,
-                                   check_data, load_profile, validate_stage)
+                                   check_data, check_stages, load_profile, validate_stage)
 
 NOTEBOOKS = {"A": "A_train.ipynb", "B": "B_tune.ipynb", "C": "C_train_big.ipynb", "D": "D_evaluate.ipynb"}
 
@@ -41,4 +41,4 @@ def parameters_from_namespace(stage: str, namespace: dict[str, Any]) -> BaseMode
 
 __all__ = ["NOTEBOOKS", "STAGES", "DataConfig", "HecRasPlanConfig", "Profile", "ProfileError", "ProjectConfig",
            "StageA", "StageB", "StageC", "StageD", "TerrainConfig", "TerrainFetch", "TrainSettings", "check_data",
-           "load_profile", "parameters_from_namespace", "validate_stage"]
+           "check_stages", "load_profile", "parameters_from_namespace", "validate_stage"]

@@ -14,12 +14,17 @@ import sys
 import time
 from pathlib import Path
 
-from floodlib.pipeline.config import NOTEBOOKS, STAGES, ProfileError, load_profile
+from floodlib.pipeline.config import NOTEBOOKS, STAGES, ProfileError, check_stages, load_profile
+from floodlib.data.locks import FolderBusyError, hold_folder
 from floodlib.runs import SUMMARY_FILE, stage_state, write_profile
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 DEFAULT_NOTEBOOKS = REPOSITORY / "notebooks"
 DEFAULT_OUTPUTS = REPOSITORY / "outputs"
+
+
+class Interrupted(RuntimeError):
+    """The user stopped the run (Ctrl-C); the message says what was kept and how to continue."""
 
 
 class StageFailed(RuntimeError):
@@ -44,6 +49,23 @@ def export_html(notebook: Path) -> Path:
     return target
 
 
+KERNEL_LOG = "kernel.log"
+
+
+def _kernel_manager(log_path: Path):
+    """A kernel manager whose kernels write their own stderr (start-up warnings, a traceback of their end when
+    the pipeline is interrupted, a crash's last words) to ``log_path`` instead of the pipeline's terminal."""
+    from jupyter_client import AsyncKernelManager
+
+    class StageKernelManager(AsyncKernelManager):
+        async def _async_launch_kernel(self, kernel_cmd, **kw):
+            with open(log_path, "ab") as log:  # the kernel keeps its own copy of the descriptor
+                kw["stderr"] = log
+                return await super()._async_launch_kernel(kernel_cmd, **kw)
+
+    return StageKernelManager
+
+
 def run_stage(stage: str, parameters: dict, *, run_dir: Path, notebooks: Path, timeout_s: int | None,
               log_file: Path) -> Path:
     """Execute one stage notebook; raise StageFailed naming what went wrong and where to look."""
@@ -59,7 +81,7 @@ def run_stage(stage: str, parameters: dict, *, run_dir: Path, notebooks: Path, t
     try:
         papermill.execute_notebook(str(source), str(output), parameters=parameters, cwd=str(notebooks),
                                    kernel_name="python3", progress_bar=False, execution_timeout=timeout_s,
-                                   log_output=False)
+                                   log_output=False, kernel_manager_class=_kernel_manager(stage_dir / KERNEL_LOG))
     except papermill.PapermillExecutionError as error:
         raise StageFailed(f"stage {stage} failed in cell {error.exec_count}: {error.ename}: {error.evalue}\n"
                           f"the executed notebook with the traceback: {output}") from None
@@ -68,7 +90,8 @@ def run_stage(stage: str, parameters: dict, *, run_dir: Path, notebooks: Path, t
             "lost its kernel (often: out of memory)" if isinstance(error, DeadKernelError) or "Kernel died" in str(error) \
             else "failed"
         raise StageFailed(f"stage {stage} {kind}: {type(error).__name__}: {str(error)[:500]}\n"
-                          f"the partly executed notebook: {output}") from None
+                          f"the partly executed notebook: {output}; the kernel's own messages: "
+                          f"{stage_dir / KERNEL_LOG}") from None
     finally:
         if output.exists():
             try:
@@ -108,57 +131,77 @@ def run_pipeline(profile_path: str | Path, *, stages: list[str] | None = None, f
     unknown = [s for s in wanted if s not in STAGES]
     if unknown:
         raise ProfileError(f"unknown stage(s) {unknown}; expected some of {list(STAGES)}")
-    changed = {stage: why for stage in STAGES for state, why in [stage_state(run_dir, stage, profile)]
-               if state == "changed"}
-    if changed and not force:
-        raise ProfileError(
-            f"{profile_path}: run folder {run_dir} holds stage(s) {', '.join(changed)} made with other settings "
-            f"(the data section or their own) than this profile's; its results would no longer describe how they "
-            f"were made, so nothing was run or changed. Start a new run folder (--run-dir, or another `name:`), "
-            f"or pass --force to redo the stages (their previous results are kept beside them).")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_profile(profile, run_dir)
-    log_file = run_dir / "pipeline.log"
-    _log(log_file, f"run {profile.name} -> {run_dir} (profile {profile_path}); stages {', '.join(wanted)}")
-    last = Path(outputs) / "last"
-    if run_dir.parent == Path(outputs):
-        try:
-            if last.is_symlink() or last.exists():
-                last.unlink()
-            last.symlink_to(run_dir.name)
-        except OSError:
-            pass
-    total = time.perf_counter()
-    for index, stage in enumerate(wanted, 1):
-        state, reason = stage_state(run_dir, stage, profile)
-        if state == "complete" and not force:
-            _log(log_file, f"[{index}/{len(wanted)}] stage {stage}: complete already, skipped (--force redoes it)")
-            continue
-        if (run_dir / stage).exists():
-            # Redo from scratch, but keep what was there: the old stage folder is renamed, not deleted.
-            kept = run_dir / f"{stage}.replaced-{time.strftime('%Y%m%d-%H%M%S')}"
-            (run_dir / stage).rename(kept)
-            why = "--force" if state == "complete" else (reason if state != "missing" else "not complete")
-            _log(log_file, f"[{index}/{len(wanted)}] stage {stage}: {why}, previous results kept in {kept}")
-        start = time.perf_counter()
-        _log(log_file, f"[{index}/{len(wanted)}] stage {stage}: running {NOTEBOOKS[stage]}")
-        parameters = profile.stage_parameters(stage, run_dir.resolve())
-        try:
-            output = run_stage(stage, parameters, run_dir=run_dir, notebooks=notebooks, timeout_s=timeout_s,
-                               log_file=log_file)
-        except StageFailed as error:
-            _log(log_file, f"[{index}/{len(wanted)}] stage {stage}: FAILED after {time.perf_counter() - start:.0f} s")
-            _log(log_file, str(error))
-            raise
-        _log(log_file, f"[{index}/{len(wanted)}] stage {stage}: done in {time.perf_counter() - start:.0f} s -> {output}")
-    _log(log_file, f"run {profile.name} finished in {time.perf_counter() - total:.0f} s")
-    for stage in STAGES:
-        state, reason = stage_state(run_dir, stage, profile) if stage not in wanted else ("", "")
-        if state in ("invalid", "stale", "changed"):
-            _log(log_file, f"stage {stage} is {state} ({reason}): the next run without --only redoes it")
-    if (run_dir / "D" / SUMMARY_FILE).exists():
-        _log(log_file, f"report: {run_dir / 'D' / 'D_evaluate.html'}; predictions in the browser: "
-                       f"python -m floodlib.viewer {run_dir}")
+    check_stages(profile, where=str(profile_path), stages=wanted)
+    with hold_folder(run_dir, what="run folder"):
+        changed = {stage: why for stage in STAGES for state, why in [stage_state(run_dir, stage, profile)]
+                   if state == "changed"}
+        order = list(STAGES)
+        unsound = {stage: [earlier for earlier in order[:order.index(stage)] if earlier in changed and earlier not in wanted]
+                   for stage in wanted}
+        unsound = {stage: earlier for stage, earlier in unsound.items() if earlier}
+        if force and unsound:
+            stage, earlier = next(iter(unsound.items()))
+            raise ProfileError(
+                f"{profile_path}: --force redoes stage {stage}, but stage(s) {', '.join(earlier)} of run folder "
+                f"{run_dir}, whose results it uses, were made with other settings than this profile's (e.g. other "
+                f"splits: stage {stage} would score or build on models trained on what it now tests). Redo them "
+                f"too (--only {' --only '.join([*earlier, stage])} --force), or start a new run folder; nothing was "
+                "run or changed.")
+        if changed and not force:
+            raise ProfileError(
+                f"{profile_path}: run folder {run_dir} holds stage(s) {', '.join(changed)} made with other settings "
+                f"(the data section or their own) than this profile's; its results would no longer describe how they "
+                f"were made, so nothing was run or changed. Start a new run folder (--run-dir, or another `name:`), "
+                f"or pass --force to redo the stages (their previous results are kept beside them).")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_profile(profile, run_dir)
+        log_file = run_dir / "pipeline.log"
+        _log(log_file, f"run {profile.name} -> {run_dir} (profile {profile_path}); stages {', '.join(wanted)}")
+        last = Path(outputs) / "last"
+        if run_dir.parent == Path(outputs):
+            try:
+                if last.is_symlink() or last.exists():
+                    last.unlink()
+                last.symlink_to(run_dir.name)
+            except OSError:
+                pass
+        total = time.perf_counter()
+        for index, stage in enumerate(wanted, 1):
+            state, reason = stage_state(run_dir, stage, profile)
+            if state == "complete" and not force:
+                _log(log_file, f"[{index}/{len(wanted)}] stage {stage}: complete already, skipped (--force redoes it)")
+                continue
+            if (run_dir / stage).exists():
+                # Redo from scratch, but keep what was there: the old stage folder is renamed, not deleted.
+                kept = run_dir / f"{stage}.replaced-{time.strftime('%Y%m%d-%H%M%S')}"
+                (run_dir / stage).rename(kept)
+                why = "--force" if state == "complete" else (reason if state != "missing" else "not complete")
+                _log(log_file, f"[{index}/{len(wanted)}] stage {stage}: {why}, previous results kept in {kept}")
+            start = time.perf_counter()
+            _log(log_file, f"[{index}/{len(wanted)}] stage {stage}: running {NOTEBOOKS[stage]}")
+            parameters = profile.stage_parameters(stage, run_dir.resolve())
+            try:
+                output = run_stage(stage, parameters, run_dir=run_dir, notebooks=notebooks, timeout_s=timeout_s,
+                                   log_file=log_file)
+            except StageFailed as error:
+                _log(log_file, f"[{index}/{len(wanted)}] stage {stage}: FAILED after {time.perf_counter() - start:.0f} s")
+                _log(log_file, str(error))
+                raise
+            except KeyboardInterrupt:
+                _log(log_file, f"[{index}/{len(wanted)}] stage {stage}: interrupted (Ctrl-C) after "
+                               f"{time.perf_counter() - start:.0f} s; the stages completed before it are kept, and "
+                               f"the same command redoes stage {stage} (its partial folder is kept beside)")
+                raise Interrupted(f"interrupted during stage {stage}; completed stages are kept in {run_dir}, and "
+                                  f"the same command continues from stage {stage} (log: {log_file})") from None
+            _log(log_file, f"[{index}/{len(wanted)}] stage {stage}: done in {time.perf_counter() - start:.0f} s -> {output}")
+        _log(log_file, f"run {profile.name} finished in {time.perf_counter() - total:.0f} s")
+        for stage in STAGES:
+            state, reason = stage_state(run_dir, stage, profile) if stage not in wanted else ("", "")
+            if state in ("invalid", "stale", "changed"):
+                _log(log_file, f"stage {stage} is {state} ({reason}): the next run without --only redoes it")
+        if (run_dir / "D" / SUMMARY_FILE).exists():
+            _log(log_file, f"report: {run_dir / 'D' / 'D_evaluate.html'}; predictions in the browser: "
+                           f"python -m floodlib.viewer {run_dir}")
     return run_dir
 
 
@@ -178,7 +221,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run_pipeline(args.profile, stages=args.only, force=args.force, outputs=args.outputs,
                      notebooks=args.notebooks, run_dir=args.run_dir, timeout_s=args.timeout)
-    except (ProfileError, StageFailed, FileNotFoundError) as error:
+    except (ProfileError, StageFailed, FileNotFoundError, FolderBusyError) as error:
         print(f"floodlib pipeline: {error}", file=sys.stderr)
         return 1
+    except (Interrupted, KeyboardInterrupt) as error:  # the latter: Ctrl-C before any stage started
+        print(f"floodlib pipeline: {error or 'interrupted before any stage started; nothing was run'}", file=sys.stderr)
+        return 130
     return 0

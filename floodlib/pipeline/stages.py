@@ -65,7 +65,8 @@ def prepare_data(run: Run, *, progress: bool = True) -> Path:
         spec = project_spec(project, terrain_dir=run.terrain_dir, where=f"{run.run_dir / PROFILE_FILE}: data")
         simulate_project(spec, run.data_dir, workers=data.workers, progress=progress)
     for plan in data.hecras:
-        simulation = read_hecras(plan.file, terrain=plan.terrain, area=plan.area, project=plan.project, plan=plan.plan)
+        simulation = read_hecras(plan.file, terrain=plan.terrain, area=plan.area, project=plan.project, plan=plan.plan,
+                                 units=plan.units)
         target = run.data_dir / simulation.project / f"{simulation.plan}.h5"
         if not target.exists():
             write_simulation(target, simulation)

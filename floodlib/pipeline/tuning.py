@@ -187,6 +187,12 @@ def _worker_process(connection, *args) -> None:
     """A spawned worker's entry point: :func:`_search_worker`, its outcome sent back through ``connection``."""
     import traceback
 
+    import multiprocessing
+
+    from floodlib.data.locks import exit_with_parent
+
+    exit_with_parent(multiprocessing.parent_process().pid)  # a killed notebook kernel takes its trials with it
+
     try:
         connection.send(("done", _search_worker(*args)))
     except BaseException:

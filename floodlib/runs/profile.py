@@ -32,6 +32,10 @@ Pair = Annotated[tuple[float, float], Field(strict=False)]
 IntPair = Annotated[tuple[int, int], Field(strict=False)]
 
 
+#: Stage B's model, which stage C can name beside the architectures.
+TUNED_MODEL = "Arch_04_tuned"
+
+
 def _check_models(names: list[str]) -> list[str]:
     return [resolve_model_name(name) for name in names]
 
@@ -121,6 +125,8 @@ class HecRasPlanConfig(Strict):
     area: str | None = None
     project: str | None = None
     plan: str | None = None
+    # The plan's units where its file does not state them (no 'Units System' attribute); else left out.
+    units: Literal["SI", "US"] | None = None
 
 
 class DataConfig(Strict):
@@ -174,7 +180,7 @@ class TrainSettings(Strict):
     def _known_overrides(cls, value: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
         allowed = {"lr": float, "batch_size": int, "epochs": int, "patience": int}
         for name, overrides in value.items():
-            if name not in ("Arch_04_tuned",):
+            if name != TUNED_MODEL:
                 _check_models([name])
             if not isinstance(overrides, dict):
                 raise ValueError(f"per_model[{name!r}] = {overrides!r} must map settings to values")
@@ -238,6 +244,39 @@ class StageB(TrainSettings):
     study_storage: str = ""
     workers: int = Field(default=1, ge=1)  # trial worker processes this stage starts on this machine
 
+    @field_validator("downsamplers")
+    @classmethod
+    def _known_downsamplers(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("the search needs at least one downsampler to choose from; expected some of "
+                             f"{list_downsamplers()}")
+        return [_check_downsampler(name) for name in value]
+
+    @field_validator("channels")
+    @classmethod
+    def _channel_choices(cls, value: list[int]) -> list[int]:
+        if not value or any(isinstance(c, bool) or c < 1 for c in value):
+            raise ValueError(f"{value!r}: expected a list of one or more positive channel counts, e.g. [16, 32]")
+        return value
+
+    @model_validator(mode="after")
+    def _search_ranges(self) -> "StageB":
+        """Refuse, before anything runs, a search range Optuna or Arch_04 would reject only at the first trial."""
+        (low_layers, high_layers), (low_att, high_att), (low_lr, high_lr) = self.layers, self.attentions, self.lr_range
+        if not 2 <= low_layers <= high_layers:
+            raise ValueError(f"layers = {list(self.layers)}: expected [low, high] with 2 <= low <= high (Arch_04 has a "
+                             "first and a last convolution at least)")
+        if not 0 <= low_att <= high_att:
+            raise ValueError(f"attentions = {list(self.attentions)}: expected [low, high] with 0 <= low <= high")
+        if low_att > low_layers - 2:
+            raise ValueError(f"attentions = {list(self.attentions)} with layers = {list(self.layers)}: Arch_04 fits at "
+                             f"most layers - 2 = {low_layers - 2} attention blocks into its fewest layers; lower "
+                             f"attentions[0] or raise layers[0]")
+        if not 0 < low_lr <= high_lr:
+            raise ValueError(f"lr_range = {list(self.lr_range)}: expected [low, high] with 0 < low <= high (the "
+                             "learning rate is searched on a log scale)")
+        return self
+
     @field_validator("study_storage")
     @classmethod
     def _storage_url(cls, value: str) -> str:
@@ -276,6 +315,11 @@ class StageC(TrainSettings):
     run_dir: str
     models: list[str] = Field(default_factory=list)  # empty: the top four of A, Arch_04 replaced by B's tuned one
     count: int = Field(default=4, ge=1)
+
+    @field_validator("models")
+    @classmethod
+    def _known_models(cls, value: list[str]) -> list[str]:
+        return [name if name == TUNED_MODEL else resolve_model_name(name) for name in value]
 
 
 class StageD(Strict):
@@ -346,8 +390,10 @@ class Profile(Strict):
 def _format(error: ValidationError, where: str) -> str:
     lines = []
     for item in error.errors():
-        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
-        if item["type"] == "extra_forbidden":
+        key = ".".join(str(part) for part in item["loc"])
+        if not key:  # a check across fields: its message names them and their values
+            lines.append(f"{where}: {item['msg'].removeprefix('Value error, ')}")
+        elif item["type"] == "extra_forbidden":
             lines.append(f"{where}: unknown key {key!r} (value {item['input']!r})")
         else:
             lines.append(f"{where}: {key} = {item.get('input')!r}: {item['msg']}")
@@ -417,8 +463,31 @@ def load_profile(path: str | Path) -> Profile:
         raise ProfileError(_format(error, str(path))) from None
     check_data(profile.data, where=str(path))
     for stage in STAGES:
-        profile.stage_parameters(stage, run_dir="<run>")
+        try:
+            profile.stage_parameters(stage, run_dir="<run>")
+        except ProfileError as error:
+            raise ProfileError(f"{path}: {error}") from None
+    check_stages(profile, where=str(path))
     return profile
+
+
+def check_stages(profile: Profile, *, where: str, stages: tuple[str, ...] | list[str] = ()) -> None:
+    """Refuse, before anything runs, stage settings that only a later stage would find wrong: stage D naming a
+    split the data section does not make, and, when ``stages`` (those about to run) include B, stage A
+    without Arch_04 (B compares its tuned Arch_04 with A's)."""
+    a = validate_stage("A", {**profile.A, "run_dir": ""}, where=where)
+    if "B" in stages and "Arch_04" not in a.models:
+        raise ProfileError(f"{where}: A.models = {a.models}: stage B tunes Arch_04 and compares it with stage A's "
+                           "Arch_04, so A must train it; add Arch_04 to A.models")
+    d = validate_stage("D", {**profile.D, "run_dir": ""}, where=where)
+    projects = profile.data.project_names()
+    if not projects:
+        return
+    known = profile.data.split_spec().split_names(projects)
+    for field, names in (("test_split", [d.test_split]), ("splits", d.splits)):
+        unknown = [name for name in names if name not in known]
+        if unknown:
+            raise ProfileError(f"{where}: D.{field}: unknown split(s) {unknown}; this profile's data makes {known}")
 
 
 def check_data(data: DataConfig, *, where: str) -> None:
@@ -430,6 +499,23 @@ def check_data(data: DataConfig, *, where: str) -> None:
             build()
         except (TypeError, ValueError) as error:
             raise ProfileError(f"{where}: data.{key}: {error}") from None
+    for index, project in enumerate(data.simulate):
+        source = project.terrain.path
+        if source is not None and not Path(source).is_file():
+            raise ProfileError(f"{where}: data.simulate.{index}.terrain.path = {source}: no such file; expected a "
+                               "GeoTIFF DEM (a relative path is read from the profile's folder)")
+    for index, plan in enumerate(data.hecras):
+        for key in ("file", "terrain"):
+            source = getattr(plan, key)
+            if source is not None and not Path(source).is_file():
+                raise ProfileError(f"{where}: data.hecras.{index}.{key} = {source}: no such file; expected "
+                                   + ("a HEC-RAS plan results file (.p01.hdf ...)" if key == "file" else "a GeoTIFF")
+                                   + " (a relative path is read from the profile's folder)")
+    simulated = [project.name for project in data.simulate]
+    twice = sorted({name for name in simulated if simulated.count(name) > 1})
+    if twice:
+        raise ProfileError(f"{where}: data.simulate: project name(s) {twice} given more than once; each simulated "
+                           "project needs its own name (its own folder of plans)")
     names = data.project_names()
     if not names:
         return

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import shutil
 import sys
 import time
@@ -22,9 +23,10 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 import floodlib
 from floodlib.data.batches import PLACEMENTS, BatchLoader
 from floodlib.data.dataset import PatchDataset
+from floodlib.data.locks import hold_folder
 from floodlib.models import FloodModel
 from floodlib.data.store import atomic_json
-from floodlib.models.checkpoints import atomic_torch_save, save_model
+from floodlib.models.checkpoints import CheckpointError, atomic_torch_save, save_model
 from floodlib.training.monitor import analyse_convergence, no_change_loss
 
 PROGRESS_MODES = ("auto", "bar", "epoch", "none")
@@ -393,17 +395,40 @@ def fit(
             "accelerator": accelerator, "precision": precision, "devices": devices, "num_nodes": num_nodes,
             "strategy": strategy, "placement": placement, "resume": resume,
             "keep_resume_checkpoint": keep_resume_checkpoint}, num_nodes=num_nodes, job_folder=out_dir / JOB_FOLDER / name)
-    with launch:
+    # One training per model folder at a time: a second would adopt the first's live last.ckpt as its own.
+    # Global rank 0 holds it for the ranks it trains with.
+    owner = hold_folder(model_path.parent, what=f"training of {name}") if _global_rank_zero() else contextlib.nullcontext()
+    with owner, launch:
         trainer, resumed_from, elapsed = _train(module, callbacks, epochs=epochs, accelerator=accelerator,
                                                 devices=devices, num_nodes=num_nodes, strategy=trainer_strategy,
                                                 precision=precision, mode=mode, out_dir=out_dir, name=name,
                                                 resume=resume, model_path=model_path,
                                                 last_checkpoint=last_checkpoint)
-    return _finish(module, trainer, train, val, resumed_from=resumed_from, elapsed=elapsed, epochs=epochs, lr=lr,
-                   batch_size=batch_size, patience=patience, seed=seed, plateau=plateau, placement=placement,
-                   name=name, out_dir=out_dir, model_path=model_path, losses_path=losses_path,
-                   summary_path=summary_path, checkpoint_dir=checkpoint_dir,
-                   keep_resume_checkpoint=keep_resume_checkpoint)
+        return _finish(module, trainer, train, val, resumed_from=resumed_from, elapsed=elapsed, epochs=epochs,
+                       lr=lr, batch_size=batch_size, patience=patience, seed=seed, plateau=plateau,
+                       placement=placement, name=name, out_dir=out_dir, model_path=model_path,
+                       losses_path=losses_path, summary_path=summary_path, checkpoint_dir=checkpoint_dir,
+                       keep_resume_checkpoint=keep_resume_checkpoint)
+
+
+def _global_rank_zero() -> bool:
+    """Whether this process is global rank 0 by the environment a launcher (torchrun, SLURM, floodlib) sets."""
+    from floodlib.training.launch import launched_externally
+
+    names = ("RANK", "NODE_RANK", "LOCAL_RANK") + (("SLURM_PROCID",) if launched_externally() else ())
+    return all(int(os.environ.get(name) or 0) == 0 for name in names)
+
+
+def _resume_epoch(last_checkpoint: Path) -> int:
+    """The epoch after the one ``last_checkpoint`` holds; CheckpointError naming it when it cannot be read."""
+    try:
+        return int(torch.load(last_checkpoint, map_location="cpu", weights_only=True)["epoch"]) + 1
+    except Exception as error:  # torch raises RuntimeError, EOFError, UnpicklingError ... for a damaged file
+        raise CheckpointError(
+            f"{last_checkpoint}: the resume checkpoint of an interrupted training cannot be read "
+            f"({type(error).__name__}: {str(error)[:200]}); a crash or a full disk may have cut it short. Set it "
+            f"aside to train this model afresh: mv '{last_checkpoint}' '{last_checkpoint}.damaged' (or call fit "
+            "with resume=False, which ignores it)") from None
 
 
 def _train(module: SurrogateModule, callbacks, *, epochs, accelerator, devices, num_nodes, strategy, precision, mode,
@@ -430,7 +455,7 @@ def _train(module: SurrogateModule, callbacks, *, epochs, accelerator, devices, 
     ckpt_path = None
     if resume and last_checkpoint.exists():
         ckpt_path = str(last_checkpoint)
-        resumed_from = int(torch.load(last_checkpoint, map_location="cpu", weights_only=True)["epoch"]) + 1
+        resumed_from = _resume_epoch(last_checkpoint)
     module.model.train()
     started = time.perf_counter()
     with warnings.catch_warnings():
@@ -439,9 +464,15 @@ def _train(module: SurrogateModule, callbacks, *, epochs, accelerator, devices, 
         try:
             trainer.fit(module, ckpt_path=ckpt_path, weights_only=True)
         except NonFiniteLossError as error:
+            if module.history["val_loss"] and model_path.exists():
+                kept = f"the best weights so far are in {model_path}"
+            elif model_path.exists():
+                kept = f"no epoch of this run completed; {model_path} still holds the weights saved before it"
+            else:
+                kept = "no epoch completed, so no weights were saved"
             raise NonFiniteLossError(
-                f"{name}: {error}. Training stopped; the best weights so far are in {model_path}"
-                + (f" and the last complete epoch in {last_checkpoint}" if last_checkpoint.exists() else "")
+                f"{name}: {error}. Training stopped; {kept}"
+                + (f"; the last complete epoch is in {last_checkpoint}" if last_checkpoint.exists() else "")
             ) from None
     return trainer, resumed_from, time.perf_counter() - started
 

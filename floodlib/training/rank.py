@@ -11,6 +11,7 @@ import os
 import sys
 from pathlib import Path
 
+from floodlib.data.locks import exit_with_parent
 from floodlib.models.checkpoints import load_model
 from floodlib.training.fit import PlateauSchedule, fit
 from floodlib.training.launch import ready_marker, split_from_description
@@ -18,6 +19,7 @@ from floodlib.training.launch import ready_marker, split_from_description
 
 def run_rank(job_path: str | Path) -> None:
     """One rank other than global rank 0 of a data-parallel ``fit`` started by :func:`local_ranks` or :func:`serve`."""
+    exit_with_parent()  # rank 0's process killed: this rank ends too, instead of waiting on it
     job = json.loads(Path(job_path).read_text())
     model = load_model(job["model"])
     settings = dict(job["fit"])

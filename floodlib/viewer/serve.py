@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -20,7 +22,6 @@ NOTEBOOK_NAME = "floodlib_viewer.ipynb"
 
 def viewer_notebook(run_dir: str = "../outputs/last"):
     """A notebook that shows the viewer of ``run_dir`` (its one parameter, papermill-style)."""
-    import nbformat
     from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
     parameters = new_code_cell(f"run_dir: str = {str(run_dir)!r}  # the run folder whose predictions are shown")
@@ -39,28 +40,65 @@ def viewer_notebook(run_dir: str = "../outputs/last"):
 
 
 def voila_command(notebook: Path, *, port: int, ip: str = "127.0.0.1", browser: bool = False) -> list[str]:
+    # port_retries=0: Voila would otherwise move to the next free port, away from the one announced.
     return [sys.executable, "-m", "voila", str(notebook), f"--port={port}", f"--Voila.ip={ip}",
-            "--show_tracebacks=True", *([] if browser else ["--no-browser"])]
+            "--Voila.port_retries=0", "--show_tracebacks=True", *([] if browser else ["--no-browser"])]
+
+
+def free_port(port: int, ip: str) -> int:
+    """``port`` when nothing listens on it at ``ip`` (0: any free port); OSError naming it otherwise."""
+    with socket.socket() as probe:
+        try:
+            probe.bind((ip, port))
+        except OSError as error:
+            raise OSError(f"port {port} on {ip} is not free ({error.strerror}): another viewer or server uses it; "
+                          "pass --port with another number, or --port 0 for any free one") from None
+        return probe.getsockname()[1]
+
+
+class _Stopped(Exception):
+    """SIGTERM: stop serving and clean up, as for Ctrl-C."""
+
+
+def _stop(signum, frame):
+    raise _Stopped()
 
 
 def serve(run_dir: str | Path, *, port: int = 8866, ip: str = "127.0.0.1", browser: bool = False) -> int:
-    """Serve the viewer of ``run_dir`` until interrupted; returns Voilà's exit status."""
+    """Serve the viewer of ``run_dir`` until interrupted (Ctrl-C or SIGTERM); returns Voila's exit status.
+
+    The announced address is the one served: a busy ``port`` is an error, not a move to the next one.
+    """
     import nbformat
 
     run_dir = Path(run_dir).resolve()
     if not (run_dir / PROFILE_FILE).exists():
         print(f"floodlib viewer: {run_dir} is not a floodlib run folder (no params.yaml)", file=sys.stderr)
         return 1
+    try:
+        port = free_port(port, ip)
+    except OSError as error:
+        print(f"floodlib viewer: {error}", file=sys.stderr)
+        return 1
     folder = Path(tempfile.mkdtemp(prefix="floodlib-viewer-"))
+    previous = signal.signal(signal.SIGTERM, _stop)
+    process = None
     try:
         notebook = folder / NOTEBOOK_NAME
         nbformat.write(viewer_notebook(str(run_dir)), notebook)
         print(f"floodlib viewer of {run_dir} at http://{ip}:{port}/ (Ctrl-C stops it)", flush=True)
-        try:
-            return subprocess.call(voila_command(notebook, port=port, ip=ip, browser=browser))
-        except KeyboardInterrupt:
-            return 0
+        process = subprocess.Popen(voila_command(notebook, port=port, ip=ip, browser=browser))
+        return process.wait()
+    except (KeyboardInterrupt, _Stopped):
+        return 0
     finally:
+        if process is not None and process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        signal.signal(signal.SIGTERM, previous)
         shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -68,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m floodlib.viewer", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dir", help="the run folder, e.g. outputs/smoke")
-    parser.add_argument("--port", type=int, default=8866)
+    parser.add_argument("--port", type=int, default=8866, help="port to serve on (default 8866; 0: any free one)")
     parser.add_argument("--ip", default="127.0.0.1", help="address to listen on (default: this machine only)")
     parser.add_argument("--browser", action="store_true", help="open the page in the default browser")
     args = parser.parse_args(argv)

@@ -3,10 +3,12 @@ each written atomically to ``<out_dir>/<project>/<plan>.h5``; plans already comp
 
 from __future__ import annotations
 
+import os
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
 from pathlib import Path
 
+from floodlib.data.locks import exit_with_parent
 from floodlib.data.store import SimulationFileError, read_simulation, write_simulation
 from floodlib.data.simulate.solver import environment_variables, simulate_plan
 from floodlib.data.simulate.spec import SimulationFailedError, PlanSpec, ProjectSpec, plan_specs
@@ -75,7 +77,8 @@ def simulate_project(project: ProjectSpec, out_dir: str | Path, *, workers: int 
             # Workers read OMP_NUM_THREADS when their OpenMP runtimes load: one thread each, or the
             # runtimes' spinning threads oversubscribe the cores (measured: a 6 s plan took over 10 min).
             with environment_variables(OMP_NUM_THREADS="1"), \
-                    ProcessPoolExecutor(max_workers=n_workers, mp_context=get_context("spawn")) as pool:
+                    ProcessPoolExecutor(max_workers=n_workers, mp_context=get_context("spawn"),
+                                        initializer=exit_with_parent, initargs=(os.getpid(),)) as pool:
                 futures = {pool.submit(_simulate_and_write, specs[i], project.name, names[i], str(paths[i])): names[i]
                            for i in todo}
                 for future in as_completed(futures):

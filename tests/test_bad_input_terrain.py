@@ -1,0 +1,164 @@
+"""Terrain rasters a user should not get away with: wrong units, no georeference, too few pixels.
+
+Each case asserts that the error is a SimulationFileError whose message names the file, the field, the
+offending value and what was expected, and that nothing was written (not even a GDAL ``.aux.xml``).
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from floodlib.data.geotiff import read_geotiff
+from floodlib.data.simulate import PlanFailedError, ProjectSpec, simulate_project
+from floodlib.data.store import SimulationFileError
+from floodlib.data.terrain import DemSource, dem_terrain
+
+
+def write_tif(path: Path, shape: tuple[int, int], *, crs=None, west=1000.0, north=2000.0, pixel=1.0,
+              georeferenced=True, gcps=None) -> Path:
+    """A float32 GeoTIFF of a tilted plane; ``georeferenced=False`` writes no geotransform at all."""
+    import rasterio
+    from rasterio.transform import Affine
+
+    rows, cols = shape
+    values = (100.0 + 0.01 * np.arange(cols)[None, :] - 0.02 * np.arange(rows)[:, None]).astype(np.float32)
+    profile = dict(driver="GTiff", width=cols, height=rows, count=1, dtype="float32", crs=crs)
+    if georeferenced:
+        profile["transform"] = Affine(pixel, 0.0, west, 0.0, -pixel, north)
+    if gcps is not None:
+        profile["gcps"] = gcps
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # rasterio warns when it writes a file without a georeference
+        with rasterio.open(path, "w", **profile) as dataset:
+            dataset.write(values, 1)
+    return path
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder``, by relative path, with its bytes."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def three_control_points():
+    from rasterio.control import GroundControlPoint
+
+    return [GroundControlPoint(row=0, col=0, x=1000.0, y=2000.0), GroundControlPoint(row=0, col=9, x=1009.0, y=2000.0),
+            GroundControlPoint(row=9, col=0, x=1000.0, y=1991.0)]
+
+
+# id: (writer keyword arguments, shape, what the message must name besides the file)
+UNREADABLE_AS_TERRAIN = {
+    "geographic_wgs84_1_degree_pixels": (
+        dict(crs="EPSG:4326", west=-93.5, north=46.5, pixel=1.0), (10, 10),
+        ["crs: EPSG:4326", "geographic", "degrees", "expected a projected CRS in metres", "gdalwarp -t_srs"]),
+    "geographic_nad83_1_arcsecond": (
+        dict(crs="EPSG:4269", west=-93.5, north=46.5, pixel=1 / 3600), (10, 10),
+        ["crs: EPSG:4269", "geographic", "expected a projected CRS in metres", "gdalwarp -t_srs"]),
+    "clarkes_foot": (
+        dict(crs="EPSG:2314"), (10, 10),
+        ["crs: EPSG:2314", "Clarke's foot", "0.3047972654", "expected a projected CRS in metres"]),
+    "links": (
+        dict(crs="EPSG:3140"), (10, 10),
+        ["crs: EPSG:3140", "'link'", "0.201168", "expected a projected CRS in metres"]),
+    "yards": (
+        dict(crs="EPSG:27291"), (10, 10),
+        ["crs: EPSG:27291", "British yard", "expected a projected CRS in metres"]),
+    "identity_transform_no_crs": (
+        dict(georeferenced=False), (10, 10),
+        ["geotransform: (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)", "not georeferenced", "expected a north-up geotransform",
+         "gdal_translate -a_srs"]),
+    "identity_transform_with_crs": (
+        dict(crs="EPSG:26915", georeferenced=False), (10, 10),
+        ["geotransform: (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)", "not georeferenced"]),
+    "ground_control_points_only": (
+        dict(crs="EPSG:26915", georeferenced=False, gcps="three"), (10, 10),
+        ["geotransform: (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)", "not georeferenced", "3 ground control points", "gdalwarp"]),
+    "one_pixel": (dict(crs="EPSG:26915"), (1, 1), ["size: 1x1 pixels", "expected at least 3x3 pixels"]),
+    "two_by_two": (dict(crs="EPSG:26915"), (2, 2), ["size: 2x2 pixels", "expected at least 3x3 pixels"]),
+    "two_pixel_strip": (dict(), (2, 500), ["size: 2x500 pixels", "expected at least 3x3 pixels"]),
+}
+
+
+@pytest.mark.parametrize("case", list(UNREADABLE_AS_TERRAIN))
+def test_read_geotiff_refuses(tmp_path, case):
+    kwargs, shape, expected = UNREADABLE_AS_TERRAIN[case]
+    if kwargs.get("gcps") == "three":
+        kwargs = {**kwargs, "gcps": three_control_points()}
+    path = write_tif(tmp_path / f"{case}.tif", shape, **kwargs)
+    before = snapshot(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the error names the file; no stray warning alongside it
+        with pytest.raises(SimulationFileError) as caught:
+            read_geotiff(path)
+    message = str(caught.value)
+    assert message.startswith(f"{path}: ")
+    for part in expected:
+        assert part in message, (part, message)
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("case", ["geographic_wgs84_1_degree_pixels", "clarkes_foot", "identity_transform_no_crs",
+                                  "one_pixel", "two_by_two"])
+def test_dem_terrain_refuses_what_read_geotiff_refuses(tmp_path, case):
+    # Before, a 1x1 DEM became an 81x81 flat terrain and a 1-degree one a 1 m DEM.
+    kwargs, shape, expected = UNREADABLE_AS_TERRAIN[case]
+    path = write_tif(tmp_path / f"{case}.tif", shape, **kwargs)
+    with pytest.raises(SimulationFileError, match=f"{case}.tif: ") as caught:
+        dem_terrain(DemSource(str(path)), rows=8, cols=8)
+    assert expected[0] in str(caught.value)
+
+
+# id: (writer keyword arguments, DEM shape, grid rows and cols, what the message must name besides the file)
+TOO_SMALL_FOR_THE_GRID = {
+    "three_by_three": (dict(crs="EPSG:26915"), (3, 3), (8, 8),
+                       ["size: 3x3 pixels", "8x8-cell grid", "81x81 terrain points", "at least 81x81 pixels"]),
+    "smaller_than_the_smallest_grid": (dict(crs="EPSG:26915"), (50, 50), (8, 8),
+                                       ["size: 50x50 pixels", "81x81 terrain points", "at least 81x81 pixels"]),
+    "one_axis_short": (dict(), (81, 40), (8, 12),
+                       ["size: 81x40 pixels", "8x12-cell grid", "81x121 terrain points", "at least 81x81 pixels"]),
+    "just_short_for_a_larger_grid": (dict(crs="EPSG:26915"), (80, 200), (20, 20),
+                                     ["size: 80x200 pixels", "20x20-cell grid", "201x201 terrain points"]),
+    "feet_pixels_of_1_us_survey_foot": (dict(crs="EPSG:2236", pixel=1.0), (100, 100), (8, 8),
+                                        ["pixel width: 0.3048006", "(1 US survey foot)", "needs a DEM at 1 m"]),
+    "metre_pixels_of_2_m": (dict(crs="EPSG:26915", pixel=2.0), (100, 100), (8, 8),
+                            ["pixel width: 2.0 m", "needs a DEM at 1 m"]),
+}
+
+
+@pytest.mark.parametrize("case", list(TOO_SMALL_FOR_THE_GRID))
+def test_dem_terrain_refuses_a_dem_that_cannot_hold_the_grid(tmp_path, case):
+    kwargs, shape, (rows, cols), expected = TOO_SMALL_FOR_THE_GRID[case]
+    path = write_tif(tmp_path / f"{case}.tif", shape, **kwargs)
+    before = snapshot(tmp_path)
+    with pytest.raises(SimulationFileError) as caught:
+        dem_terrain(DemSource(str(path)), rows=rows, cols=cols)
+    message = str(caught.value)
+    assert message.startswith(f"{path}: ")
+    for part in expected:
+        assert part in message, (part, message)
+    assert snapshot(tmp_path) == before
+
+
+def dem_project(path: Path) -> ProjectSpec:
+    return ProjectSpec(name="tiny_dem", terrain=DemSource(str(path)), n_plans=2, seed=3, rows=8, cols=8,
+                       peak_discharge_m3s=(2.0, 4.0), time_to_peak_s=(300.0, 600.0),
+                       event_duration_s=(900.0, 1200.0), duration_s=900.0, inflow_width_m=30.0)
+
+
+@pytest.mark.parametrize("shape, error, expected", [
+    ((1, 1), SimulationFileError, "size: 1x1 pixels"),  # refused while drawing the plans
+    ((50, 50), PlanFailedError, "size: 50x50 pixels"),  # refused by every plan, before it runs
+], ids=["one_pixel", "smaller_than_the_grid"])
+def test_simulating_over_a_dem_too_small_writes_no_plan(tmp_path, shape, error, expected):
+    path = write_tif(tmp_path / "small.tif", shape, crs="EPSG:26915")
+    out = tmp_path / "out"
+    with pytest.raises(error) as caught:
+        simulate_project(dem_project(path), out, workers=1, progress=False)
+    assert "small.tif" in str(caught.value) and expected in str(caught.value)
+    cause = caught.value if error is SimulationFileError else caught.value.__cause__
+    assert isinstance(cause, SimulationFileError)
+    assert snapshot(tmp_path) == {"small.tif": path.read_bytes()}
