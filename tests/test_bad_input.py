@@ -236,10 +236,12 @@ def _drop_fetch(raw, path):
     (lambda r: r["data"]["samples"].update(stride_cells=0), r"data.samples: .*unexpected keyword argument 'stride_cells'"),
     (lambda r: r["data"]["splits"].update(test_plans=-1), r"data.splits: SplitSpec.test_plans=-1 must be a positive integer"),
     (lambda r: r["data"]["splits"].update(test_projects=["valley_stepe"]), r"data.splits.test_projects: unknown project\(s\) \['valley_stepe'\]"),
+    (lambda r: r["A"].update(preview_count=0), r"section A: preview_count = 0: Input should be greater than or equal to 1"),
 ], ids=["B-layers-reversed", "B-layers-zero", "B-attentions-negative", "B-attentions-beyond-layers", "B-lr-reversed",
         "B-lr-negative", "B-channels-empty", "B-channels-zero", "B-downsampler-unknown", "B-downsamplers-empty",
         "D-test-split-unknown", "D-splits-unknown", "A-without-Arch_04", "C-model-unknown", "DEM-missing",
-        "HEC-RAS-missing", "project-twice", "valley-field-unknown", "samples-bad", "splits-bad", "test-project-unknown"])
+        "HEC-RAS-missing", "project-twice", "valley-field-unknown", "samples-bad", "splits-bad", "test-project-unknown",
+        "A-no-previews"])
 def test_a_bad_setting_is_refused_when_the_profile_is_read_before_anything_runs(tmp_path, change, message):
     path = _smoke_with(tmp_path, change)
     outputs = tmp_path / "outputs"
@@ -489,3 +491,14 @@ def test_the_viewer_stopped_by_sigterm_removes_its_temporary_folder(tmp_path):
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=60) == 0
     assert not [p.name for p in temporary.iterdir() if p.name.startswith("floodlib-viewer-")]
+
+
+def test_a_preview_of_no_samples_is_a_clear_error(tmp_path):
+    from floodlib.data.preview import preview_samples
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from training_job import datasets
+
+    train, _ = datasets(tmp_path)
+    with pytest.raises(ValueError, match="preview_samples: n=0; a figure needs at least one sample"):
+        preview_samples(train, n=0)

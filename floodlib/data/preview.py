@@ -16,6 +16,8 @@ def preview_samples(dataset, *, n: int = 4, seed: int = 0, title: str | None = N
 
     if len(dataset) == 0:
         raise ValueError(f"split {getattr(dataset, 'name', '?')!r} has no samples to preview")
+    if n < 1:
+        raise ValueError(f"preview_samples: n={n!r}; a figure needs at least one sample")
     rng = np.random.default_rng(seed)
     items = sorted(rng.choice(len(dataset), size=min(n, len(dataset)), replace=False))
     samples = [dataset[int(i)] for i in items]

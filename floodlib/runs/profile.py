@@ -220,7 +220,7 @@ class StageA(TrainSettings):
     run_dir: str
     profile: str = "../params/smoke.yaml"  # starts a new run when run_dir has no params.yaml (from notebooks/)
     models: list[str] = Field(default_factory=list_models)
-    preview_count: int = Field(default=4, ge=0)
+    preview_count: int = Field(default=4, ge=1)  # samples per split in A's preview figures
 
     @field_validator("models")
     @classmethod
