@@ -73,6 +73,50 @@ def own_tiny_run(tiny_run, tmp_path) -> Path:
     return copy
 
 
+def test_warm_start_continues_stage_c_from_the_weights_of_stages_a_and_b(own_tiny_run):
+    from floodlib.runs import RunError
+    from floodlib.runs.profile import StageC
+
+    run = stages.open_run(own_tiny_run)
+    splits = stages.splits(run, ["big_train", "big_val"])
+
+    def stage_c(**settings):
+        config = StageC(run_dir=str(own_tiny_run), models=["Arch_02", "Arch_04_tuned"], epochs=1, batch_size=16,
+                        progress="none", **settings)
+        entries = stages.choose_big_models(run, config)
+        return {row["name"]: row for row in stages.train_stage_c(run, config, splits["big_train"], splits["big_val"], entries)}
+
+    def largest_difference(one, other):
+        one, other = load_model(one).state_dict(), load_model(other).state_dict()
+        assert one.keys() == other.keys()
+        return max(float((one[key] - other[key]).abs().max()) for key in one)
+
+    sources = {"Arch_02": own_tiny_run / "A" / "models" / "Arch_02" / "model.pth",
+               "Arch_04_tuned": own_tiny_run / "B" / "models" / "Arch_04_tuned" / "model.pth"}
+    # With a vanishing learning rate a warm-started model ends where stage A (B) left it ...
+    rows = stage_c(warm_start=True, lr=1e-12, per_model={"Arch_04_tuned": {"lr": 1e-12}})
+    for name, source in sources.items():
+        summary = json.loads((own_tiny_run / "C" / "models" / name / "summary.json").read_text())
+        assert summary["warm_start_from"] == source.relative_to(own_tiny_run).as_posix()
+        assert largest_difference(source, own_tiny_run / "C" / rows[name]["model_path"]) < 1e-8
+    # ... and a fresh one (the default) ends at its initialisation, where stage A's training started from (the same
+    # seed), not where it ended: the models are trained again, not taken as finished.
+    stage_c(lr=1e-12, per_model={"Arch_04_tuned": {"lr": 1e-12}})
+    for name, source in sources.items():
+        summary = json.loads((own_tiny_run / "C" / "models" / name / "summary.json").read_text())
+        assert "warm_start_from" not in summary
+        assert largest_difference(source, own_tiny_run / "C" / "models" / name / "model.pth") > 1e-4
+    # A model stage A never trained cannot be warm-started: refused before anything trains.
+    a_summary = own_tiny_run / "A" / "summary.json"
+    ranking = json.loads(a_summary.read_text())
+    ranking["ranking"] = [row for row in ranking["ranking"] if row["name"] != "Arch_02"]
+    a_summary.write_text(json.dumps(ranking))
+    before = {p: p.stat().st_mtime_ns for p in (own_tiny_run / "C").rglob("*")}
+    with pytest.raises(RunError, match=r"C.warm_start: stage A trained no Arch_02 .*A/summary.json.* add it to A.models"):
+        stage_c(warm_start=True)
+    assert {p: p.stat().st_mtime_ns for p in (own_tiny_run / "C").rglob("*")} == before
+
+
 def test_a_rerun_skips_finished_stages(own_tiny_run):
     tiny_run = own_tiny_run
     before = {p: p.stat().st_mtime_ns for p in tiny_run.glob("*/summary.json")}

@@ -13,12 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from floodlib.data.dataset import PatchDataset
-from floodlib.data.store import atomic_write
+from floodlib.data.store import atomic_json, atomic_write
 from floodlib.models import create_model
 # open_run, splits, stale_upstream and write_summary: the notebooks call them as stages.<name> too.
-from floodlib.runs import (PROFILE_FILE, BigModel, RankedModel, Run, StageASummary, StageCSummary, open_run,  # noqa: F401
-                           read_summary, splits, stale_upstream, write_summary)
-from floodlib.runs.profile import ProfileError, ProjectConfig, StageA, StageC, TrainSettings
+from floodlib.runs import (PROFILE_FILE, BigModel, RankedModel, Run, RunError, StageASummary, StageCSummary,  # noqa: F401
+                           open_run, read_summary, splits, stale_upstream, write_summary)
+from floodlib.runs.profile import TUNED_MODEL, ProfileError, ProjectConfig, StageA, StageC, TrainSettings
 from floodlib.training import PlateauSchedule, fit, load_model
 
 def project_spec(project: ProjectConfig, *, terrain_dir: str | Path | None = None, where: str = "data"):
@@ -79,9 +79,12 @@ def _plateau(settings: TrainSettings) -> PlateauSchedule | None:
 
 def train_one(run: Run, stage: str, settings: TrainSettings, train, val, *, name: str, arch: str,
               arch_kwargs: dict | None = None, downsampler: str | None = None,
-              downsampler_kwargs: dict | None = None, lr: float | None = None, callbacks=()) -> dict[str, Any]:
+              downsampler_kwargs: dict | None = None, lr: float | None = None, callbacks=(),
+              start_from: Path | None = None) -> dict[str, Any]:
     """Fit one model into the stage folder; returns its summary (also in ``models/<name>/summary.json``).
 
+    ``start_from``: a checkpoint of the same configuration whose weights training starts from (recorded in the
+    summary as ``warm_start_from``, relative to the run folder); None: a fresh initialisation.
     A model whose summary exists is not trained again (the stage was interrupted after it).
     """
     import torch
@@ -90,6 +93,17 @@ def train_one(run: Run, stage: str, settings: TrainSettings, train, val, *, name
     torch.manual_seed(settings.seed)
     model = create_model(arch, downsampler=downsampler or settings.downsampler,
                          downsampler_kwargs=downsampler_kwargs, **(arch_kwargs or {}))
+    warm_start_from = None
+    if start_from is not None:
+        source = load_model(start_from)
+        if source.config != model.config:
+            differ = sorted(key for key in {**source.config, **model.config}
+                            if source.config.get(key) != model.config.get(key))
+            raise RunError(f"{start_from}: cannot start stage {stage}'s {name} from it: its configuration differs in "
+                           + ", ".join(f"{key} ({source.config.get(key)!r} there, {model.config.get(key)!r} here)"
+                                       for key in differ))
+        model.load_state_dict(source.state_dict())
+        warm_start_from = Path(start_from).resolve().relative_to(run.run_dir.resolve()).as_posix()
     # The reference's settings are per architecture: the stage's values, unless per_model says otherwise.
     own = settings.per_model.get(name, {})
     chosen = {"epochs": own.get("epochs", settings.epochs), "lr": own.get("lr", lr or settings.lr),
@@ -99,12 +113,17 @@ def train_one(run: Run, stage: str, settings: TrainSettings, train, val, *, name
     if existing.exists() and not callbacks:
         # Finished before this stage was interrupted: kept when it was trained exactly as asked now.
         previous = json.loads(existing.read_text())
-        if previous["config"] == model.config and all(previous["settings"].get(k) == v for k, v in chosen.items()):
+        if previous["config"] == model.config and all(previous["settings"].get(k) == v for k, v in chosen.items()) \
+                and previous.get("warm_start_from") == warm_start_from:
             return previous
     result = fit(model, train, val, out_dir=stage_dir, name=name, plateau=_plateau(settings),
                  progress=settings.progress, precision=settings.precision, devices=settings.devices,
                  num_nodes=settings.num_nodes, strategy=settings.strategy, callbacks=list(callbacks), **chosen)
-    return json.loads(result.summary_path.read_text())
+    summary = json.loads(result.summary_path.read_text())
+    if warm_start_from is not None:
+        summary["warm_start_from"] = warm_start_from
+        atomic_json(summary, result.summary_path)
+    return summary
 
 
 def ranking(summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -188,9 +207,34 @@ def choose_big_models(run: Run, config: StageC) -> list[dict[str, Any]]:
     return entries
 
 
+def warm_start_sources(run: Run, entries: list[dict[str, Any]]) -> dict[str, Path]:
+    """Where each of stage C's models starts from under ``C.warm_start``: the checkpoint stage A trained for it
+    (Arch_04_tuned: stage B's tuned model). RunError, before anything trains, when one is missing."""
+    trained = {row.name: run.stage_dir("A") / row.model_path for row in read_summary(run, "A").ranking}
+    sources = {}
+    for entry in entries:
+        name = entry["name"]
+        if name == TUNED_MODEL:
+            path = run.stage_dir("B") / read_summary(run, "B").tuned.model_path
+        elif name in trained:
+            path = trained[name]
+        else:
+            raise RunError(f"C.warm_start: stage A trained no {name} ({run.stage_dir('A') / 'summary.json'} ranks "
+                           f"{sorted(trained)}), so there are no weights to start it from; add it to A.models or set "
+                           "C.warm_start: false")
+        if not path.is_file():
+            raise RunError(f"C.warm_start: {path}: no such checkpoint for {name}; redo the stage that trains it "
+                           "(--only A --force, or B for Arch_04_tuned) or set C.warm_start: false")
+        sources[name] = path
+    return sources
+
+
 def train_stage_c(run: Run, config: StageC, train, val, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Stage C: the chosen models on the big split; returns their ranking."""
-    summaries = [train_one(run, "C", config, train, val, **entry) for entry in entries]
+    """Stage C: the chosen models on the big split (from A's and B's weights under ``warm_start``); returns
+    their ranking."""
+    sources = warm_start_sources(run, entries) if config.warm_start else {}
+    summaries = [train_one(run, "C", config, train, val, start_from=sources.get(entry["name"]), **entry)
+                 for entry in entries]
     return ranking(summaries)
 
 

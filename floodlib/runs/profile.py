@@ -315,6 +315,9 @@ class StageC(TrainSettings):
     run_dir: str
     models: list[str] = Field(default_factory=list)  # empty: the top four of A, Arch_04 replaced by B's tuned one
     count: int = Field(default=4, ge=1)
+    # Start each model from the weights stage A trained for it (Arch_04_tuned: stage B's), not from a fresh
+    # initialisation: C then continues A's training on the big split instead of repeating its first epochs.
+    warm_start: bool = False
 
     @field_validator("models")
     @classmethod
@@ -473,12 +476,20 @@ def load_profile(path: str | Path) -> Profile:
 
 def check_stages(profile: Profile, *, where: str, stages: tuple[str, ...] | list[str] = ()) -> None:
     """Refuse, before anything runs, stage settings that only a later stage would find wrong: stage D naming a
-    split the data section does not make, and, when ``stages`` (those about to run) include B, stage A
-    without Arch_04 (B compares its tuned Arch_04 with A's)."""
+    split the data section does not make; when ``stages`` (those about to run) include B, stage A without
+    Arch_04 (B compares its tuned Arch_04 with A's); when they include C with ``warm_start``, a C model that
+    stage A does not train."""
     a = validate_stage("A", {**profile.A, "run_dir": ""}, where=where)
     if "B" in stages and "Arch_04" not in a.models:
         raise ProfileError(f"{where}: A.models = {a.models}: stage B tunes Arch_04 and compares it with stage A's "
                            "Arch_04, so A must train it; add Arch_04 to A.models")
+    if "C" in stages:
+        c = validate_stage("C", {**profile.C, "run_dir": ""}, where=where)
+        untrained = [name for name in c.models if name != TUNED_MODEL and name not in a.models]
+        if c.warm_start and untrained:
+            raise ProfileError(f"{where}: C.warm_start = true and C.models = {c.models}: {untrained} not in A.models "
+                               f"{a.models}, so stage A leaves no weights to start them from; add them to A.models "
+                               "or set C.warm_start: false")
     d = validate_stage("D", {**profile.D, "run_dir": ""}, where=where)
     projects = profile.data.project_names()
     if not projects:
