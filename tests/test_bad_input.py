@@ -239,11 +239,13 @@ def _drop_fetch(raw, path):
     (lambda r: r["A"].update(preview_count=0), r"section A: preview_count = 0: Input should be greater than or equal to 1"),
     (lambda r: (r["A"].update(models=["Arch_02", "Arch_04"]), r["C"].update(models=["Arch_02", "Arch_05"], warm_start=True)),
      r"C.warm_start = true and C.models = \['Arch_02', 'Arch_05'\]: \['Arch_05'\] not in A.models"),
+    (lambda r: r["C"].update(warm_start=True, downsampler="cubic"),
+     r"C.warm_start = true with C.downsampler = 'cubic' but A.downsampler = 'alternating'"),
 ], ids=["B-layers-reversed", "B-layers-zero", "B-attentions-negative", "B-attentions-beyond-layers", "B-lr-reversed",
         "B-lr-negative", "B-channels-empty", "B-channels-zero", "B-downsampler-unknown", "B-downsamplers-empty",
         "D-test-split-unknown", "D-splits-unknown", "A-without-Arch_04", "C-model-unknown", "DEM-missing",
         "HEC-RAS-missing", "project-twice", "valley-field-unknown", "samples-bad", "splits-bad", "test-project-unknown",
-        "A-no-previews", "C-warm-start-without-A-weights"])
+        "A-no-previews", "C-warm-start-without-A-weights", "C-warm-start-other-downsampler"])
 def test_a_bad_setting_is_refused_when_the_profile_is_read_before_anything_runs(tmp_path, change, message):
     path = _smoke_with(tmp_path, change)
     outputs = tmp_path / "outputs"

@@ -93,17 +93,8 @@ def train_one(run: Run, stage: str, settings: TrainSettings, train, val, *, name
     torch.manual_seed(settings.seed)
     model = create_model(arch, downsampler=downsampler or settings.downsampler,
                          downsampler_kwargs=downsampler_kwargs, **(arch_kwargs or {}))
-    warm_start_from = None
-    if start_from is not None:
-        source = load_model(start_from)
-        if source.config != model.config:
-            differ = sorted(key for key in {**source.config, **model.config}
-                            if source.config.get(key) != model.config.get(key))
-            raise RunError(f"{start_from}: cannot start stage {stage}'s {name} from it: its configuration differs in "
-                           + ", ".join(f"{key} ({source.config.get(key)!r} there, {model.config.get(key)!r} here)"
-                                       for key in differ))
-        model.load_state_dict(source.state_dict())
-        warm_start_from = Path(start_from).resolve().relative_to(run.run_dir.resolve()).as_posix()
+    warm_start_from = (None if start_from is None
+                       else Path(start_from).resolve().relative_to(run.run_dir.resolve()).as_posix())
     # The reference's settings are per architecture: the stage's values, unless per_model says otherwise.
     own = settings.per_model.get(name, {})
     chosen = {"epochs": own.get("epochs", settings.epochs), "lr": own.get("lr", lr or settings.lr),
@@ -116,6 +107,15 @@ def train_one(run: Run, stage: str, settings: TrainSettings, train, val, *, name
         if previous["config"] == model.config and all(previous["settings"].get(k) == v for k, v in chosen.items()) \
                 and previous.get("warm_start_from") == warm_start_from:
             return previous
+    if start_from is not None:
+        source = load_model(start_from)
+        if source.config != model.config:
+            differ = sorted(key for key in {**source.config, **model.config}
+                            if source.config.get(key) != model.config.get(key))
+            raise RunError(f"{start_from}: cannot start stage {stage}'s {name} from it: its configuration differs in "
+                           + ", ".join(f"{key} ({source.config.get(key)!r} there, {model.config.get(key)!r} here)"
+                                       for key in differ))
+        model.load_state_dict(source.state_dict())
     result = fit(model, train, val, out_dir=stage_dir, name=name, plateau=_plateau(settings),
                  progress=settings.progress, precision=settings.precision, devices=settings.devices,
                  num_nodes=settings.num_nodes, strategy=settings.strategy, callbacks=list(callbacks), **chosen)
@@ -209,7 +209,8 @@ def choose_big_models(run: Run, config: StageC) -> list[dict[str, Any]]:
 
 def warm_start_sources(run: Run, entries: list[dict[str, Any]]) -> dict[str, Path]:
     """Where each of stage C's models starts from under ``C.warm_start``: the checkpoint stage A trained for it
-    (Arch_04_tuned: stage B's tuned model). RunError, before anything trains, when one is missing."""
+    (Arch_04_tuned: stage B's tuned model). RunError, before anything trains, when one is missing; a checkpoint
+    of another configuration is refused by :func:`train_one` when that model's turn comes."""
     trained = {row.name: run.stage_dir("A") / row.model_path for row in read_summary(run, "A").ranking}
     sources = {}
     for entry in entries:

@@ -478,7 +478,7 @@ def check_stages(profile: Profile, *, where: str, stages: tuple[str, ...] | list
     """Refuse, before anything runs, stage settings that only a later stage would find wrong: stage D naming a
     split the data section does not make; when ``stages`` (those about to run) include B, stage A without
     Arch_04 (B compares its tuned Arch_04 with A's); when they include C with ``warm_start``, a C model that
-    stage A does not train."""
+    stage A does not train or a downsampler other than A's."""
     a = validate_stage("A", {**profile.A, "run_dir": ""}, where=where)
     if "B" in stages and "Arch_04" not in a.models:
         raise ProfileError(f"{where}: A.models = {a.models}: stage B tunes Arch_04 and compares it with stage A's "
@@ -490,6 +490,10 @@ def check_stages(profile: Profile, *, where: str, stages: tuple[str, ...] | list
             raise ProfileError(f"{where}: C.warm_start = true and C.models = {c.models}: {untrained} not in A.models "
                                f"{a.models}, so stage A leaves no weights to start them from; add them to A.models "
                                "or set C.warm_start: false")
+        if c.warm_start and c.downsampler != a.downsampler:
+            raise ProfileError(f"{where}: C.warm_start = true with C.downsampler = {c.downsampler!r} but A.downsampler = "
+                               f"{a.downsampler!r}: a model starts from A's weights only with A's downsampler; make them "
+                               "the same or set C.warm_start: false")
     d = validate_stage("D", {**profile.D, "run_dir": ""}, where=where)
     projects = profile.data.project_names()
     if not projects:
