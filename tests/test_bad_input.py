@@ -224,6 +224,7 @@ def _drop_fetch(raw, path):
     (lambda r: r["B"].update(downsamplers=[]), r"section B: downsamplers = \[\]: .*at least one downsampler"),
     (lambda r: r.update(D={"test_split": "big_tset"}), r"D.test_split: unknown split\(s\) \['big_tset'\]; this profile's data makes \[.*'big_test'"),
     (lambda r: r.update(D={"splits": ["big_test", "valley_tset"]}), r"D.splits: unknown split\(s\) \['valley_tset'\]"),
+    (lambda r: r.update(D={"context_splits": "test"}), r"section D: context_splits = 'test': Input should be 'held_out' or 'all'"),
     (lambda r: r["A"].update(models=["Arch_02", "Arch_03"]), r"A.models = \['Arch_02', 'Arch_03'\]: stage B tunes Arch_04 .* add Arch_04"),
     (lambda r: r["C"].update(models=["Arch_99"]), r"section C: models = \['Arch_99'\]: .*unknown model 'Arch_99'"),
     (lambda r: _drop_fetch(r, "/nonexistent/dem.tif"), r"data.simulate.1.terrain.path = /nonexistent/dem.tif: no such file; expected a GeoTIFF"),
@@ -243,7 +244,7 @@ def _drop_fetch(raw, path):
      r"C.warm_start = true with C.downsampler = 'cubic' but A.downsampler = 'alternating'"),
 ], ids=["B-layers-reversed", "B-layers-zero", "B-attentions-negative", "B-attentions-beyond-layers", "B-lr-reversed",
         "B-lr-negative", "B-channels-empty", "B-channels-zero", "B-downsampler-unknown", "B-downsamplers-empty",
-        "D-test-split-unknown", "D-splits-unknown", "A-without-Arch_04", "C-model-unknown", "DEM-missing",
+        "D-test-split-unknown", "D-splits-unknown", "D-context-splits-unknown", "A-without-Arch_04", "C-model-unknown", "DEM-missing",
         "HEC-RAS-missing", "project-twice", "valley-field-unknown", "samples-bad", "splits-bad", "test-project-unknown",
         "A-no-previews", "C-warm-start-without-A-weights", "C-warm-start-other-downsampler"])
 def test_a_bad_setting_is_refused_when_the_profile_is_read_before_anything_runs(tmp_path, change, message):

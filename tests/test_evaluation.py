@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from floodlib.evaluation import (EvaluationError, MetricSpec, evaluate_dataset, evaluate_models, headline,
-                                 headline_text, reported_splits, run_models, sample_metrics, summarise, summary_table,
+                                 headline_text, reported_splits, run_models, sample_metrics, summarise,
                                  view_sample)
 from floodlib.models import create_model
 from floodlib.pipeline import stages
@@ -105,6 +105,13 @@ def test_splits_taken_from_one_pass_over_all_plans_equal_each_split_evaluated_al
         assert list(mine["sample"]) == list(range(len(dataset)))
         assert list(mine["plan"]) == list(alone["plan"]) and list(mine["col"]) == list(alone["col"])
         np.testing.assert_allclose(mine["rae"], alone["rae"], rtol=1e-6)
+    # A model limited to some splits gets exactly those splits' rows, the same as from the pass over all.
+    limited = evaluate_models(models[:1], datasets, device="cpu", log=None, splits_of={models[0].key: ["big_test"]})
+    assert set(limited["split"]) == {"big_test"}
+    pd.testing.assert_frame_equal(limited.reset_index(drop=True),
+                                  samples[samples["split"] == "big_test"].reset_index(drop=True))
+    with pytest.raises(ValueError, match=r"splits_of\['C/.*'\] = \['test'\]: expected some of the evaluated splits"):
+        evaluate_models(models[:1], datasets, device="cpu", log=None, splits_of={models[0].key: ["test"]})
 
 
 def test_stage_d_reports_every_model_on_every_split(tiny_run):
@@ -116,6 +123,10 @@ def test_stage_d_reports_every_model_on_every_split(tiny_run):
     table = pd.read_csv(stage_dir / "metrics" / "summary.csv")
     assert set(c_models) <= set(table["model"]) and {"A/Arch_07", "B/Arch_04_tuned"} <= set(table["model"])
     assert set(table["split"]) == set(datasets)
+    # Stage C's models on every split; the context models (A's and B's) on the held-out tests only.
+    splits_of = table.groupby("model")["split"].agg(set)
+    assert all(splits_of[model] == set(datasets) for model in c_models)
+    assert all(splits_of[model] == {"big_test", "test_projects"} for model in splits_of.index if model[0] in "AB")
     headline = summary["headline"]
     test_rows = table[(table["split"] == "big_test") & (table["stage"] == "C")].set_index("model")
     assert headline["best_model"] == test_rows["median_rae"].idxmin()

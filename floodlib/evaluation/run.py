@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -16,27 +16,39 @@ from floodlib.runs import RunModel
 
 
 def evaluate_models(models: Sequence[RunModel], datasets: dict[str, PatchDataset], *, spec: MetricSpec = MetricSpec(),
-                    batch_size: int = 64, device: str | torch.device = "auto", log=print) -> pd.DataFrame:
+                    batch_size: int = 64, device: str | torch.device = "auto", log=print,
+                    splits_of: Mapping[str, Sequence[str]] | None = None) -> pd.DataFrame:
     """Per-sample metrics of every model on every split: one row per (model, split, sample).
 
     Splits are unions of plans and a plan's samples do not depend on the split, so each model predicts
     every plan once; each split's rows are then taken from those, in the split's own sample order.
+    ``splits_of`` maps a model's key to the only splits it is evaluated on (its other splits' plans are not
+    predicted); a model it does not name gets every split.
     """
     if not datasets:
         raise ValueError("no splits to evaluate")
+    splits_of = dict(splits_of or {})
+    for key, names in splits_of.items():
+        unknown = [name for name in names if name not in datasets]
+        if unknown or not names:
+            raise ValueError(f"splits_of[{key!r}] = {list(names)}: expected some of the evaluated splits {list(datasets)}")
     first = next(iter(datasets.values()))
-    files = list(dict.fromkeys(f for d in datasets.values() for f in d.files))
-    union = PatchDataset(files, spec=first.spec, name="all plans", memory_map=first.memory_map)
-    frames = []
+    frames, unions = [], {}
     for entry in models:
         if entry.model is None:
             raise ValueError(f"{entry.key}: model not loaded (run_models(load=True))")
+        chosen = {name: datasets[name] for name in splits_of.get(entry.key, datasets)}
+        files = list(dict.fromkeys(f for d in chosen.values() for f in d.files))
+        if tuple(chosen) not in unions:  # indexed once per set of splits
+            unions[tuple(chosen)] = PatchDataset(files, spec=first.spec, name="all plans", memory_map=first.memory_map)
+        union = unions[tuple(chosen)]
         start = time.perf_counter()
         rows = evaluate_dataset(entry.model, union, spec=spec, batch_size=batch_size, device=device)
         if log:
-            log(f"{entry.key}: {len(rows)} samples of {len(files)} plans in {time.perf_counter() - start:.1f} s")
+            log(f"{entry.key}: {len(rows)} samples of {len(files)} plans ({', '.join(chosen)}) "
+                f"in {time.perf_counter() - start:.1f} s")
         by_file = {file: part for file, part in rows.groupby("file", sort=False)}
-        for split, dataset in datasets.items():
+        for split, dataset in chosen.items():
             parts = [by_file[str(f)] for f in dataset.files if str(f) in by_file]
             part = pd.concat(parts, ignore_index=True) if parts else rows.iloc[:0].copy()
             part["sample"] = np.arange(len(part))

@@ -326,10 +326,13 @@ class StageC(TrainSettings):
 
 
 class StageD(Strict):
-    """Notebook D: evaluate stage C's models (and A's and B's for context) on every split."""
+    """Notebook D: evaluate stage C's models on every split (and A's and B's for context, on the held-out tests)."""
 
     run_dir: str
     context_stages: list[Literal["A", "B"]] = Field(default_factory=lambda: ["A", "B"])
+    # The splits the context models are evaluated on: "held_out", the reported tests (test_split, and
+    # test_projects when projects are held out), the only ones whose figures show them; "all": every split.
+    context_splits: Literal["held_out", "all"] = "held_out"
     splits: list[str] = Field(default_factory=list)  # empty: every split of the run
     test_split: str = "big_test"
     batch_size: int = Field(default=64, ge=1)
