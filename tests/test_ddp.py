@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from floodlib.training import read_checkpoint
@@ -105,11 +106,18 @@ def test_a_split_sent_to_another_rank_keeps_exactly_its_samples(tmp_path):
     np.testing.assert_array_equal(rebuilt.index, dense.index)
 
 
-def test_two_process_ddp_matches_one_process_and_writes_once(tmp_path):
-    single = tmp_path / "single"
-    _run(single, EPOCHS)
-    ddp = tmp_path / "ddp"
-    output = _run(ddp, EPOCHS, devices=2)
+@pytest.fixture(scope="module")
+def reference_runs(tmp_path_factory) -> dict[str, tuple[Path, str]]:
+    """The runs the DDP tests compare with, made once: ``EPOCHS`` epochs in one process and under torchrun
+    with two processes; each (its root folder, its output)."""
+    root = tmp_path_factory.mktemp("ddp_reference")
+    return {name: (root / name, _run(root / name, EPOCHS, devices=devices))
+            for name, devices in (("single", 1), ("torchrun", 2))}
+
+
+def test_two_process_ddp_matches_one_process_and_writes_once(reference_runs):
+    single, _ = reference_runs["single"]
+    ddp, output = reference_runs["torchrun"]
 
     a, b = _losses(single), _losses(ddp)
     for key in ("train_loss", "val_loss"):
@@ -131,9 +139,8 @@ def test_two_process_ddp_matches_one_process_and_writes_once(tmp_path):
         torch.testing.assert_close(weights_b[key], weights_a[key], rtol=1e-3, atol=1e-5)
 
 
-def test_ddp_run_continues_from_its_checkpoint(tmp_path):
-    whole = tmp_path / "whole"
-    _run(whole, EPOCHS, devices=2)
+def test_ddp_run_continues_from_its_checkpoint(reference_runs, tmp_path):
+    whole, _ = reference_runs["torchrun"]
     parts = tmp_path / "parts"
     _run(parts, 2, devices=2, keep=True)
     assert (parts / "stage" / "checkpoints" / "Arch_02" / "last.ckpt").exists()
@@ -145,19 +152,18 @@ def test_ddp_run_continues_from_its_checkpoint(tmp_path):
         np.testing.assert_allclose(b[key].numpy(), a[key].numpy(), rtol=1e-6, err_msg=key)
 
 
-def test_ddp_started_from_one_process_matches_torchrun(tmp_path):
+def test_ddp_started_from_one_process_matches_torchrun(reference_runs, tmp_path):
     """A plain ``python`` process (or a notebook's kernel) asking for two devices: fit starts the second rank
     itself, and the run is the one torchrun gives."""
-    launched = tmp_path / "torchrun"
-    _run(launched, 2, devices=2)
+    launched, _ = reference_runs["torchrun"]
     own = tmp_path / "own"
-    output = _run(own, 2, devices=2, torchrun=False)
+    output = _run(own, EPOCHS, devices=2, torchrun=False)
     a, b = _losses(launched), _losses(own)
     for key in ("train_loss", "val_loss", "lr"):
         np.testing.assert_allclose(b[key].numpy(), a[key].numpy(), rtol=1e-6, err_msg=key)
     assert json.loads((own / "stage" / "models" / "Arch_02" / "summary.json").read_text())["settings"]["world_size"] == 2
     assert _files(own) == _files(launched)
-    assert sum(line.startswith("Arch_02 epoch ") for line in output.splitlines()) == 2
+    assert sum(line.startswith("Arch_02 epoch ") for line in output.splitlines()) == EPOCHS
 
 
 def test_a_stage_notebook_trains_on_two_machines_of_two_processes_from_its_kernel(tiny_run, tmp_path, monkeypatch):
@@ -194,13 +200,12 @@ def test_a_stage_notebook_trains_on_two_machines_of_two_processes_from_its_kerne
         "models/Arch_02/model.pth", "models/Arch_02/summary.json", "summary.json"]
 
 
-def test_two_machines_one_process_each_match_one_process(tmp_path):
+def test_two_machines_one_process_each_match_one_process(reference_runs, tmp_path):
     """``num_nodes=2`` from a plain process: fit writes the job into its output folder and the second
     machine's server starts that machine's rank; the run is the one-process run with the same global batch."""
-    single = tmp_path / "single"
-    _run(single, 3)
+    single, _ = reference_runs["single"]
     server = _serve(tmp_path / "nodes")
-    output = _run(tmp_path / "nodes" / "run", 3, nodes=2, env=_environment(MASTER_ADDR="127.0.0.1"))
+    output = _run(tmp_path / "nodes" / "run", EPOCHS, nodes=2, env=_environment(MASTER_ADDR="127.0.0.1"))
     assert server.wait(timeout=120) == 0, server.stdout.read()
     log = server.stdout.read()
     assert "node 1: training Arch_02 (1 processes)" in log, log
@@ -210,7 +215,7 @@ def test_two_machines_one_process_each_match_one_process(tmp_path):
     summary = json.loads((tmp_path / "nodes" / "run" / "stage" / "models" / "Arch_02" / "summary.json").read_text())
     assert summary["settings"]["world_size"] == 2 and summary["settings"]["num_nodes"] == 2
     assert _files(tmp_path / "nodes" / "run") == _files(single)  # the job folder is gone
-    assert sum(line.startswith("Arch_02 epoch ") for line in output.splitlines()) == 3
+    assert sum(line.startswith("Arch_02 epoch ") for line in output.splitlines()) == EPOCHS
 
 
 def test_the_server_refuses_a_missing_machine_number_or_folder(tmp_path):
