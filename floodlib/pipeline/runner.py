@@ -225,6 +225,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"floodlib pipeline: {error}", file=sys.stderr)
         return 1
     except (Interrupted, KeyboardInterrupt) as error:  # the latter: Ctrl-C before any stage started
+        # The interrupted notebook client leaves asyncio tasks behind that would each print "Task exception was
+        # never retrieved" and a traceback as the process ends: the one line below says all there is.
+        logging.getLogger("asyncio").setLevel(logging.CRITICAL + 1)
         print(f"floodlib pipeline: {error or 'interrupted before any stage started; nothing was run'}", file=sys.stderr)
         return 130
     return 0
