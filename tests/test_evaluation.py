@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from floodlib.evaluation import (EvaluationError, MetricSpec, evaluate_dataset, evaluate_models, headline,
+from floodlib.evaluation import (EvaluationError, MetricSpec, context_splits_of, evaluate_dataset, evaluate_models, headline,
                                  headline_text, reported_splits, run_models, sample_metrics, summarise,
                                  view_sample)
 from floodlib.models import create_model
@@ -112,6 +112,17 @@ def test_splits_taken_from_one_pass_over_all_plans_equal_each_split_evaluated_al
                                   samples[samples["split"] == "big_test"].reset_index(drop=True))
     with pytest.raises(ValueError, match=r"splits_of\['C/.*'\] = \['test'\]: expected some of the evaluated splits"):
         evaluate_models(models[:1], datasets, device="cpu", log=None, splits_of={models[0].key: ["test"]})
+
+
+def test_context_models_are_limited_to_the_held_out_splits_unless_all_are_asked_for(tiny_run):
+    models = run_models(tiny_run, ["C"], context=["A", "B"], load=False)
+    context = sorted(entry.key for entry in models if entry.stage != "C")
+    assert "A/Arch_07" in context and "B/Arch_04_tuned" in context
+    limited = context_splits_of(models, ["big_test", "test_projects"])
+    assert sorted(limited) == context and all(splits == ["big_test", "test_projects"] for splits in limited.values())
+    assert context_splits_of(models, ["big_test"], "all") == {}
+    with pytest.raises(ValueError, match=r"context_splits='test': expected one of \('held_out', 'all'\)"):
+        context_splits_of(models, ["big_test"], "test")
 
 
 def test_stage_d_reports_every_model_on_every_split(tiny_run):

@@ -26,13 +26,13 @@ from floodlib.evaluation.report import (REFERENCE_MEDIAN_RAE, SPLIT_DESCRIPTIONS
                                         save_metrics, save_table, summary_table)
 from floodlib.evaluation.rollout import (PlanRollout, plot_convergence, plot_rollout_maps, plot_rollout_rae,
                                          plot_volume, roll_out_plans, rollout_summary, rollout_text)
-from floodlib.evaluation.run import choose_samples, evaluate_models, prediction_pages
+from floodlib.evaluation.run import choose_samples, context_splits_of, evaluate_models, prediction_pages
 from floodlib.runs import RunModel, run_models
 
 __all__ = [
     "EvaluationError", "MetricSpec", "PlanRollout", "plot_convergence", "plot_rollout_maps", "plot_rollout_rae",
     "plot_volume", "roll_out_plans", "rollout_summary", "rollout_text", "REFERENCE_MEDIAN_RAE", "RunModel", "SPLIT_DESCRIPTIONS", "SampleView",
-    "choose_samples", "compare_models", "evaluate_dataset", "evaluate_models", "figure_png", "format_rae", "headline",
+    "choose_samples", "compare_models", "context_splits_of", "evaluate_dataset", "evaluate_models", "figure_png", "format_rae", "headline",
     "headline_text", "inference_latency", "plot_comparison", "plot_rae_boxplots", "predict_dataset",
     "prediction_page", "prediction_pages", "read_sample_metrics", "report_summary", "reported_splits",
     "resolve_device", "run_models", "sample_figure", "sample_metrics", "save_metrics", "save_table", "summarise",

@@ -38,14 +38,15 @@ def evaluate_models(models: Sequence[RunModel], datasets: dict[str, PatchDataset
         if entry.model is None:
             raise ValueError(f"{entry.key}: model not loaded (run_models(load=True))")
         chosen = {name: datasets[name] for name in splits_of.get(entry.key, datasets)}
-        files = list(dict.fromkeys(f for d in chosen.values() for f in d.files))
         if tuple(chosen) not in unions:  # indexed once per set of splits
-            unions[tuple(chosen)] = PatchDataset(files, spec=first.spec, name="all plans", memory_map=first.memory_map)
+            files = list(dict.fromkeys(f for d in chosen.values() for f in d.files))
+            unions[tuple(chosen)] = PatchDataset(files, spec=first.spec, name="plans of " + ", ".join(chosen),
+                                                 memory_map=first.memory_map)
         union = unions[tuple(chosen)]
         start = time.perf_counter()
         rows = evaluate_dataset(entry.model, union, spec=spec, batch_size=batch_size, device=device)
         if log:
-            log(f"{entry.key}: {len(rows)} samples of {len(files)} plans ({', '.join(chosen)}) "
+            log(f"{entry.key}: {len(rows)} samples of {len(union.files)} plans ({', '.join(chosen)}) "
                 f"in {time.perf_counter() - start:.1f} s")
         by_file = {file: part for file, part in rows.groupby("file", sort=False)}
         for split, dataset in chosen.items():
@@ -58,6 +59,17 @@ def evaluate_models(models: Sequence[RunModel], datasets: dict[str, PatchDataset
             part.insert(0, "model", entry.key)
             frames.append(part)
     return pd.concat(frames, ignore_index=True)
+
+
+CONTEXT_SPLITS = ("held_out", "all")
+
+
+def context_splits_of(models: Sequence[RunModel], reported: Sequence[str], mode: str = "held_out") -> dict[str, list[str]]:
+    """Stage D's ``splits_of`` for :func:`evaluate_models`: the models of stages other than C (there for
+    context) on the ``reported`` held-out splits alone (``mode`` "held_out"), or on every split ("all")."""
+    if mode not in CONTEXT_SPLITS:
+        raise ValueError(f"context_splits={mode!r}: expected one of {CONTEXT_SPLITS}")
+    return {entry.key: list(reported) for entry in models if entry.stage != "C"} if mode == "held_out" else {}
 
 
 def choose_samples(samples: pd.DataFrame, *, count: int, seed: int = 0) -> list[int]:
