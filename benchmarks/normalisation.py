@@ -48,7 +48,7 @@ from floodlib.models.base import SCALE_KEYS
 from floodlib.pipeline.config import load_profile
 from floodlib.pipeline.stages import project_spec
 from floodlib.training import fit
-from floodlib.training.fit import NonFiniteLossError
+from floodlib.training.fitting import NonFiniteLossError
 from floodlib.training.monitor import no_change_loss
 
 ROOT = Path(__file__).resolve().parents[1]

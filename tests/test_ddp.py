@@ -227,6 +227,20 @@ def test_the_server_refuses_a_missing_machine_number_or_folder(tmp_path):
         assert done.returncode == 2 and message in done.stderr, (arguments, done.stderr)
 
 
+def test_the_launcher_and_the_training_package_load_lightning_only_for_fit():
+    """The server answers bad arguments at once: neither it nor ``import floodlib.training`` imports Lightning,
+    whose import costs seconds; the package's names still resolve (and ``fit`` brings Lightning in)."""
+    probe = ("import sys, floodlib.training as t, floodlib.training.launch\n"
+             "print('lightning' in sys.modules, set(t.__all__) <= set(dir(t)))\n"
+             "from floodlib.training import fit, load_model, NonFiniteLossError\n"
+             "print('lightning' in sys.modules, fit.__module__, load_model.__module__, t.fit is fit)\n"
+             "try:\n    t.absent\nexcept AttributeError as error:\n    print(error)\n")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True)
+    assert done.stdout.splitlines() == [
+        "False True", "True floodlib.training.fitting floodlib.models.checkpoints True",
+        "module 'floodlib.training' has no attribute 'absent'"], done.stdout + done.stderr
+
+
 def test_a_machine_that_never_takes_up_the_job_is_a_clear_error(tmp_path):
     done = _run(tmp_path, 2, nodes=2, check=False, env=_environment(MASTER_ADDR="127.0.0.1", FLOODLIB_NODE_WAIT_S="3"))
     assert done.returncode != 0

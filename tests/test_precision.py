@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from floodlib.models import create_model, list_downsamplers, list_models
 from floodlib.models.downsamplers import alternating_stride_conv2d
 from floodlib.training import fit
-from floodlib.training.fit import resolve_precision
+from floodlib.training.fitting import resolve_precision
 
 BF16 = torch.bfloat16
 

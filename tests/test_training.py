@@ -20,7 +20,7 @@ from floodlib.data.dataset import PatchDataset
 from floodlib.models import create_model
 from floodlib.training import (CheckpointError, NonFiniteLossError, analyse_convergence, fit, load_model,
                                no_change_loss, read_checkpoint)
-from floodlib.training.fit import SurrogateModule
+from floodlib.training.fitting import SurrogateModule
 
 sys.path.insert(0, str(Path(__file__).parent))
 from training_job import datasets  # noqa: E402

@@ -3,15 +3,36 @@ are :mod:`floodlib.models.checkpoints`' (``load_model`` and friends, also import
 
 >>> result = fit(create_model("Arch_04"), train, val, out_dir="outputs/run/A", epochs=300, lr=1e-4)
 >>> model = load_model("outputs/run/A/models/Arch_04/model.pth")
+
+The names are imported on first use, so that a submodule that needs no Lightning (``python -m
+floodlib.training.launch`` refusing its arguments, for one) does not pay the seconds of importing it.
 """
 
-from floodlib.models.checkpoints import CheckpointError, load_model, read_checkpoint, save_model
-from floodlib.models.init import INIT_SCHEMES, init_weights
-from floodlib.training.fit import NonFiniteLossError, PlateauSchedule, TrainingResult, fit
-from floodlib.training.monitor import ConvergenceReport, analyse_convergence, no_change_loss
+from __future__ import annotations
 
-__all__ = [
-    "CheckpointError", "ConvergenceReport", "INIT_SCHEMES", "NonFiniteLossError", "PlateauSchedule",
-    "TrainingResult", "analyse_convergence", "fit", "init_weights", "load_model", "no_change_loss",
-    "read_checkpoint", "save_model",
-]
+import importlib
+
+#: Each exported name and the module that defines it.
+_EXPORTS = {
+    "CheckpointError": "floodlib.models.checkpoints", "load_model": "floodlib.models.checkpoints",
+    "read_checkpoint": "floodlib.models.checkpoints", "save_model": "floodlib.models.checkpoints",
+    "INIT_SCHEMES": "floodlib.models.init", "init_weights": "floodlib.models.init",
+    "NonFiniteLossError": "floodlib.training.fitting", "PlateauSchedule": "floodlib.training.fitting",
+    "TrainingResult": "floodlib.training.fitting", "fit": "floodlib.training.fitting",
+    "ConvergenceReport": "floodlib.training.monitor", "analyse_convergence": "floodlib.training.monitor",
+    "no_change_loss": "floodlib.training.monitor",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

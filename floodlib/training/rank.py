@@ -13,7 +13,7 @@ from pathlib import Path
 
 from floodlib.data.locks import exit_with_parent
 from floodlib.models.checkpoints import load_model
-from floodlib.training.fit import PlateauSchedule, fit
+from floodlib.training.fitting import PlateauSchedule, fit
 from floodlib.training.launch import ready_marker, split_from_description
 
 
