@@ -232,6 +232,8 @@ def _drop_fetch(raw, path):
      r"data.hecras.0.file = /nonexistent/plan.p01.hdf: no such file; expected a HEC-RAS plan results file"),
     (lambda r: r["data"]["simulate"].append(dict(r["data"]["simulate"][0])),
      r"data.simulate: project name\(s\) \['valley'\] given more than once"),
+    (lambda r: r["data"]["simulate"][0].update(name="valleys/2026"),
+     r"data.simulate.0.name = 'valleys/2026': Value error, 'valleys/2026' must be a folder name of letters, digits"),
     (lambda r: r["data"]["simulate"][0].update(terrain={"kind": "valley", "valley": {"slop": 0.01}}),
      r"data.simulate.0.terrain = .*valley: .*'slop'"),
     (lambda r: r["data"]["samples"].update(stride_cells=0), r"data.samples: .*unexpected keyword argument 'stride_cells'"),
@@ -245,7 +247,7 @@ def _drop_fetch(raw, path):
 ], ids=["B-layers-reversed", "B-layers-zero", "B-attentions-negative", "B-attentions-beyond-layers", "B-lr-reversed",
         "B-lr-negative", "B-channels-empty", "B-channels-zero", "B-downsampler-unknown", "B-downsamplers-empty",
         "D-test-split-unknown", "D-splits-unknown", "D-context-splits-unknown", "A-without-Arch_04", "C-model-unknown", "DEM-missing",
-        "HEC-RAS-missing", "project-twice", "valley-field-unknown", "samples-bad", "splits-bad", "test-project-unknown",
+        "HEC-RAS-missing", "project-twice", "project-name-a-path", "valley-field-unknown", "samples-bad", "splits-bad", "test-project-unknown",
         "A-no-previews", "C-warm-start-without-A-weights", "C-warm-start-other-downsampler"])
 def test_a_bad_setting_is_refused_when_the_profile_is_read_before_anything_runs(tmp_path, change, message):
     path = _smoke_with(tmp_path, change)

@@ -326,19 +326,29 @@ def test_a_profile_can_read_hecras_plans_into_the_run(tmp_path):
 
     plan = SHARED / "hecras" / "Muncie2DOnly_SI.p01.hdf"
     terrain = SHARED / "dem" / "pyhmt2d_muncie_subterrain_5m_deflate.tif"
-    profile = {"name": "muncie", "data": {"hecras": [{"file": str(plan), "terrain": str(terrain)}]}}
+    # The same results a second time under a plan name that is no file name: one file, not a folder "100yr".
+    profile = {"name": "muncie", "data": {"hecras": [
+        {"file": str(plan), "terrain": str(terrain)},
+        {"file": str(plan), "terrain": str(terrain), "project": "events", "plan": "100yr/24h"}]}}
     path = tmp_path / "muncie.yaml"
     path.write_text(yaml.safe_dump(profile))
     run = stages.open_run(tmp_path / "run", path)
     data_dir = stages.prepare_data(run)
-    files = sorted(data_dir.glob("*/*.h5"))
-    assert len(files) == 1
-    stored = read_simulation(files[0])
+    files = sorted(data_dir.rglob("*.h5"))
+    assert [f.relative_to(data_dir).as_posix() for f in files] == ["Muncie2DOnly_SI/2D Area Only.h5", "events/100yr%2F24h.h5"]
+    stored, renamed = read_simulation(files[0]), read_simulation(files[1])
     expected = read_hecras(plan, terrain=terrain)
     np.testing.assert_array_equal(stored.water_depth, expected.water_depth)
+    np.testing.assert_array_equal(renamed.water_depth, expected.water_depth)
+    assert (renamed.project, renamed.plan) == ("events", "100yr/24h")
     before = files[0].stat().st_mtime_ns
     stages.prepare_data(run)  # already there: kept as it is
     assert files[0].stat().st_mtime_ns == before
+    # A project name is a folder of the run: one that would leave data/ is refused when the profile is read.
+    profile["data"]["hecras"][1]["project"] = "../elsewhere"
+    path.write_text(yaml.safe_dump(profile))
+    with pytest.raises(ProfileError, match=r"hecras\.1\.project.*'\.\./elsewhere' must be a folder name"):
+        load_profile(path)
 
 
 def _notebook_parameters(notebook: Path) -> dict:

@@ -12,7 +12,7 @@ from numpy.testing import assert_array_equal
 from floodlib.data.dataset import PatchDataset, SplitSpec, discover_plans, load_splits, split_plans
 from floodlib.data.preview import preview_samples
 from floodlib.data.samples import SampleSpec, apply_transform, cut_sample, index_plan, patch_origins
-from floodlib.data.store import Simulation, SimulationFileError, read_simulation, write_simulation
+from floodlib.data.store import Simulation, SimulationFileError, plan_file_name, read_simulation, write_simulation
 
 # Small geometry so tests stay fast: patches of 8 cells, 4 terrain points per cell.
 SPEC = SampleSpec(patch_cells=8, terrain_ratio=4, snapshot_times_s=(0, 600, 1200, 1800), delta_t_s=300,
@@ -230,6 +230,22 @@ def test_store_rejects_bad_simulations_and_keeps_existing_files(tmp_path):
     with pytest.raises(SimulationFileError, match=r"10.0 / 3.0 = 3.33333 must be a whole number"):
         write_simulation(tmp_path / "d.h5", odd)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.h5"]
+
+
+def test_plan_file_names_are_one_file_each_and_name_the_plan(tmp_path):
+    from urllib.parse import unquote
+
+    names = ["plan_000", "Plan 01 (SI)", "100yr/24h", "100yr%2F24h", "100yr:24h", "..", ".hidden", "a\\b", "ü*?"]
+    files = [plan_file_name(name) for name in names]
+    assert files[:3] == ["plan_000.h5", "Plan 01 (SI).h5", "100yr%2F24h.h5"]
+    assert len(set(files)) == len(names)  # distinct names never share a file
+    for name, file in zip(names, files):
+        assert file.endswith(".h5") and not file.startswith(".") and unquote(file[:-3]) == name
+        path = tmp_path / file
+        path.write_text(name)  # a plain file right in the folder: no separator, no special name
+        assert path.parent == tmp_path and path.read_text() == name
+    with pytest.raises(ValueError, match="must not be empty"):
+        plan_file_name("")
 
 
 def test_store_reports_missing_and_corrupt_files(tmp_path):

@@ -232,6 +232,25 @@ def atomic_json(obj: Any, path: str | Path) -> Path:
     return atomic_write(path, write)
 
 
+#: Characters a plan's name keeps as they are in its file name (see :func:`plan_file_name`).
+_FILE_NAME_SAFE = " -_.,()[]+=@~"
+
+
+def plan_file_name(plan: str, suffix: str = ".h5") -> str:
+    """The file name of a plan in a data folder (``<project>/<file name>``): its name with every character
+    that a file name cannot hold everywhere, or that would change the path (``/``, ``\\``, ``:``, ``%``, ...),
+    written as ``%XX`` of its UTF-8 bytes, and a leading ``.`` as ``%2E``. Distinct names give distinct file
+    names, and "100yr/24h" is the file ``100yr%2F24h.h5``, not a folder ``100yr``."""
+    if not plan:
+        raise ValueError("a plan's name must not be empty")
+    from urllib.parse import quote
+
+    stem = quote(plan, safe=_FILE_NAME_SAFE)
+    if stem.startswith("."):
+        stem = "%2E" + stem[1:]
+    return stem + suffix
+
+
 def write_simulation(path: str | Path, simulation: Simulation) -> Path:
     """Validate ``simulation`` and write it to ``path`` atomically (temporary file + rename).
 

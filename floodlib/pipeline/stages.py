@@ -56,7 +56,7 @@ def prepare_data(run: Run, *, progress: bool = True) -> Path:
     there are kept). DEMs the profile fetches are kept in ``run_dir/terrain``. Returns the data folder."""
     from floodlib.data.hecras import read_hecras
     from floodlib.data.simulate import simulate_project
-    from floodlib.data.store import write_simulation
+    from floodlib.data.store import plan_file_name, write_simulation
 
     data = run.profile.data
     if not data.simulate and not data.hecras:
@@ -67,7 +67,7 @@ def prepare_data(run: Run, *, progress: bool = True) -> Path:
     for plan in data.hecras:
         simulation = read_hecras(plan.file, terrain=plan.terrain, area=plan.area, project=plan.project, plan=plan.plan,
                                  units=plan.units)
-        target = run.data_dir / simulation.project / f"{simulation.plan}.h5"
+        target = run.data_dir / simulation.project / plan_file_name(simulation.plan)
         if not target.exists():
             write_simulation(target, simulation)
     return run.data_dir

@@ -103,6 +103,13 @@ class TerrainConfig(Strict):
             raise ValueError(f"valley: {error}") from None
 
 
+def folder_name(value: str) -> str:
+    """``value`` when it can name a folder of the run (a run, or a project under ``data/``); else ValueError."""
+    if not value or not all(ch.isalnum() or ch in "-_." for ch in value) or value.startswith("."):
+        raise ValueError(f"{value!r} must be a folder name of letters, digits, '-', '_', '.'")
+    return value
+
+
 class ProjectConfig(Strict):
     """One simulated project (see :class:`~floodlib.data.simulate.ProjectSpec`)."""
 
@@ -116,6 +123,11 @@ class ProjectConfig(Strict):
     peak_discharge_m3s: Pair | None = None
     manning_n: Pair | None = None
 
+    @field_validator("name")
+    @classmethod
+    def _project_folder(cls, value: str) -> str:
+        return folder_name(value)
+
 
 class HecRasPlanConfig(Strict):
     """One HEC-RAS plan results file (with its terrain GeoTIFF) read into the run's data folder."""
@@ -127,6 +139,11 @@ class HecRasPlanConfig(Strict):
     plan: str | None = None
     # The plan's units where its file does not state them (no 'Units System' attribute); else left out.
     units: Literal["SI", "US"] | None = None
+
+    @field_validator("project")
+    @classmethod
+    def _project_folder(cls, value: str | None) -> str | None:
+        return None if value is None else folder_name(value)
 
 
 class DataConfig(Strict):
@@ -372,9 +389,7 @@ class Profile(Strict):
     @field_validator("name")
     @classmethod
     def _folder_name(cls, value: str) -> str:
-        if not value or not all(ch.isalnum() or ch in "-_." for ch in value) or value.startswith("."):
-            raise ValueError(f"{value!r} must be a folder name of letters, digits, '-', '_', '.'")
-        return value
+        return folder_name(value)
 
     def settings_digest(self, stage: str) -> str:
         """A digest of what ``stage``'s results depend on in this profile: the data section and the stage's
