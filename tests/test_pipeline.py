@@ -226,7 +226,7 @@ def test_held_out_projects_and_sampling_are_checked_when_the_profile_loads(tmp_p
     assert not (tmp_path / "outputs").exists()
 
 
-@pytest.mark.parametrize("name", ["smoke", "paper", "tiny"])
+@pytest.mark.parametrize("name", ["smoke", "medium", "paper", "tiny"])
 def test_every_shipped_profile_loads_and_holds_a_project_out(name):
     data = load_profile(ROOT / "params" / f"{name}.yaml").data
     held_out = data.split_spec().test_projects
