@@ -32,25 +32,31 @@ every core, its time swings with other work on the machine far more than the one
 solver's pair of runs is timed once; for 512 x 512 cells (5.12 km square, 28 times the cells of 96 x 96
 at a similar number of time steps) they take about 1 and 2 minutes on one core.
 
-Figures measured on 2 cores of an AMD EPYC (otherwise idle: load 0.0-1.1), the smoke run's tuned Arch_04
-(6 layers, 16 channels, alternating downsampler), float32, torch 2.13 on 2 threads, landlab 2.11, one
-hour from 60 min, 2026-11-26 (3 min 45 s in all):
+Figures measured on 2 cores of an AMD EPYC (otherwise idle), float32, torch 2.13 on 2 threads, landlab
+2.11, one hour from 60 min, 2026-11-27, with the tuned Arch_04 of that day's smoke run (6 layers, 16
+channels, 3 attention blocks, alternating downsampler):
 
     cells      solver s/h  surrogate s/h  features s   ratio  with features  passes  patch preds   RAE
-    96 x 96        1.64         0.32         0.16       5.06x      3.37x         3          59     0.632
-    512 x 512     73.88         0.85         3.15      87.04x     18.46x         3         165     1.002
+    96 x 96        2.16         0.14         0.07      14.91x      9.89x         2          46     0.953
+    512 x 512     45.53         0.27         1.89     171.05x     21.16x         2          93     0.987
 
-The issue's target at 96 x 96 cells, >= 10x on CPU, is not met (5x); on a GPU (>= 100x) it is not
-measured yet. With other jobs on the 2 cores (load about 3) the surrogate's hour at 96 x 96 took 4.9 s
-(torch's two threads wait on each other when another job holds a core) against the solver's 1.8 s: time
-it on an otherwise idle machine.
+and with the medium profile's tuned Arch_04 (2 attention blocks; ``--model
+outputs/medium/C/models/Arch_04_tuned/model.pth --sizes 96``): 2.17 s against 0.15 s (3 passes, 82 patch
+predictions), 14.2x, RAE 0.865. The CPU target at 96 x 96 cells, >= 10x, is met; on a GPU (>= 100x) it
+is not measured yet. The same script on 2026-11-26 (another smoke run's tuned Arch_04 of the same shape,
+on a machine of the same name that ran torch about twice as slowly and the solver faster) gave 1.64 s
+against 0.32 s at 96 x 96 (3 passes, 59 patch predictions, 5.1x) and 73.9 s against 0.85 s at 512 x 512:
+the ratio depends on the machine as much as on the model, so compare figures from one run only. With
+other jobs on the 2 cores (load about 3) the surrogate's hour at 96 x 96 took 4.9 s (torch's two threads
+wait on each other when another job holds a core) against the solver's 1.8 s: time it on an otherwise
+idle machine.
 
-At 96 x 96 cells the closure converges in 3 passes and costs 59 patch predictions; the solver's hour is
-1,928 time steps at about 1 ms each. At 512 x 512 the flood covers 2 % of the domain after two hours, so
-the surrogate predicts only the wet patches while the solver steps every cell. The same plan draw puts
-the inflow on the east edge there, 2.5 km from the channel and 68 m above it, so the water runs down the
-3 % valley wall: terrain the 96 x 96 training plans (960 m across, mostly floodplain) never show, and
-the surrogate does no better than no change on it (RAE 1.0).
+At 96 x 96 cells the solver's hour is 1,928 time steps at about 1 ms each. At 512 x 512 the flood covers 2 %
+of the domain after two hours, so the surrogate predicts only the wet patches while the solver steps every
+cell. The same plan draw puts the inflow on the east edge there, 2.5 km from the channel and 68 m above it,
+so the water runs down the 3 % valley wall: terrain the 96 x 96 training plans (960 m across, mostly
+floodplain) never show, and the surrogate does no better than no change on it (RAE about 1.0). The smoke
+model's RAE of 0.95 at 96 x 96 is its accuracy there too: fast, and barely better than no change.
 """
 
 from __future__ import annotations
