@@ -11,6 +11,13 @@ floodlib.training.launch`` refusing its arguments, for one) does not pay the sec
 from __future__ import annotations
 
 import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # what type checkers and editors see; at run time __getattr__ imports each on first use
+    from floodlib.models.checkpoints import CheckpointError, load_model, read_checkpoint, save_model
+    from floodlib.models.init import INIT_SCHEMES, init_weights
+    from floodlib.training.fitting import NonFiniteLossError, PlateauSchedule, TrainingResult, fit
+    from floodlib.training.monitor import ConvergenceReport, analyse_convergence, no_change_loss
 
 #: Each exported name and the module that defines it.
 _EXPORTS = {
