@@ -232,12 +232,13 @@ def test_the_launcher_and_the_training_package_load_lightning_only_for_fit():
     whose import costs seconds; the package's names still resolve (and ``fit`` brings Lightning in)."""
     probe = ("import sys, floodlib.training as t, floodlib.training.launch\n"
              "print('lightning' in sys.modules, set(t.__all__) <= set(dir(t)))\n"
+             "missing = [name for name in t.__all__ if getattr(t, name, None) is None]\n"
              "from floodlib.training import fit, load_model, NonFiniteLossError\n"
-             "print('lightning' in sys.modules, fit.__module__, load_model.__module__, t.fit is fit)\n"
+             "print('lightning' in sys.modules, fit.__module__, load_model.__module__, t.fit is fit, missing)\n"
              "try:\n    t.absent\nexcept AttributeError as error:\n    print(error)\n")
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True)
     assert done.stdout.splitlines() == [
-        "False True", "True floodlib.training.fitting floodlib.models.checkpoints True",
+        "False True", "True floodlib.training.fitting floodlib.models.checkpoints True []",
         "module 'floodlib.training' has no attribute 'absent'"], done.stdout + done.stderr
 
 

@@ -14,9 +14,7 @@ import torch
 from torch.utils.data import Dataset
 
 from floodlib.data.samples import INDEX_DTYPE, SampleSpec, cut_sample, index_plan
-from floodlib.data.store import read_simulation
-
-SIMULATION_SUFFIX = ".h5"
+from floodlib.data.store import SIMULATION_SUFFIX, read_simulation
 #: The split of every plan of the projects held out of training (``SplitSpec.test_projects``).
 TEST_PROJECTS_SPLIT = "test_projects"
 

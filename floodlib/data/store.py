@@ -232,11 +232,13 @@ def atomic_json(obj: Any, path: str | Path) -> Path:
     return atomic_write(path, write)
 
 
+#: The file name ending of a plan's store in a data folder (``<project>/<plan>.h5``).
+SIMULATION_SUFFIX = ".h5"
 #: Characters a plan's name keeps as they are in its file name (see :func:`plan_file_name`).
 _FILE_NAME_SAFE = " -_.,()[]+=@~"
 
 
-def plan_file_name(plan: str, suffix: str = ".h5") -> str:
+def plan_file_name(plan: str) -> str:
     """The file name of a plan in a data folder (``<project>/<file name>``): its name with every character
     that a file name cannot hold everywhere, or that would change the path (``/``, ``\\``, ``:``, ``%``, ...),
     written as ``%XX`` of its UTF-8 bytes, and a leading ``.`` as ``%2E``. Distinct names give distinct file
@@ -248,7 +250,7 @@ def plan_file_name(plan: str, suffix: str = ".h5") -> str:
     stem = quote(plan, safe=_FILE_NAME_SAFE)
     if stem.startswith("."):
         stem = "%2E" + stem[1:]
-    return stem + suffix
+    return stem + SIMULATION_SUFFIX
 
 
 def write_simulation(path: str | Path, simulation: Simulation) -> Path:

@@ -9,7 +9,7 @@ from multiprocessing import get_context
 from pathlib import Path
 
 from floodlib.data.locks import exit_with_parent
-from floodlib.data.store import SimulationFileError, read_simulation, write_simulation
+from floodlib.data.store import SimulationFileError, plan_file_name, read_simulation, write_simulation
 from floodlib.data.simulate.solver import environment_variables, simulate_plan
 from floodlib.data.simulate.spec import SimulationFailedError, PlanSpec, ProjectSpec, plan_specs
 
@@ -59,7 +59,7 @@ def simulate_project(project: ProjectSpec, out_dir: str | Path, *, workers: int 
     specs = plan_specs(project)
     names = project.plan_names()
     folder = Path(out_dir) / project.name
-    paths = [folder / f"{name}.h5" for name in names]
+    paths = [folder / plan_file_name(name) for name in names]
     todo = [i for i, (spec, name, path) in enumerate(zip(specs, names, paths))
             if not _is_complete(path, project=project.name, plan=name, spec=spec)]
     failures: list[tuple[str, BaseException]] = []
