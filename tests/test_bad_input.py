@@ -77,6 +77,10 @@ def test_a_default_spelled_out_is_not_a_change(run_copy, tmp_path):
     edited = profile_with(run_copy, tmp_path, lambda raw: raw["C"].update(patience=30))
     assert load_profile(edited).settings_digest("C") == default_patience.settings_digest("C")
     assert stage_state(run_copy, "C", load_profile(edited))[0] == "complete"
+    # ring_blend: 0 trains as runs made before the setting existed did, so it leaves them complete; 0.5 does not.
+    for blend, state in ((0, "complete"), (0.5, "changed")):
+        edited = profile_with(run_copy, tmp_path, lambda raw: raw["C"].update(ring_blend=blend))
+        assert stage_state(run_copy, "C", load_profile(edited))[0] == state
 
 
 @pytest.mark.parametrize("content, message", [
@@ -240,6 +244,9 @@ def _drop_fetch(raw, path):
     (lambda r: r["data"]["splits"].update(test_plans=-1), r"data.splits: SplitSpec.test_plans=-1 must be a positive integer"),
     (lambda r: r["data"]["splits"].update(test_projects=["valley_stepe"]), r"data.splits.test_projects: unknown project\(s\) \['valley_stepe'\]"),
     (lambda r: r["A"].update(preview_count=0), r"section A: preview_count = 0: Input should be greater than or equal to 1"),
+    (lambda r: r["C"].update(ring_blend=1.5), r"section C: ring_blend = 1.5: Input should be less than or equal to 1"),
+    (lambda r: r["C"]["per_model"].update(Arch_03={"ring_blend": -0.5}),
+     r"section C: per_model = .*per_model\['Arch_03'\].ring_blend = -0.5 must be a fraction from 0 to 1"),
     (lambda r: (r["A"].update(models=["Arch_02", "Arch_04"]), r["C"].update(models=["Arch_02", "Arch_05"], warm_start=True)),
      r"C.warm_start = true and C.models = \['Arch_02', 'Arch_05'\]: \['Arch_05'\] not in A.models"),
     (lambda r: r["C"].update(warm_start=True, downsampler="cubic"),
@@ -248,7 +255,7 @@ def _drop_fetch(raw, path):
         "B-lr-negative", "B-channels-empty", "B-channels-zero", "B-downsampler-unknown", "B-downsamplers-empty",
         "D-test-split-unknown", "D-splits-unknown", "D-context-splits-unknown", "A-without-Arch_04", "C-model-unknown", "DEM-missing",
         "HEC-RAS-missing", "project-twice", "project-name-a-path", "valley-field-unknown", "samples-bad", "splits-bad", "test-project-unknown",
-        "A-no-previews", "C-warm-start-without-A-weights", "C-warm-start-other-downsampler"])
+        "A-no-previews", "C-ring-blend-above-1", "C-per-model-ring-blend-negative", "C-warm-start-without-A-weights", "C-warm-start-other-downsampler"])
 def test_a_bad_setting_is_refused_when_the_profile_is_read_before_anything_runs(tmp_path, change, message):
     path = _smoke_with(tmp_path, change)
     outputs = tmp_path / "outputs"

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -91,6 +93,31 @@ def test_data_scaling_benchmark_refuses_sizes_the_pool_cannot_give(tiny_run):
                             cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode != 0
     assert "fewer than 100000" in result.stderr and "patch_stride_cells" in result.stderr
+
+
+def test_ring_blend_benchmark_trains_each_fraction_from_stage_a_and_scores_patches_and_rollouts(tiny_run, tmp_path):
+    import json
+
+    figures = tmp_path / "blend.json"
+    result = subprocess.run(
+        [sys.executable, "benchmarks/ring_blend.py", str(tiny_run), "--arch", "Arch_02", "--fractions", "1", "0",
+         "--epochs", "1", "--start-min", "0", "--hours", "1", "--accelerator", "cpu", "--json", str(figures)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600, check=True)
+    report = json.loads(figures.read_text())
+    assert report["start_weights"] == str(tiny_run / "A" / "models" / "Arch_02" / "model.pth")
+    rows = report["rows"]
+    assert [row["fraction"] for row in rows] == [0.0, 1.0]  # sorted, each trained
+    plans = sum(len(list((tiny_run / "data" / project).glob("*.h5"))) for project in ("valley_steep",)) + 2
+    for row in rows:
+        for split in ("big_test", "test_projects"):
+            assert 0 < row[split] < 10
+        rollout = row["rollout"]
+        assert rollout["plans"] == plans and rollout["steps"] == plans  # 2 test plans + the held-out project's
+        assert 0 <= rollout["converged_within_20_fraction"] <= 1 and list(rollout["pooled_rae_by_step"]) == ["1"]
+    # Same start, same batches: the fractions differ only in the rings they trained on.
+    assert rows[0]["val_rae"] != rows[1]["val_rae"]
+    table = [line.split() for line in result.stdout.splitlines() if line.split()[:1] in (["0"], ["1"])]
+    assert len(table) == 2 and float(table[0][1]) == pytest.approx(rows[0]["val_rae"], abs=5e-4)
 
 
 def test_predict_benchmark_times_the_surrogate_against_the_solver_with_its_accuracy(tiny_run, tmp_path):

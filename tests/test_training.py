@@ -20,7 +20,7 @@ from floodlib.data.dataset import PatchDataset
 from floodlib.models import create_model
 from floodlib.training import (CheckpointError, NonFiniteLossError, analyse_convergence, fit, load_model,
                                no_change_loss, read_checkpoint)
-from floodlib.training.fitting import SurrogateModule
+from floodlib.training.fitting import SurrogateModule, blend_rings
 
 sys.path.insert(0, str(Path(__file__).parent))
 from training_job import datasets  # noqa: E402
@@ -69,7 +69,8 @@ def test_a_small_model_beats_the_no_change_baseline_and_saves_artifacts(splits, 
 
 def run_job(root: Path, epochs: int) -> subprocess.Popen:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    return subprocess.Popen([sys.executable, str(JOB), str(root), str(epochs)], env=env,
+    # With blended rings, whose random draws a resumed run must repeat too.
+    return subprocess.Popen([sys.executable, str(JOB), str(root), str(epochs), "--ring-blend", "0.5"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -93,7 +94,7 @@ def test_a_killed_run_resumes_to_the_same_result(tmp_path):
     output, _ = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, output
     summary = json.loads((root / "stage" / "models" / "Arch_02" / "summary.json").read_text())
-    assert summary["resumed_from_epoch"] in (2, 3)
+    assert summary["resumed_from_epoch"] in (2, 3) and summary["settings"]["ring_blend"] == 0.5
     a = torch.load(tmp_path / "whole" / "stage" / "losses" / "Arch_02" / "losses.pt", weights_only=True)
     b = torch.load(root / "stage" / "losses" / "Arch_02" / "losses.pt", weights_only=True)
     for key in ("train_loss", "val_loss", "lr"):
@@ -103,6 +104,55 @@ def test_a_killed_run_resumes_to_the_same_result(tmp_path):
     weights_b = read_checkpoint(root / "stage" / "models" / "Arch_02" / "model.pth")["state_dict"]
     for key in weights_a:
         assert torch.equal(weights_a[key], weights_b[key]), key
+
+
+def test_blend_rings_moves_a_fraction_of_rings_toward_the_depth_at_n():
+    generator = torch.Generator().manual_seed(0)
+    ring_cells, size, count = 2, 32, 400
+    later = torch.rand(count, size, size, generator=generator) + 1.0
+    now = torch.rand(count, size, size, generator=generator)
+    ring = later.clone()
+    ring[:, ring_cells:-ring_cells, ring_cells:-ring_cells] = 0.0
+    depths = torch.stack([ring, now], dim=1)
+    on_ring = ring > 0
+
+    assert torch.equal(blend_rings(depths, 0.0, ring_cells=ring_cells), depths)
+    blended = blend_rings(depths, 0.25, ring_cells=ring_cells, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(blended, blend_rings(depths, 0.25, ring_cells=ring_cells,
+                                            generator=torch.Generator().manual_seed(1)))
+    assert torch.equal(blended[:, 1], now)  # the depth at n is never touched
+    assert torch.equal(blended[:, 0][~on_ring], ring[~on_ring])  # nor the interior, which stays zero
+    # Each ring cell lies between its two depths, at one weight per sample: w = (ring - new) / (ring - now).
+    weight = (ring - blended[:, 0]) / (ring - now)
+    weight = torch.where(on_ring, weight, torch.nan)
+    per_sample = weight.flatten(1).nanmean(dim=1)
+    assert torch.allclose(weight[on_ring], per_sample[:, None, None].expand_as(weight)[on_ring], atol=1e-5)
+    assert (per_sample >= 0).all() and (per_sample < 1 + 1e-6).all()
+    moved = per_sample > 1e-6
+    assert 0.18 < moved.float().mean() < 0.32  # a quarter of the samples, within sampling error of 400
+    assert 0.35 < per_sample[moved].mean() < 0.65  # uniform weights
+    everything = blend_rings(depths, 1.0, ring_cells=ring_cells, generator=torch.Generator().manual_seed(2))
+    assert (everything[:, 0][on_ring] < ring[on_ring]).float().mean() > 0.99
+
+
+def test_ring_blend_trains_on_blended_rings_and_validates_on_true_ones(splits, tmp_path):
+    train, val = splits
+    histories = {}
+    for blend in (0.0, 1.0):
+        torch.manual_seed(0)
+        model = create_model("Arch_02", downsampler="cubic", layers=3, channels=4)
+        result = fit(model, train, val, out_dir=tmp_path / str(blend), epochs=2, lr=1e-3, batch_size=8,
+                     progress="none", ring_blend=blend)
+        histories[blend] = result.history
+        summary = json.loads(result.summary_path.read_text())
+        assert summary["settings"]["ring_blend"] == blend
+        assert result.baseline_val_loss == pytest.approx(no_change_loss(val))
+    # Same initial weights and batches: only the rings of the training batches differ.
+    assert histories[0.0]["train_loss"][0] != histories[1.0]["train_loss"][0]
+    with pytest.raises(ValueError, match=r"ring_blend=1.5 must be a fraction of the training samples, from 0 to 1"):
+        fit(create_model("Arch_02", downsampler="cubic", layers=3, channels=4), train, val,
+            out_dir=tmp_path / "bad", epochs=1, lr=1e-3, batch_size=8, progress="none", ring_blend=1.5)
+    assert not (tmp_path / "bad").exists()
 
 
 def test_early_stopping_on_a_plateau(splits, tmp_path):

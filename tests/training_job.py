@@ -52,6 +52,7 @@ def main() -> None:
     parser.add_argument("--num-nodes", type=int, default=1, help="machines (> 1: each other one runs launch --serve)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--keep", action="store_true", help="keep last.ckpt, so a later call can continue")
+    parser.add_argument("--ring-blend", type=float, default=0.0, help="fit's ring_blend")
     args = parser.parse_args()
     torch.set_num_threads(1)
     train, val = datasets(Path(args.root))
@@ -61,7 +62,7 @@ def main() -> None:
         if args.devices > 1 or args.num_nodes > 1 else {}
     fit(model, train, val, out_dir=Path(args.root) / "stage", epochs=args.epochs, lr=3e-3, batch_size=args.batch_size,
         patience=50, plateau=PlateauSchedule(patience=1, cooldown=0, threshold=0.3), progress="epoch", seed=3,
-        keep_resume_checkpoint=args.keep, **parallel)
+        keep_resume_checkpoint=args.keep, ring_blend=args.ring_blend, **parallel)
 
 
 if __name__ == "__main__":

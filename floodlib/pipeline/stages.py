@@ -99,12 +99,14 @@ def train_one(run: Run, stage: str, settings: TrainSettings, train, val, *, name
     own = settings.per_model.get(name, {})
     chosen = {"epochs": own.get("epochs", settings.epochs), "lr": own.get("lr", lr or settings.lr),
               "batch_size": own.get("batch_size", settings.batch_size),
-              "patience": own.get("patience", settings.patience), "seed": settings.seed}
+              "patience": own.get("patience", settings.patience), "seed": settings.seed,
+              "ring_blend": float(own.get("ring_blend", settings.ring_blend))}
     existing = stage_dir / "models" / name / "summary.json"
     if existing.exists() and not callbacks:
         # Finished before this stage was interrupted: kept when it was trained exactly as asked now.
         previous = json.loads(existing.read_text())
-        if previous["config"] == model.config and all(previous["settings"].get(k) == v for k, v in chosen.items()) \
+        before = {"ring_blend": 0.0, **previous["settings"]}  # summaries written before ring_blend existed
+        if previous["config"] == model.config and all(before.get(k) == v for k, v in chosen.items()) \
                 and previous.get("warm_start_from") == warm_start_from:
             return previous
     if start_from is not None:

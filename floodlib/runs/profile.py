@@ -183,6 +183,9 @@ class TrainSettings(Strict):
     batch_size: int = Field(default=300, ge=1)
     patience: int = Field(default=30, ge=1)
     plateau: bool = False  # the reference's ReduceLROnPlateau
+    # fraction of training samples whose ring is blended toward the depth at n (fit's ring_blend): models whose
+    # full-domain rollouts close their rings; 0: the reference's training on true rings only
+    ring_blend: float = Field(default=0.0, ge=0, le=1)
     downsampler: str = "alternating"
     seed: int = 0
     progress: Literal["auto", "bar", "epoch", "none"] = "auto"
@@ -195,7 +198,7 @@ class TrainSettings(Strict):
     @field_validator("per_model")
     @classmethod
     def _known_overrides(cls, value: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-        allowed = {"lr": float, "batch_size": int, "epochs": int, "patience": int}
+        allowed = {"lr": float, "batch_size": int, "epochs": int, "patience": int, "ring_blend": float}
         for name, overrides in value.items():
             if name != TUNED_MODEL:
                 _check_models([name])
@@ -204,6 +207,10 @@ class TrainSettings(Strict):
             for key, setting in overrides.items():
                 if key not in allowed:
                     raise ValueError(f"per_model[{name!r}]: unknown setting {key!r}; expected some of {sorted(allowed)}")
+                if key == "ring_blend":
+                    if isinstance(setting, bool) or not isinstance(setting, (int, float)) or not 0 <= setting <= 1:
+                        raise ValueError(f"per_model[{name!r}].ring_blend = {setting!r} must be a fraction from 0 to 1")
+                    continue
                 kind = allowed[key]
                 if isinstance(setting, bool) or not isinstance(setting, (int, float) if kind is float else int) \
                         or setting <= 0:
@@ -398,6 +405,8 @@ class Profile(Strict):
                                   where=f"profile {self.name!r}, section {stage}").model_dump(mode="json")
         settings.pop("run_dir", None)
         settings.pop("profile", None)  # stage A's: which profile starts a run from JupyterLab
+        if settings.get("ring_blend") == 0:  # training as before the setting existed: runs made then stay current
+            settings.pop("ring_blend")
         text = json.dumps({"data": self.data.model_dump(mode="json"), stage: settings}, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()
 

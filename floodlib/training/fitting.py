@@ -76,6 +76,27 @@ class LoaderSettings:
     placement: str = "auto"
 
 
+def blend_rings(depths: torch.Tensor, fraction: float, *, ring_cells: int,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+    """Depths (B, 2, P, P) = [ring at n+1, depth at n] with a random ``fraction`` of the samples' rings moved
+    toward the depth at n: ring + w (depth at n on the ring - ring), w uniform in [0, 1) per chosen sample.
+
+    Full-domain prediction (:mod:`floodlib.predict`) starts each step's closure from the depth at n and
+    iterates its rings toward n+1; a model trained only on the true rings at n+1 reads their change as the
+    patch's change, so on those intermediate rings it predicts little change and the closure settles near
+    no change. Trained on blended rings (the target stays the true change) it learns to take the change
+    from the depth at n and the terrain as well. Values stay between the two depths, so never negative.
+    """
+    count = depths.shape[0]
+    draws = torch.rand(2, count, 1, 1, device=depths.device, generator=generator)
+    weight = draws[1] * (draws[0] < fraction)
+    ring, now = depths[:, 0], depths[:, 1]
+    on_ring = torch.ones_like(now[0], dtype=torch.bool)
+    on_ring[ring_cells:-ring_cells, ring_cells:-ring_cells] = False
+    blended = torch.where(on_ring, ring + weight * (now - ring), ring)
+    return torch.stack([blended, now], dim=1)
+
+
 class SurrogateModule(L.LightningModule):
     """L1 loss on the depth change, Adam, optional ReduceLROnPlateau; one shared step for train and val.
 
@@ -87,9 +108,12 @@ class SurrogateModule(L.LightningModule):
     """
 
     def __init__(self, model: FloodModel, train, val, *, loader: LoaderSettings, lr: float,
-                 plateau: PlateauSchedule | None, best_model_path: Path, baseline_val_loss: float):
+                 plateau: PlateauSchedule | None, best_model_path: Path, baseline_val_loss: float,
+                 ring_blend: float = 0.0):
         super().__init__()
         self.model = model
+        self.ring_blend = ring_blend
+        self.ring_cells = train.spec.ring_cells
         self.train_split, self.val_split = train, val
         self.loader = loader
         self.lr = lr
@@ -123,7 +147,13 @@ class SurrogateModule(L.LightningModule):
     check_loss_each_step: bool | None = None
 
     def _step(self, batch, stage: str, batch_idx: int) -> torch.Tensor:
-        prediction = self.model(batch.terrain, batch.depths)
+        depths = batch.depths
+        if stage == "train" and self.ring_blend > 0:
+            # Drawn from the seed, epoch, batch and rank, so a resumed run blends exactly as an uninterrupted one.
+            key = (self.loader.seed, self.current_epoch, batch_idx, self.global_rank)
+            generator = torch.Generator(depths.device).manual_seed(hash(key) % 2 ** 63)
+            depths = blend_rings(depths, self.ring_blend, ring_cells=self.ring_cells, generator=generator)
+        prediction = self.model(batch.terrain, depths)
         loss = F.l1_loss(prediction.float(), batch.depth_change.float())
         finite = torch.isfinite(loss)
         each_step = self.check_loss_each_step
@@ -304,6 +334,7 @@ def fit(
     placement: str = "auto",
     resume: bool = True,
     keep_resume_checkpoint: bool = False,
+    ring_blend: float = 0.0,
     callbacks: Sequence[Callback] = (),
 ) -> TrainingResult:
     """Train ``model`` on ``train``, validating on ``val`` every epoch, and save its artifacts.
@@ -336,6 +367,10 @@ def fit(
         (on a GPU with room for the split, else on the host), ``"device"`` or ``"host"``.
     resume : continue from ``checkpoints/<name>/last.ckpt`` when a previous run was interrupted.
     keep_resume_checkpoint : keep last.ckpt (with optimizer state) after a completed run.
+    ring_blend : the fraction of training samples (drawn anew every batch) whose boundary ring is moved a
+        random part of the way from the depth at n+1 toward the depth at n (:func:`blend_rings`), so the model
+        also predicts well from the rings full-domain prediction iterates through. 0 (the default): the
+        reference's training, on true rings only. Validation always uses the true rings.
     callbacks : further Lightning callbacks (e.g. an Optuna pruning callback).
 
     Returns
@@ -347,6 +382,8 @@ def fit(
                          f"{' (a CPU-only build)' if torch.version.cuda is None else ''}; use 'auto' or 'cpu', or "
                          "install a CUDA build of torch (make install TORCH_SPEC=...)")
     _check_arguments(model, train, val, epochs, lr, batch_size, patience, placement, strategy)
+    if isinstance(ring_blend, bool) or not isinstance(ring_blend, (int, float)) or not 0 <= ring_blend <= 1:
+        raise ValueError(f"ring_blend={ring_blend!r} must be a fraction of the training samples, from 0 to 1")
     mode = _progress_mode(progress)
     name = name or model.arch
     out_dir = Path(out_dir)
@@ -361,7 +398,8 @@ def fit(
     L.seed_everything(seed, workers=True, verbose=False)
     baseline = no_change_loss(val, batch_size=max(batch_size, 256))
     module = SurrogateModule(model, train, val, loader=LoaderSettings(batch_size=batch_size, seed=seed, placement=placement),
-                             lr=lr, plateau=plateau, best_model_path=model_path, baseline_val_loss=baseline)
+                             lr=lr, plateau=plateau, best_model_path=model_path, baseline_val_loss=baseline,
+                             ring_blend=float(ring_blend))
     on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
     precision = resolve_precision(precision, on_gpu=on_gpu)
     extra_callbacks = list(callbacks)
@@ -394,7 +432,7 @@ def fit(
             "patience": patience, "plateau": asdict(plateau) if plateau else None, "seed": seed, "progress": "none",
             "accelerator": accelerator, "precision": precision, "devices": devices, "num_nodes": num_nodes,
             "strategy": strategy, "placement": placement, "resume": resume,
-            "keep_resume_checkpoint": keep_resume_checkpoint}, num_nodes=num_nodes, job_folder=out_dir / JOB_FOLDER / name)
+            "keep_resume_checkpoint": keep_resume_checkpoint, "ring_blend": ring_blend}, num_nodes=num_nodes, job_folder=out_dir / JOB_FOLDER / name)
     # One training per model folder at a time: a second would adopt the first's live last.ckpt as its own.
     # Global rank 0 holds it for the ranks it trains with.
     owner = hold_folder(model_path.parent, what=f"training of {name}") if _global_rank_zero() else contextlib.nullcontext()
@@ -406,7 +444,7 @@ def fit(
                                                 last_checkpoint=last_checkpoint)
         return _finish(module, trainer, train, val, resumed_from=resumed_from, elapsed=elapsed, epochs=epochs,
                        lr=lr, batch_size=batch_size, patience=patience, seed=seed, plateau=plateau,
-                       placement=placement, name=name, out_dir=out_dir, model_path=model_path,
+                       placement=placement, ring_blend=ring_blend, name=name, out_dir=out_dir, model_path=model_path,
                        losses_path=losses_path, summary_path=summary_path, checkpoint_dir=checkpoint_dir,
                        keep_resume_checkpoint=keep_resume_checkpoint)
 
@@ -478,7 +516,7 @@ def _train(module: SurrogateModule, callbacks, *, epochs, accelerator, devices, 
 
 
 def _finish(module: SurrogateModule, trainer, train, val, *, resumed_from, elapsed, epochs, lr, batch_size, patience,
-            seed, plateau, placement, name, out_dir: Path, model_path: Path, losses_path: Path, summary_path: Path,
+            seed, plateau, placement, ring_blend, name, out_dir: Path, model_path: Path, losses_path: Path, summary_path: Path,
             checkpoint_dir: Path, keep_resume_checkpoint: bool) -> TrainingResult:
     """Best weights into the model; on global rank 0, the losses, the summary and the clean-up."""
     model, baseline = module.model, module.baseline_val_loss
@@ -519,7 +557,7 @@ def _finish(module: SurrogateModule, trainer, train, val, *, resumed_from, elaps
                      "accelerator": str(trainer.accelerator.__class__.__name__), "precision": trainer.precision,
                      "devices": trainer.num_devices, "num_nodes": trainer.num_nodes,
                      "world_size": trainer.world_size, "strategy": type(trainer.strategy).__name__,
-                     "placement": placement},
+                     "placement": placement, "ring_blend": ring_blend},
         "parameters": sum(p.numel() for p in model.parameters()),
         "seconds_per_epoch": seconds_per_epoch,
         "wall_time_s": elapsed,
