@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from numpy.testing import assert_allclose, assert_array_equal
 
-from floodlib.data.hecras import convert_hecras, list_2d_areas, read_hecras
+from floodlib.data.hecras import convert_hecras, hecras_names, list_2d_areas, read_hecras
 from floodlib.data.store import SimulationFileError, read_simulation
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -119,6 +119,17 @@ def test_list_2d_areas_of_each_file():
     assert list_2d_areas(BACKWATER) == ["channel"]
     assert list_2d_areas(MUNCIE) == ["Muncie2D"]
     assert list_2d_areas(BALD_EAGLE) == ["BaldEagleCr", "Upper 2D Area"]
+
+
+def test_hecras_names_are_the_ones_read_hecras_gives_without_reading_the_results(backwater, muncie):
+    assert hecras_names(BACKWATER) == (backwater.project, backwater.plan)
+    assert hecras_names(MUNCIE) == (muncie.project, muncie.plan)
+    assert hecras_names(MUNCIE, project="indiana", plan="p01") == ("indiana", "p01")
+    # A plan of several areas: each area's plan name carries the area's (this file's areas cannot be read whole).
+    project, plan = hecras_names(BALD_EAGLE, area="Upper 2D Area")
+    assert project == "BaldEagleDamBrk" and plan.endswith(" (Upper 2D Area)") and len(plan) > len(" (Upper 2D Area)")
+    with pytest.raises(SimulationFileError, match="'BaldEagleCr'.*'Upper 2D Area'"):
+        hecras_names(BALD_EAGLE)
 
 
 def test_backwater_grid_times_and_attributes(backwater):

@@ -321,7 +321,7 @@ SHARED = ROOT.parent / "shared" / "data"
 
 
 @pytest.mark.skipif(not SHARED.is_dir(), reason=f"shared sample data not found at {SHARED}")
-def test_a_profile_can_read_hecras_plans_into_the_run(tmp_path):
+def test_a_profile_can_read_hecras_plans_into_the_run(tmp_path, monkeypatch):
     from floodlib.data import read_hecras, read_simulation
 
     plan = SHARED / "hecras" / "Muncie2DOnly_SI.p01.hdf"
@@ -342,7 +342,9 @@ def test_a_profile_can_read_hecras_plans_into_the_run(tmp_path):
     np.testing.assert_array_equal(renamed.water_depth, expected.water_depth)
     assert (renamed.project, renamed.plan) == ("events", "100yr/24h")
     before = files[0].stat().st_mtime_ns
-    stages.prepare_data(run)  # already there: kept as it is
+    with monkeypatch.context() as patch:  # already there: kept as it is, and not even read again
+        patch.setattr("floodlib.data.hecras.read_hecras", lambda *a, **k: pytest.fail("a plan in the run was read again"))
+        stages.prepare_data(run)
     assert files[0].stat().st_mtime_ns == before
     # A project name is a folder of the run: one that would leave data/ is refused when the profile is read.
     profile["data"]["hecras"][1]["project"] = "../elsewhere"

@@ -14,7 +14,7 @@
 from floodlib.data.dataset import (TEST_PROJECTS_SPLIT, PatchDataset, Sample, SplitSpec, SplitSummary, discover_plans,
                                    load_splits, split_plans)
 from floodlib.data.fetch import FetchError, WheelMember, fetch_wheel_member
-from floodlib.data.hecras import convert_hecras, list_2d_areas, read_hecras
+from floodlib.data.hecras import convert_hecras, hecras_names, list_2d_areas, read_hecras
 from floodlib.data.preview import preview_samples
 from floodlib.data.simulate import Hydrograph, PlanSpec, ProjectSpec, plan_specs, simulate_plan, simulate_project
 from floodlib.data.samples import SampleSpec, apply_transform, cut_sample, index_plan
@@ -25,6 +25,6 @@ __all__ = [
     "DemSource", "FetchError", "Hydrograph", "PlanSpec", "ProjectSpec", "TEST_PROJECTS_SPLIT", "ValleyParams",
     "WheelMember", "fetch_wheel_member", "plan_specs", "simulate_plan",
     "simulate_project", "PatchDataset", "Sample", "SampleSpec", "Simulation", "SimulationFileError", "SplitSpec", "SplitSummary",
-    "apply_transform", "convert_hecras", "cut_sample", "discover_plans", "index_plan", "list_2d_areas", "load_splits", "preview_samples",
+    "apply_transform", "convert_hecras", "cut_sample", "discover_plans", "hecras_names", "index_plan", "list_2d_areas", "load_splits", "preview_samples",
     "read_hecras", "read_simulation", "split_plans", "write_simulation",
 ]

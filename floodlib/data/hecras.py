@@ -116,6 +116,33 @@ def list_2d_areas(plan_hdf: str | Path) -> list[str]:
             raise _damaged(path, error) from None
 
 
+def hecras_names(plan_hdf: str | Path, *, area: str | None = None, project: str | None = None,
+                 plan: str | None = None) -> tuple[str, str]:
+    """The (project, plan) names :func:`read_hecras` gives one area of a plan, from the file's attributes
+    alone (no depths, cells or terrain are read): where a run keeps the plan is known before reading it.
+
+    Same arguments and defaults as :func:`read_hecras`; SimulationFileError for a missing or damaged file
+    or an unknown area.
+    """
+    path = Path(plan_hdf)
+    with open_hdf5(path) as h5:
+        try:
+            names = _area_names(h5, path)
+            area = _pick_area(path, names, area)
+            plan_id = _plan_id(h5) or path.name
+        except (OSError, KeyError, RuntimeError) as error:
+            raise _damaged(path, error) from None
+    return _names(path, names, area, plan_id, project=project, plan=plan)
+
+
+def _names(path: Path, areas: list[str], area: str, plan_id: str, *, project: str | None,
+           plan: str | None) -> tuple[str, str]:
+    """(project, plan): the ones given, else the file's project name and the plan's id (with the area's
+    name when the plan has several)."""
+    return (project if project is not None else project_name_from_file(path),
+            plan if plan is not None else plan_id if len(areas) == 1 else f"{plan_id} ({area})")
+
+
 def read_hecras(
     plan_hdf: str | Path,
     *,
@@ -252,9 +279,10 @@ def read_hecras(
         extra.update(converted_from=foot.name, foot_m=foot.metres, source_origin_x=native.origin_x,
                      source_origin_y=native.origin_y)
         units_text = f", US Customary lengths converted to m with the {foot.name} ({foot.metres:.10g} m; {foot.reason})"
+    project, plan = _names(path, names, area, plan_id, project=project, plan=plan)
     simulation = Simulation(
-        project=project if project is not None else project_name_from_file(path),
-        plan=plan if plan is not None else plan_id if len(names) == 1 else f"{plan_id} ({area})",
+        project=project,
+        plan=plan,
         terrain=terrain_values,
         water_depth=water_depth,
         cell_size_m=cell_size,

@@ -54,7 +54,7 @@ def project_spec(project: ProjectConfig, *, terrain_dir: str | Path | None = Non
 def prepare_data(run: Run, *, progress: bool = True) -> Path:
     """Simulate the profile's projects and read its HEC-RAS plans into ``run_dir/data`` (once: plans already
     there are kept). DEMs the profile fetches are kept in ``run_dir/terrain``. Returns the data folder."""
-    from floodlib.data.hecras import read_hecras
+    from floodlib.data.hecras import hecras_names, read_hecras
     from floodlib.data.simulate import simulate_project
     from floodlib.data.store import plan_file_name, write_simulation
 
@@ -65,11 +65,12 @@ def prepare_data(run: Run, *, progress: bool = True) -> Path:
         spec = project_spec(project, terrain_dir=run.terrain_dir, where=f"{run.run_dir / PROFILE_FILE}: data")
         simulate_project(spec, run.data_dir, workers=data.workers, progress=progress)
     for plan in data.hecras:
-        simulation = read_hecras(plan.file, terrain=plan.terrain, area=plan.area, project=plan.project, plan=plan.plan,
-                                 units=plan.units)
-        target = run.data_dir / simulation.project / plan_file_name(simulation.plan)
+        # Named from the file's attributes first: a plan already in the run is not read again.
+        project, name = hecras_names(plan.file, area=plan.area, project=plan.project, plan=plan.plan)
+        target = run.data_dir / project / plan_file_name(name)
         if not target.exists():
-            write_simulation(target, simulation)
+            write_simulation(target, read_hecras(plan.file, terrain=plan.terrain, area=plan.area, project=plan.project,
+                                                 plan=plan.plan, units=plan.units))
     return run.data_dir
 
 
