@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from floodlib.pipeline.runner import run_pipeline
-from floodlib.runs import ProfileError, RunError, load_profile, stage_state, stale_upstream
+from floodlib.runs import ProfileError, RunError, load_profile, read_summary, stage_state, stale_upstream
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -81,6 +81,32 @@ def test_a_default_spelled_out_is_not_a_change(run_copy, tmp_path):
     for blend, state in ((0, "complete"), (0.5, "changed")):
         edited = profile_with(run_copy, tmp_path, lambda raw: raw["C"].update(ring_blend=blend))
         assert stage_state(run_copy, "C", load_profile(edited))[0] == state
+
+
+def test_a_finished_model_is_kept_when_asked_again_as_it_was_trained_and_retrained_otherwise(run_copy):
+    """A stage interrupted after some of its models: those are kept, also when their summary predates a setting
+    added later (at its neutral value), and trained again when a setting asks for something else."""
+    import json
+
+    from floodlib.pipeline import stages
+    from floodlib.runs import open_run
+    from floodlib.runs.profile import validate_stage
+
+    run = open_run(run_copy)
+    entry = read_summary(run, "C").models[0].model_dump()
+    summary_path = run_copy / "C" / "models" / entry["name"] / "summary.json"
+    old = json.loads(summary_path.read_text())
+    del old["settings"]["ring_blend"]  # as written before ring_blend existed
+    summary_path.write_text(json.dumps(old))
+    weights = run_copy / "C" / "models" / entry["name"] / "model.pth"
+    before = weights.stat().st_mtime_ns
+    data = stages.splits(run, ["big_train", "big_val"])
+    config = validate_stage("C", run.profile.stage_parameters("C", run_copy), where="test")
+    kept = stages.train_one(run, "C", config, data["big_train"], data["big_val"], **entry)
+    assert kept == old and weights.stat().st_mtime_ns == before
+    blended = config.model_copy(update={"ring_blend": 0.5})
+    again = stages.train_one(run, "C", blended, data["big_train"], data["big_val"], **entry)
+    assert again["settings"]["ring_blend"] == 0.5 and weights.stat().st_mtime_ns != before
 
 
 @pytest.mark.parametrize("content, message", [

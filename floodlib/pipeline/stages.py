@@ -18,7 +18,8 @@ from floodlib.models import create_model
 # open_run, splits, stale_upstream and write_summary: the notebooks call them as stages.<name> too.
 from floodlib.runs import (PROFILE_FILE, BigModel, RankedModel, Run, RunError, StageASummary, StageCSummary,  # noqa: F401
                            open_run, read_summary, splits, stale_upstream, write_summary)
-from floodlib.runs.profile import TUNED_MODEL, ProfileError, ProjectConfig, StageA, StageC, TrainSettings
+from floodlib.runs.profile import (SETTINGS_ADDED_LATER, TUNED_MODEL, ProfileError, ProjectConfig, StageA, StageC,
+                                   TrainSettings)
 from floodlib.training import PlateauSchedule, fit, load_model
 
 def project_spec(project: ProjectConfig, *, terrain_dir: str | Path | None = None, where: str = "data"):
@@ -106,7 +107,7 @@ def train_one(run: Run, stage: str, settings: TrainSettings, train, val, *, name
     if existing.exists() and not callbacks:
         # Finished before this stage was interrupted: kept when it was trained exactly as asked now.
         previous = json.loads(existing.read_text())
-        before = {"ring_blend": 0.0, **previous["settings"]}  # summaries written before ring_blend existed
+        before = {**SETTINGS_ADDED_LATER, **previous["settings"]}  # summaries written before those settings existed
         if previous["config"] == model.config and all(before.get(k) == v for k, v in chosen.items()) \
                 and previous.get("warm_start_from") == warm_start_from:
             return previous

@@ -34,6 +34,10 @@ IntPair = Annotated[tuple[int, int], Field(strict=False)]
 
 #: Stage B's model, which stage C can name beside the architectures.
 TUNED_MODEL = "Arch_04_tuned"
+#: Training settings added after runs were made, with the value that trains exactly as before: at that value
+#: a setting is left out of its stage's digest (so those runs stay complete), and a model summary written
+#: without it means that value.
+SETTINGS_ADDED_LATER: dict[str, Any] = {"ring_blend": 0.0}
 
 
 def _check_models(names: list[str]) -> list[str]:
@@ -405,8 +409,9 @@ class Profile(Strict):
                                   where=f"profile {self.name!r}, section {stage}").model_dump(mode="json")
         settings.pop("run_dir", None)
         settings.pop("profile", None)  # stage A's: which profile starts a run from JupyterLab
-        if settings.get("ring_blend") == 0:  # training as before the setting existed: runs made then stay current
-            settings.pop("ring_blend")
+        for key, before in SETTINGS_ADDED_LATER.items():
+            if key in settings and settings[key] == before:
+                settings.pop(key)
         text = json.dumps({"data": self.data.model_dump(mode="json"), stage: settings}, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()
 
