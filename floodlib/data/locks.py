@@ -49,15 +49,18 @@ def hold_folder(folder: str | Path, *, what: str) -> Iterator[Path]:
     """Hold ``folder`` (created if missing) exclusively for the ``with`` block; ``what`` names its use in the
     error (e.g. "run folder", "training of Arch_02").
 
-    Raises :class:`FolderBusyError` at once, without waiting, when another process (or another holder in
-    this one) has it. A folder this call created is removed again if it is left empty.
+    Raises :class:`FolderBusyError` within a fifth of a second, without waiting for the holder, when another
+    process (or another holder in this one) has it. A folder this call created is removed again if it is left empty.
     """
     folder = Path(folder)
     created = [path for path in (folder, *folder.parents) if not path.exists()]  # innermost first
     folder.mkdir(parents=True, exist_ok=True)
     lock = FileLock(folder / LOCK_NAME, is_singleton=False)
     try:
-        lock.acquire(blocking=False)
+        # A fraction of a second, not an instant: a holder that has just finished removes the lock file, and a
+        # lock this process took on that removed file in between is discarded by filelock (>= 3.21), which then
+        # tries again on the path's new file rather than report the folder busy.
+        lock.acquire(timeout=0.2)
     except Timeout:
         raise FolderBusyError(f"{folder}: the {what} is in use by {describe_holder(folder)}; two at once would "
                               "take each other's files for their own. Wait for it to finish, or use another "
@@ -67,8 +70,9 @@ def hold_folder(folder: str | Path, *, what: str) -> Iterator[Path]:
         yield folder
     finally:
         (folder / HOLDER_NAME).unlink(missing_ok=True)
-        # Removed while still held: a process that opens it now finds it locked; one that comes later makes a
-        # new one. Its work done, this holder no longer needs the exclusion.
+        # Removed while still held: a process that opens it now finds it locked, and one that had opened it
+        # before and locks it after the release holds a removed file, which filelock discards; one that comes
+        # later makes a new one. Its work done, this holder no longer needs the exclusion.
         (folder / LOCK_NAME).unlink(missing_ok=True)
         lock.release()
         for path in created:  # nothing was made in them: leave no empty folders behind
