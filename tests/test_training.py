@@ -147,6 +147,12 @@ def test_ring_blend_trains_on_blended_rings_and_validates_on_true_ones(splits, t
         summary = json.loads(result.summary_path.read_text())
         assert summary["settings"]["ring_blend"] == blend
         assert result.baseline_val_loss == pytest.approx(no_change_loss(val))
+        # The best epoch's validation loss is the returned model's on the true rings, recomputed here.
+        with torch.no_grad():
+            predicted = result.model(torch.stack([val[i].terrain for i in range(len(val))]),
+                                     torch.stack([val[i].depths for i in range(len(val))]))
+        truth = torch.stack([val[i].depth_change for i in range(len(val))])
+        assert min(result.history["val_loss"]) == pytest.approx(float((predicted - truth).abs().double().mean()), rel=1e-5)
     # Same initial weights and batches: only the rings of the training batches differ.
     assert histories[0.0]["train_loss"][0] != histories[1.0]["train_loss"][0]
     with pytest.raises(ValueError, match=r"ring_blend=1.5 must be a fraction of the training samples, from 0 to 1"):
