@@ -8,6 +8,8 @@ Builds a small deterministic data set in DIR (if absent) and fits a small Arch_0
 from __future__ import annotations
 
 import argparse
+import atexit
+import os
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +56,9 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep last.ckpt, so a later call can continue")
     parser.add_argument("--ring-blend", type=float, default=0.0, help="fit's ring_blend")
     args = parser.parse_args()
+    # Registered before fit, so it runs after any exit handler fit registers: what the process ends with.
+    atexit.register(lambda: print(f"rank {os.environ.get('RANK', '0')} at exit: process group "
+                                  f"{'open' if torch.distributed.is_initialized() else 'closed'}", flush=True))
     torch.set_num_threads(1)
     train, val = datasets(Path(args.root))
     torch.manual_seed(0)

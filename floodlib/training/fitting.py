@@ -489,6 +489,10 @@ def _train(module: SurrogateModule, callbacks, *, epochs, accelerator, devices, 
         num_sanity_val_steps=0,
         default_root_dir=str(out_dir),
     )
+    if trainer.world_size > 1:  # Lightning creates the process group and leaves it for the exit to tear down
+        from floodlib.training.launch import destroy_process_group_at_exit
+
+        destroy_process_group_at_exit()
     resumed_from = 0
     ckpt_path = None
     if resume and last_checkpoint.exists():

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import _thread
 import argparse
+import atexit
 import contextlib
 import json
 import shutil
@@ -53,6 +54,29 @@ def launched_externally() -> bool:
     if any(name in os.environ for name in _LAUNCHED):
         return True
     return "SLURM_PROCID" in os.environ and int(os.environ.get("SLURM_NTASKS", "1") or 1) > 1
+
+
+_exit_hook_registered = False
+
+
+def destroy_process_group_at_exit() -> None:
+    """Have this process destroy its process group when Python exits, if it still has one then.
+
+    Lightning's DDP creates the group and never destroys it; under torchrun, SLURM and in the ranks floodlib
+    starts, the process then ends with gloo's worker threads still holding work whose tensors are freed
+    while the interpreter is being torn down, which now and then aborts the rank ("terminate called without
+    an active exception", SIGABRT) after a training that succeeded. An exit handler runs while the
+    interpreter is still whole. Registered once per process; a group destroyed earlier makes it a no-op.
+    """
+    global _exit_hook_registered
+    if not _exit_hook_registered:
+        atexit.register(_destroy_process_group)
+        _exit_hook_registered = True
+
+
+def _destroy_process_group() -> None:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 def local_processes(*, strategy, devices, num_nodes: int, on_gpu: bool) -> int:
@@ -222,8 +246,7 @@ def local_ranks(processes: int, *, model, train, val, settings: dict[str, Any], 
                     os.environ.pop(name, None)
                 else:
                     os.environ[name] = value
-            if torch.distributed.is_available() and torch.distributed.is_initialized():
-                torch.distributed.destroy_process_group()
+            _destroy_process_group()
             for _, log, worker in workers:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     worker.wait(timeout=600)
