@@ -24,12 +24,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import multiprocessing
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -39,6 +36,7 @@ from floodlib.evaluation.metrics import evaluate_dataset, summarise
 from floodlib.models import create_model, list_models
 from floodlib.runs import open_run, splits
 from floodlib.training import fit
+from trials import add_worker_arguments, device_label, train_each
 
 HELD_OUT = ("big_test", "test_projects")
 
@@ -100,10 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--val-samples", type=int, default=256, help="validation subset for choosing the epoch")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--accelerator", default="auto", help="Lightning's: auto (a GPU when present), cpu, gpu")
-    parser.add_argument("--threads", type=int, default=2, help="CPU threads per size")
-    parser.add_argument("--jobs", type=int, default=1, help="sizes trained at once, each in its own process")
-    parser.add_argument("--json", type=Path, default=None, help="also write the figures to this file")
+    add_worker_arguments(parser, per="size")
     args = parser.parse_args(argv)
     if min(args.sizes) < 1 or args.steps < 1:
         parser.error("--sizes and --steps must be positive")
@@ -114,19 +109,12 @@ def main(argv: list[str] | None = None) -> int:
     run = open_run(args.run_dir)
     pool = splits(run, ["big_train"])["big_train"]
     nested_subsets(pool, sizes, seed=args.seed)  # refuses sizes the pool cannot give before anything trains
-    device = torch.cuda.get_device_name() if args.accelerator != "cpu" and torch.cuda.is_available() \
-        else f"CPU, {args.threads} threads per size"
+    device = device_label(args, per="size")
     print(f"floodlib data-scaling benchmark — {args.arch} on {run.profile.name}'s big_train ({len(pool)} samples: "
           f"{run.sample_spec().describe()}); {args.steps} steps of {args.batch_size}, Adam lr {args.lr:g}, "
           f"seed {args.seed}; {device}", flush=True)
     began = time.perf_counter()
-    if args.jobs > 1:
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=args.jobs, mp_context=context) as pool_of_workers:
-            futures = [pool_of_workers.submit(train_and_score, args.run_dir, args.arch, n, settings) for n in sizes]
-            rows = [future.result() for future in futures]
-    else:
-        rows = [train_and_score(args.run_dir, args.arch, n, settings) for n in sizes]
+    rows = train_each(train_and_score, args.run_dir, args.arch, sizes, settings, jobs=args.jobs)
     held_out = [split for split in HELD_OUT if split in rows[0]]
     header = f"{'samples':>8}{'epochs':>7}{'best':>5}{'val RAE':>9}" + "".join(
         f"{split + ' RAE':>20}{'median':>8}" for split in held_out) + f"{'train s':>9}"

@@ -30,11 +30,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
@@ -43,6 +41,7 @@ from floodlib.evaluation.metrics import evaluate_dataset, summarise
 from floodlib.evaluation.rollout import roll_out_plans, rollout_summary
 from floodlib.models import create_model, list_models, load_model
 from floodlib.runs import open_run, splits
+from trials import add_worker_arguments, device_label, train_each
 
 HELD_OUT = ("big_test", "test_projects")
 
@@ -105,10 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hours", type=int, default=3, help="rollout steps (one output interval each)")
     parser.add_argument("--tolerance-mm", type=float, default=1.0)
     parser.add_argument("--max-iterations", type=int, default=20)
-    parser.add_argument("--accelerator", default="auto", help="Lightning's: auto (a GPU when present), cpu, gpu")
-    parser.add_argument("--threads", type=int, default=2, help="CPU threads per fraction")
-    parser.add_argument("--jobs", type=int, default=1, help="fractions trained at once, each in its own process")
-    parser.add_argument("--json", type=Path, default=None, help="also write the figures to this file")
+    add_worker_arguments(parser, per="fraction")
     args = parser.parse_args(argv)
     if any(not 0 <= f <= 1 for f in args.fractions):
         parser.error("--fractions must lie between 0 and 1")
@@ -121,20 +117,13 @@ def main(argv: list[str] | None = None) -> int:
     run = open_run(args.run_dir)
     pool = splits(run, ["big_train"])["big_train"]
     start = start_weights(run, args.arch)
-    device = torch.cuda.get_device_name() if args.accelerator != "cpu" and torch.cuda.is_available() \
-        else f"CPU, {args.threads} threads per fraction"
+    device = device_label(args, per="fraction")
     print(f"floodlib ring-blend benchmark — {args.arch} on {run.profile.name}'s big_train ({len(pool)} samples), "
           f"{args.epochs} epochs of batches of {args.batch_size}, Adam lr {args.lr:g}, seed {args.seed}, from "
           f"{start.relative_to(run.run_dir) if start else 'a fresh initialisation'}; rollouts of {args.hours} h from "
           f"minute {args.start_min:g}; {device}", flush=True)
     began = time.perf_counter()
-    if args.jobs > 1:
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=args.jobs, mp_context=context) as workers:
-            futures = [workers.submit(train_and_score, args.run_dir, args.arch, f, settings) for f in fractions]
-            rows = [future.result() for future in futures]
-    else:
-        rows = [train_and_score(args.run_dir, args.arch, f, settings) for f in fractions]
+    rows = train_each(train_and_score, args.run_dir, args.arch, fractions, settings, jobs=args.jobs)
     held_out = [split for split in HELD_OUT if split in rows[0]]
     hours = list(rows[0]["rollout"]["pooled_rae_by_step"])
     header = (f"{'blend':>6}{'val RAE':>9}" + "".join(f"{split:>15}" for split in held_out)

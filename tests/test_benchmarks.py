@@ -101,7 +101,8 @@ def test_ring_blend_benchmark_trains_each_fraction_from_stage_a_and_scores_patch
     figures = tmp_path / "blend.json"
     result = subprocess.run(
         [sys.executable, "benchmarks/ring_blend.py", str(tiny_run), "--arch", "Arch_02", "--fractions", "1", "0",
-         "--epochs", "1", "--start-min", "0", "--hours", "1", "--accelerator", "cpu", "--json", str(figures)],
+         "--epochs", "1", "--start-min", "0", "--hours", "1", "--accelerator", "cpu", "--jobs", "2", "--threads", "1",
+         "--json", str(figures)],
         cwd=ROOT, capture_output=True, text=True, timeout=600, check=True)
     report = json.loads(figures.read_text())
     assert report["start_weights"] == str(tiny_run / "A" / "models" / "Arch_02" / "model.pth")
@@ -118,7 +119,7 @@ def test_ring_blend_benchmark_trains_each_fraction_from_stage_a_and_scores_patch
         rollout = row["rollout"]
         assert rollout["plans"] == plans and rollout["steps"] == plans
         assert 0 <= rollout["converged_within_20_fraction"] <= 1 and list(rollout["pooled_rae_by_step"]) == ["1"]
-    # Same start, same batches: the fractions differ only in the rings they trained on.
+    # Same start, same batches (each fraction in its own process): they differ only in the rings they trained on.
     assert rows[0]["val_rae"] != rows[1]["val_rae"]
     table = [line.split() for line in result.stdout.splitlines() if line.split()[:1] in (["0"], ["1"])]
     assert len(table) == 2 and float(table[0][1]) == pytest.approx(rows[0]["val_rae"], abs=5e-4)
