@@ -247,36 +247,54 @@ def test_bad_run_folders_are_clear_errors_in_the_notebook(run_copy, damage):
     assert not (run_copy / "D" / "summary.json").exists() and not (run_copy / "D" / "metrics").exists()
 
 
-def test_stage_d_rolls_the_best_model_out_over_every_held_out_plan(tiny_run):
+def test_stage_d_rolls_every_c_model_out_over_every_held_out_plan(tiny_run):
     """The tiny profile's plans last 40 min at a 20-min lead time: from the default start (60 min) not one step
-    fits, so each plan is rolled out from 0 for the 2 steps it holds; the figures add up from the CSV."""
+    fits, so each plan is rolled out from 0 for the 2 steps it holds; every C model is rolled out, the one
+    closest to the solver (pooled over every plan and step) first, and the figures add up from the CSV."""
     from floodlib.data import read_simulation
-    from floodlib.evaluation.rollout import pooled
+    from floodlib.evaluation.rollout import pooled, roll_out_plans
+    from floodlib.models import load_model
 
     stage_dir = tiny_run / "D"
     summary = json.loads((stage_dir / "summary.json").read_text())
-    rollout = summary["rollout"]
-    assert rollout["model"] == summary["headline"]["best_model"]
+    c_models = {f"C/{row['name']}" for row in json.loads((tiny_run / "C" / "summary.json").read_text())["ranking"]}
+    rollouts = summary["rollouts"]
+    assert len(c_models) > 1 and {item["model"] for item in rollouts} == c_models and len(rollouts) == len(c_models)
+    assert summary["rollout"] == rollouts[0]
     frame = pd.read_csv(stage_dir / "rollout.csv")
     run = stages.open_run(tiny_run)
     held_out = stages.splits(run, ["big_test", "test_projects"])
     plans = [f"{p.parent.name}/{p.stem}" for split in held_out.values() for p in split.files]
-    assert sorted(frame["project"] + "/" + frame["plan"]) == sorted(plans * 2) and rollout["plans"] == len(plans)
-    assert set(frame["start_min"]) == {0.0} and sorted(set(frame["step"])) == [1, 2]
-    for step, value in rollout["pooled_rae_by_step"].items():
-        assert value == pytest.approx(pooled(frame[frame["step"] == int(step)], "abs_error_m", "baseline_m"))
-    assert rollout["converged_fraction"] == pytest.approx(frame["converged"].mean())
-    assert rollout["max_passes"] == frame["passes"].max() <= 20
-    # the first step starts from the solver's depth: the rollout's first step is the one-step prediction
-    first = frame[frame["step"] == 1]
-    np.testing.assert_allclose(first["rae"], first["one_step_rae"])
+    overall = []
+    for rollout in rollouts:
+        rows = frame[frame["model"] == rollout["model"]]
+        assert sorted(rows["project"] + "/" + rows["plan"]) == sorted(plans * 2) and rollout["plans"] == len(plans)
+        assert set(rows["start_min"]) == {0.0} and sorted(set(rows["step"])) == [1, 2]
+        for step, value in rollout["pooled_rae_by_step"].items():
+            assert value == pytest.approx(pooled(rows[rows["step"] == int(step)], "abs_error_m", "baseline_m"))
+        assert rollout["pooled_rae"] == pytest.approx(rows["abs_error_m"].sum() / rows["baseline_m"].sum())
+        overall.append(rollout["pooled_rae"])
+        assert rollout["converged_fraction"] == pytest.approx(rows["converged"].mean())
+        assert rollout["max_passes"] == rows["passes"].max() <= 20
+        # the first step starts from the solver's depth: the rollout's first step is the one-step prediction
+        first = rows[rows["step"] == 1]
+        np.testing.assert_allclose(first["rae"], first["one_step_rae"])
+    assert overall == sorted(overall)
+    # Rolled out together (each plan read once for every model), a model scores as it does alone.
+    name, path = rollouts[-1]["model"], held_out["big_test"].files[0]
+    alone, _ = roll_out_plans(load_model(tiny_run / name.replace("C/", "C/models/") / "model.pth"), [("big_test", path)],
+                              start_s=0, steps=2, delta_t_s=run.sample_spec().delta_t_s, device="cpu")
+    together = frame[(frame["model"] == name) & (frame["plan"] == path.stem) & (frame["project"] == path.parent.name)]
+    for column in ("abs_error_m", "one_step_error_m", "closed_error_interiors_m", "patch_error_true_rings_m", "passes"):
+        np.testing.assert_allclose(together[column].to_numpy(float), alone[column].to_numpy(float), rtol=1e-5, err_msg=column)
     # the solver's volume is the stored depth times the cell area
     row = frame.iloc[-1]
     plan = read_simulation(tiny_run / "data" / row["project"] / f"{row['plan']}.h5")
     frame_index = int(round(row["time_min"] * 60 / plan.output_interval_s))
     expected = float(np.nansum(plan.water_depth[frame_index]) * plan.cell_size_m ** 2)
     assert row["volume_solver_m3"] == pytest.approx(expected, rel=1e-5)
-    for name in ("rollout_rae", "rollout_convergence", "rollout_volume", f"rollout_maps_{row['project']}_{row['plan']}"):
+    for name in ("rollout_models", "rollout_rae", "rollout_convergence", "rollout_volume",
+                 f"rollout_maps_{row['project']}_{row['plan']}"):
         assert (stage_dir / "figures" / f"{name}.png").stat().st_size > 5_000
 
 

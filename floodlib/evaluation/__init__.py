@@ -24,14 +24,16 @@ from floodlib.evaluation.compare import compare_models, inference_latency
 from floodlib.evaluation.report import (REFERENCE_MEDIAN_RAE, SPLIT_DESCRIPTIONS, EvaluationError, headline,
                                         headline_text, read_sample_metrics, report_summary, reported_splits,
                                         save_metrics, save_table, summary_table)
-from floodlib.evaluation.rollout import (PlanRollout, plot_convergence, plot_rollout_maps, plot_rollout_rae,
-                                         plot_volume, roll_out_plans, rollout_summary, rollout_text)
+from floodlib.evaluation.rollout import (PlanRollout, plot_convergence, plot_rollout_maps, plot_rollout_models,
+                                         plot_rollout_rae, plot_volume, roll_out_models, roll_out_plans,
+                                         rollout_comparison, rollout_summary, rollout_table, rollout_text)
 from floodlib.evaluation.run import choose_samples, context_splits_of, evaluate_models, prediction_pages
 from floodlib.runs import RunModel, run_models
 
 __all__ = [
-    "EvaluationError", "MetricSpec", "PlanRollout", "plot_convergence", "plot_rollout_maps", "plot_rollout_rae",
-    "plot_volume", "roll_out_plans", "rollout_summary", "rollout_text", "REFERENCE_MEDIAN_RAE", "RunModel", "SPLIT_DESCRIPTIONS", "SampleView",
+    "EvaluationError", "MetricSpec", "PlanRollout", "plot_convergence", "plot_rollout_maps", "plot_rollout_models",
+    "plot_rollout_rae", "plot_volume", "roll_out_models", "roll_out_plans", "rollout_comparison", "rollout_summary",
+    "rollout_table", "rollout_text", "REFERENCE_MEDIAN_RAE", "RunModel", "SPLIT_DESCRIPTIONS", "SampleView",
     "choose_samples", "compare_models", "context_splits_of", "evaluate_dataset", "evaluate_models", "figure_png", "format_rae", "headline",
     "headline_text", "inference_latency", "plot_comparison", "plot_rae_boxplots", "predict_dataset",
     "prediction_page", "prediction_pages", "read_sample_metrics", "report_summary", "reported_splits",

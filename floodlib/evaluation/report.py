@@ -55,15 +55,16 @@ def save_table(table: pd.DataFrame, path: str | Path) -> Path:
 
 
 def report_summary(result: dict, table: pd.DataFrame, comparison: pd.DataFrame | None = None, *,
-                   headlines: dict[str, dict] | None = None, rollout: dict | None = None) -> StageDSummary:
+                   headlines: dict[str, dict] | None = None, rollouts: list[dict] | None = None) -> StageDSummary:
     """Stage D's summary: the headline (of the test split), the headline of every reported split by name
     (``headlines``: the test split's and, when projects are held out, ``test_projects``'), the table per model
     and split, the comparison (as JSON-ready records: a missing figure such as GPU latency without a GPU is
-    null) and the full-domain ``rollout`` headline when there is one."""
+    null) and the full-domain ``rollouts`` of the C models when there are any (closest to the solver first, as
+    :func:`~floodlib.evaluation.rollout.rollout_comparison` orders them; the first is also ``rollout``)."""
     return StageDSummary(headline=result, headlines=headlines or {result["split"]: result},
                          table=json.loads(table.reset_index().to_json(orient="records")),
                          comparison=None if comparison is None else json.loads(comparison.to_json(orient="records")),
-                         rollout=rollout)
+                         rollout=rollouts[0] if rollouts else None, rollouts=rollouts or None)
 
 
 def read_sample_metrics(stage_dir: str | Path, model: str, split: str) -> pd.DataFrame:

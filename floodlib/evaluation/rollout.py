@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -96,57 +96,80 @@ def roll_out_plans(model, plans: Sequence[tuple[str, str | Path]], *, start_s: f
     Returns one row per plan and step, and the rollouts (for maps). ``options`` go to
     :class:`floodlib.predict.DomainPredictor` (tolerance_m, max_iterations, precision, ...).
     """
+    frame, rollouts = roll_out_models({"model": model}, plans, start_s=start_s, steps=steps, delta_t_s=delta_t_s,
+                                      device=device, **options)
+    return frame.drop(columns="model", errors="ignore"), rollouts["model"]
+
+
+def roll_out_models(models: Mapping[str, torch.nn.Module], plans: Sequence[tuple[str, str | Path]], *,
+                    start_s: float, steps: int, delta_t_s: float, device: str = "auto",
+                    **options) -> tuple[pd.DataFrame, dict[str, list[PlanRollout]]]:
+    """:func:`roll_out_plans` for several models by name, each plan read once for all of them.
+
+    Returns the rows of every model (a ``model`` column first) and each model's rollouts.
+    """
     device = resolve_device(device)
-    model = model.to(device).eval()
-    rows, rollouts = [], []
+    models = {name: model.to(device).eval() for name, model in models.items()}
+    rows, rollouts = [], {name: [] for name in models}
     for split, path in plans:
         simulation = read_simulation(path)
         start, count = fitting_steps(simulation, start_s=start_s, steps=steps, delta_t_s=delta_t_s)
-        mask = np.isnan(simulation.water_depth[0])
-        predictor = DomainPredictor(model, simulation.terrain, mask=mask, terrain_ratio=simulation.terrain_ratio,
-                                    device=device, **options)
-        rollout = predict_plan(model, simulation, start_s=start, steps=count, delta_t_s=delta_t_s, predictor=predictor)
-        rollouts.append(PlanRollout(split, Path(path), simulation, rollout, start, delta_t_s))
-        interval = simulation.output_interval_s
-        first = int(round(start / interval))
-        start_depth = np.nan_to_num(simulation.water_depth[first])
-        cell_area = simulation.cell_size_m ** 2
-        boundary = StoredBoundary(simulation)
-        step_frames = int(round(delta_t_s / interval))
-        for k, step in enumerate(rollout.steps, 1):
-            frame = first + (k - 1) * step_frames
-            truth = np.nan_to_num(simulation.water_depth[frame + step_frames])
-            predicted = np.nan_to_num(rollout.depths[k])
-            baseline = float(np.abs(truth - start_depth).sum())
-            # the one-step prediction from the solver's depth at n: the rollout's own first step, a fresh closure later
-            one_step = step if k == 1 else predictor.step(simulation.water_depth[frame],
-                                                          boundary.at((frame + step_frames) * interval))
-            one_step_depth = np.nan_to_num(one_step.depth)
-            now = np.nan_to_num(simulation.water_depth[frame])
-            closed, patch, step_baseline = patch_scores_true_rings(model, simulation, frame, frame + step_frames,
-                                                                   one_step_depth, device=device)
-            one_step_baseline = float(np.abs(truth - now).sum())
-            rows.append({
-                "split": split, "project": simulation.project, "plan": simulation.plan, "start_min": start / 60,
-                "step": k, "time_min": (start + k * delta_t_s) / 60,
-                "abs_error_m": float(np.abs(predicted - truth).sum()), "baseline_m": baseline,
-                "rae": domain_rae(rollout.depths[k], simulation.water_depth[frame + step_frames],
-                                  simulation.water_depth[first])[0],
-                "one_step_error_m": float(np.abs(one_step_depth - truth).sum()), "one_step_baseline_m": one_step_baseline,
-                "one_step_rae": domain_rae(one_step.depth, simulation.water_depth[frame + step_frames],
-                                           simulation.water_depth[frame])[0],
-                "closed_error_interiors_m": closed, "patch_error_true_rings_m": patch,
-                "step_baseline_interiors_m": step_baseline,
-                "closed_rae_interiors": ratio(closed, step_baseline),
-                "patch_rae_true_rings": ratio(patch, step_baseline),
-                "volume_solver_m3": float(truth.sum() * cell_area),
-                "volume_surrogate_m3": float(predicted.sum() * cell_area),
-                "passes": len(step.residuals), "residual_m": float(step.residuals[-1]),
-                "converged": bool(step.converged), "seconds": float(step.seconds),
-                "patches_predicted": int(step.patches_predicted),
-                "residuals_m": " ".join(f"{value:.3g}" for value in step.residuals),
-            })
+        for name, model in models.items():
+            item, scored = _roll_out_plan(model, split, Path(path), simulation, start_s=start, steps=count,
+                                          delta_t_s=delta_t_s, device=device, **options)
+            rollouts[name].append(item)
+            rows += [{"model": name, **row} for row in scored]
     return pd.DataFrame(rows), rollouts
+
+
+def _roll_out_plan(model, split: str, path: Path, simulation: Simulation, *, start_s: float, steps: int,
+                   delta_t_s: float, device, **options) -> tuple[PlanRollout, list[dict]]:
+    """One model over one plan: its rollout and one row of scores per step."""
+    mask = np.isnan(simulation.water_depth[0])
+    predictor = DomainPredictor(model, simulation.terrain, mask=mask, terrain_ratio=simulation.terrain_ratio,
+                                device=device, **options)
+    rollout = predict_plan(model, simulation, start_s=start_s, steps=steps, delta_t_s=delta_t_s, predictor=predictor)
+    interval = simulation.output_interval_s
+    first = int(round(start_s / interval))
+    start_depth = np.nan_to_num(simulation.water_depth[first])
+    cell_area = simulation.cell_size_m ** 2
+    boundary = StoredBoundary(simulation)
+    step_frames = int(round(delta_t_s / interval))
+    rows = []
+    for k, step in enumerate(rollout.steps, 1):
+        frame = first + (k - 1) * step_frames
+        truth = np.nan_to_num(simulation.water_depth[frame + step_frames])
+        predicted = np.nan_to_num(rollout.depths[k])
+        baseline = float(np.abs(truth - start_depth).sum())
+        # the one-step prediction from the solver's depth at n: the rollout's own first step, a fresh closure later
+        one_step = step if k == 1 else predictor.step(simulation.water_depth[frame],
+                                                      boundary.at((frame + step_frames) * interval))
+        one_step_depth = np.nan_to_num(one_step.depth)
+        now = np.nan_to_num(simulation.water_depth[frame])
+        closed, patch, step_baseline = patch_scores_true_rings(model, simulation, frame, frame + step_frames,
+                                                               one_step_depth, device=device)
+        one_step_baseline = float(np.abs(truth - now).sum())
+        rows.append({
+            "split": split, "project": simulation.project, "plan": simulation.plan, "start_min": start_s / 60,
+            "step": k, "time_min": (start_s + k * delta_t_s) / 60,
+            "abs_error_m": float(np.abs(predicted - truth).sum()), "baseline_m": baseline,
+            "rae": domain_rae(rollout.depths[k], simulation.water_depth[frame + step_frames],
+                              simulation.water_depth[first])[0],
+            "one_step_error_m": float(np.abs(one_step_depth - truth).sum()), "one_step_baseline_m": one_step_baseline,
+            "one_step_rae": domain_rae(one_step.depth, simulation.water_depth[frame + step_frames],
+                                       simulation.water_depth[frame])[0],
+            "closed_error_interiors_m": closed, "patch_error_true_rings_m": patch,
+            "step_baseline_interiors_m": step_baseline,
+            "closed_rae_interiors": ratio(closed, step_baseline),
+            "patch_rae_true_rings": ratio(patch, step_baseline),
+            "volume_solver_m3": float(truth.sum() * cell_area),
+            "volume_surrogate_m3": float(predicted.sum() * cell_area),
+            "passes": len(step.residuals), "residual_m": float(step.residuals[-1]),
+            "converged": bool(step.converged), "seconds": float(step.seconds),
+            "patches_predicted": int(step.patches_predicted),
+            "residuals_m": " ".join(f"{value:.3g}" for value in step.residuals),
+        })
+    return PlanRollout(split, path, simulation, rollout, start_s, delta_t_s), rows
 
 
 def domain_rae(prediction: np.ndarray, truth: np.ndarray, depth_start: np.ndarray, *,
@@ -204,6 +227,7 @@ def rollout_summary(frame: pd.DataFrame, *, model: str, max_iterations: int) -> 
         "plans": int(frame.groupby(["project", "plan"]).ngroups),
         "steps": int(len(frame)),
         "pooled_rae_by_step": by_step,
+        "pooled_rae": pooled(frame, "abs_error_m", "baseline_m"),
         "one_step_rae": pooled(frame, "one_step_error_m", "one_step_baseline_m"),
         "one_step_rae_by_split": {split: pooled(group, "one_step_error_m", "one_step_baseline_m")
                                   for split, group in frame.groupby("split")},
@@ -219,6 +243,28 @@ def rollout_summary(frame: pd.DataFrame, *, model: str, max_iterations: int) -> 
     })
 
 
+def rollout_comparison(frame: pd.DataFrame, *, max_iterations: int) -> list[dict]:
+    """:func:`rollout_summary` of every model in ``frame`` (rows of :func:`roll_out_models`), the one closest
+    to the solver first: lowest full-domain RAE pooled over every plan and step (a model with nothing to
+    score last)."""
+    summaries = [rollout_summary(group, model=str(model), max_iterations=max_iterations)
+                 for model, group in frame.groupby("model", sort=False)]
+    return sorted(summaries, key=lambda item: (item["pooled_rae"] is None, item["pooled_rae"] or 0.0))
+
+
+def rollout_table(summaries: list[dict]) -> pd.DataFrame:
+    """The rolled-out models side by side, one row each (from :func:`rollout_comparison`)."""
+    rows = []
+    for item in summaries:
+        rows.append({"model": item["model"],
+                     **{f"RAE after step {step}": value for step, value in item["pooled_rae_by_step"].items()},
+                     "RAE, all steps": item["pooled_rae"],
+                     "closed / true rings": item["closed_over_true_rings"],
+                     "converged within 20": item["converged_within_20_fraction"],
+                     "volume error, last step": item["volume_error_last_step"]})
+    return pd.DataFrame(rows).set_index("model")
+
+
 def rollout_text(summary: dict) -> str:
     """The rollout headline in words."""
     def show(value):
@@ -227,8 +273,9 @@ def rollout_text(summary: dict) -> str:
     volume = "n/a" if summary["volume_error_last_step"] is None else f"{summary['volume_error_last_step']:+.0%}"
     by_step = ", ".join(f"{step}: {show(value)}" for step, value in summary["pooled_rae_by_step"].items())
     by_split = ", ".join(f"{split} {show(value)}" for split, value in summary["one_step_rae_by_split"].items())
+    overall = "" if summary.get("pooled_rae") is None else f" ({summary['pooled_rae']:.3f} over all steps)"
     return (f"{summary['model']} over {summary['plans']} held-out plans ({summary['steps']} closed steps): pooled "
-            f"full-domain RAE after each step {by_step}.\n"
+            f"full-domain RAE after each step {by_step}{overall}.\n"
             f"One step from the solver's depth: full domain {show(summary['one_step_rae'])} ({by_split}); patch "
             f"interiors {show(summary['closed_rae_interiors'])} closed vs {show(summary['patch_rae_true_rings'])} with "
             f"true rings (ratio {show(summary['closed_over_true_rings'])}).\n"
@@ -264,6 +311,23 @@ def plot_rollout_rae(frame: pd.DataFrame, *, title: str = ""):
     right.set_xticks(range(len(values)), labels, fontsize=7)
     right.set(ylabel="one-step RAE, patch interiors", title="closed rings vs true rings")
     fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_rollout_models(frame: pd.DataFrame, *, title: str = ""):
+    """Full-domain RAE after each step, every plan pooled, one line per model (rows of :func:`roll_out_models`)."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for model, group in frame.groupby("model", sort=False):
+        steps = sorted(group["step"].unique())
+        ax.plot(steps, [pooled(group[group["step"] == k], "abs_error_m", "baseline_m") for k in steps], marker="o",
+                linewidth=2, label=f"{model} ({pooled(group, 'abs_error_m', 'baseline_m'):.3f} over all steps)")
+    ax.axhline(1.0, color="grey", linestyle="--", linewidth=1, label="no change")
+    ax.set(xlabel="step (lead times after the start)", ylabel="full-domain RAE vs solver, pooled", title=title)
+    ax.set_xticks(sorted(frame["step"].unique()))
+    ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
 

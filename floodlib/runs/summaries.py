@@ -125,12 +125,13 @@ class Headline(Contract):
 
 
 class RolloutHeadline(Contract):
-    """The best stage C model rolled out over every held-out plan's whole domain with ring closure."""
+    """A stage C model rolled out over every held-out plan's whole domain with ring closure."""
 
     model: str
     plans: int
     steps: int  # closed steps over all plans
     pooled_rae_by_step: dict[int, float | None]  # full-domain RAE k steps after the start, every plan pooled
+    pooled_rae: float | None = None  # over every plan and step: how stage D orders the models it rolls out
     one_step_rae: float | None  # one step from the solver's depth, full domain, pooled
     one_step_rae_by_split: dict[str, float | None]
     closed_rae_interiors: float | None  # the same, over the standard grid's patch interiors
@@ -146,7 +147,8 @@ class RolloutHeadline(Contract):
 
 class StageDSummary(StageSummary):
     """Stage D: the headline of the test split, one per reported held-out split, the figures per model and
-    split, the runtime / size / accuracy comparison, and the full-domain rollout of the best C model."""
+    split, the runtime / size / accuracy comparison, and full-domain rollouts: ``rollouts`` of every C model,
+    closest to the solver first, and ``rollout``, the first of them (the one whose maps stage D draws)."""
 
     stage: Literal["D"] = "D"
     headline: Headline
@@ -154,6 +156,7 @@ class StageDSummary(StageSummary):
     table: list[dict[str, Any]]
     comparison: list[dict[str, Any]] | None = None
     rollout: RolloutHeadline | None = None
+    rollouts: list[RolloutHeadline] | None = None
 
 
 SUMMARIES: dict[str, type[StageSummary]] = {"A": StageASummary, "B": StageBSummary, "C": StageCSummary,
