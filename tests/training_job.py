@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import atexit
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -57,8 +58,10 @@ def main() -> None:
     parser.add_argument("--ring-blend", type=float, default=0.0, help="fit's ring_blend")
     args = parser.parse_args()
     # Registered before fit, so it runs after any exit handler fit registers: what the process ends with.
-    atexit.register(lambda: print(f"rank {os.environ.get('RANK', '0')} at exit: process group "
-                                  f"{'open' if torch.distributed.is_initialized() else 'closed'}", flush=True))
+    # One write per line: the ranks share torchrun's output, where print's separate newline could land after
+    # the other rank's line.
+    atexit.register(lambda: sys.stdout.write(f"rank {os.environ.get('RANK', '0')} at exit: process group "
+                                             f"{'open' if torch.distributed.is_initialized() else 'closed'}\n"))
     torch.set_num_threads(1)
     train, val = datasets(Path(args.root))
     torch.manual_seed(0)
