@@ -92,16 +92,27 @@ def test_the_served_viewer_changes_sample_and_shows_floodlibs_rae(tiny_run, serv
     def text(selector):
         return browser.find_element(By.CSS_SELECTOR, selector).text
 
+    def painted_picture(old_source: str | None = None) -> tuple[str, bytes]:
+        """The picture's source and screenshot once a new one (another source than ``old_source``) has loaded:
+        the bytes arrive with the message that changes the text, and the page decodes them after."""
+        def loaded(driver):
+            image = driver.find_element(By.CSS_SELECTOR, "img.floodlib-picture")
+            source = image.get_attribute("src")
+            ready = driver.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0", image)
+            return (source, image) if ready and source != old_source else False
+
+        source, image = wait.until(loaded)
+        return source, image.screenshot_as_png
+
     wait = WebDriverWait(browser, 120)
     browser.get(served_viewer)
     wait.until(lambda driver: "big_test[0]" in text(".floodlib-details") and "RAE" in text(".floodlib-rae"))
-    before = browser.find_element(By.CSS_SELECTOR, "img.floodlib-picture").screenshot_as_png
+    source, before = painted_picture()
     assert text(".floodlib-rae") == expected_rae(c_models[0], 0)[0]
 
     browser.find_element(By.CSS_SELECTOR, ".floodlib-next").click()
     wait.until(lambda driver: "big_test[1]" in text(".floodlib-details"))
-    time.sleep(1.0)  # the new picture's bytes arrive with the same message; let the page paint it
-    after = browser.find_element(By.CSS_SELECTOR, "img.floodlib-picture").screenshot_as_png
+    source, after = painted_picture(source)
     assert after != before
     shown, value = text(".floodlib-rae"), expected_rae(c_models[0], 1)
     assert shown == value[0]
@@ -118,13 +129,12 @@ def test_the_served_viewer_changes_sample_and_shows_floodlibs_rae(tiny_run, serv
     from floodlib.data.store import read_simulation
     from floodlib.predict import predict_plan
 
-    patch_picture = browser.find_element(By.CSS_SELECTOR, "img.floodlib-picture").screenshot_as_png
+    source, patch_picture = painted_picture()
     browser.find_element(By.XPATH, "//*[contains(@class, 'floodlib-mode')]//button[normalize-space()='whole domain']"
                          ).click()
     wait.until(lambda driver: "over the whole domain" in text(".floodlib-rae") or text(".floodlib-error"))
     assert text(".floodlib-error") == "" and "start 0 min · step 1 of 2 (20 min each)" in text(".floodlib-details")
-    time.sleep(1.0)
-    assert browser.find_element(By.CSS_SELECTOR, "img.floodlib-picture").screenshot_as_png != patch_picture
+    assert painted_picture(source)[1] != patch_picture
     plans = split_plans(discover_plans(tiny_run / "data"), stages.open_run(tiny_run).split_spec())
     simulation = read_simulation(plans["big_test"][0])
     rollout = predict_plan(load_model(tiny_run / "C" / c_models[1]["model_path"]), simulation, start_s=0, steps=1,
