@@ -22,6 +22,7 @@ import _thread
 import argparse
 import atexit
 import contextlib
+import functools
 import json
 import shutil
 import os
@@ -56,9 +57,7 @@ def launched_externally() -> bool:
     return "SLURM_PROCID" in os.environ and int(os.environ.get("SLURM_NTASKS", "1") or 1) > 1
 
 
-_exit_hook_registered = False
-
-
+@functools.cache  # registered once per process
 def destroy_process_group_at_exit() -> None:
     """Have this process destroy its process group when Python exits, if it still has one then.
 
@@ -68,10 +67,7 @@ def destroy_process_group_at_exit() -> None:
     an active exception", SIGABRT) after a training that succeeded. An exit handler runs while the
     interpreter is still whole. Registered once per process; a group destroyed earlier makes it a no-op.
     """
-    global _exit_hook_registered
-    if not _exit_hook_registered:
-        atexit.register(_destroy_process_group)
-        _exit_hook_registered = True
+    atexit.register(_destroy_process_group)
 
 
 def _destroy_process_group() -> None:
