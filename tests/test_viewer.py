@@ -84,6 +84,17 @@ def test_a_checkpoint_of_another_architecture_is_named(run_copy):
     assert f"expected '{row['arch']}'" in viewer.error.value and "holds architecture" in viewer.error.value
 
 
+def test_the_viewer_opens_on_the_model_it_is_given(tiny_run):
+    first = PredictionViewer(tiny_run, device="cpu")
+    other = next(key for key in first.entries if key != first.model_choice.value)
+    viewer = PredictionViewer(tiny_run, device="cpu", model=other)
+    assert viewer.model_choice.value == other and viewer.current_view.model == other
+    viewer.select_domain(steps=1)
+    assert viewer.current_rollout is not None and viewer.model_choice.value == other
+    with pytest.raises(ViewerError, match=r"model='C/Arch_99' is not a model of run folder .*expected one of C/"):
+        PredictionViewer(tiny_run, model="C/Arch_99")
+
+
 def test_a_run_without_stage_c_is_refused_with_what_to_do(run_copy, tmp_path):
     import shutil
 

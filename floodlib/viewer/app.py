@@ -81,6 +81,8 @@ class PredictionViewer:
     spec : how the shown RAE is computed (the evaluation's :class:`MetricSpec`).
     device : where predictions run (``"auto"``: CUDA when present).
     split : the split shown first.
+    model : the model shown first, as its key (``"C/Arch_03"``); by default the first of ``stages``. Stage D
+        passes the model its rollouts rank first, so the whole-domain mode opens on the one its maps show.
 
     ``viewer.widget`` is the app; displaying the viewer shows it. :meth:`select` changes the patch view from
     code, :meth:`select_domain` the whole-domain view. A model whose checkpoint cannot be used (corrupted, of
@@ -89,7 +91,8 @@ class PredictionViewer:
     """
 
     def __init__(self, run_dir: str | Path, *, stages: Sequence[str] = ("C",), context: Sequence[str] = ("A", "B"),
-                 spec: MetricSpec = MetricSpec(), device: str = "auto", split: str = "big_test"):
+                 spec: MetricSpec = MetricSpec(), device: str = "auto", split: str = "big_test",
+                 model: str | None = None):
         self.run_dir = Path(run_dir)
         try:
             self.run = open_run(self.run_dir)
@@ -101,6 +104,9 @@ class PredictionViewer:
             self.delta_t_s = float(self.run.sample_spec().delta_t_s)
         except (RunError, FileNotFoundError, ValueError) as error:
             raise ViewerError(f"cannot view run folder {self.run_dir}: {error}") from None
+        if model is not None and model not in self.entries:
+            raise ViewerError(f"model={model!r} is not a model of run folder {self.run_dir}: expected one of "
+                              f"{', '.join(self.entries)}")
         self.split_names = list(self.split_files)
         self.spec = spec
         self.device = device
@@ -119,6 +125,8 @@ class PredictionViewer:
                                                  tooltips=["samples of the split, patch by patch",
                                                            "a plan's whole domain, predicted step by step"])
         self.model_choice = widgets.Dropdown(options=list(self.entries), description="model")
+        if model is not None:
+            self.model_choice.value = model
         names = self.split_names
         self.split_choice = widgets.Dropdown(options=names, value=split if split in names else names[0],
                                              description="split")
