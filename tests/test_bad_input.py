@@ -272,7 +272,9 @@ def _drop_fetch(raw, path):
     (lambda r: r["A"].update(preview_count=0), r"section A: preview_count = 0: Input should be greater than or equal to 1"),
     (lambda r: r["C"].update(ring_blend=1.5), r"section C: ring_blend = 1.5: Input should be less than or equal to 1"),
     (lambda r: r["C"]["per_model"].update(Arch_03={"ring_blend": -0.5}),
-     r"section C: per_model = .*per_model\['Arch_03'\].ring_blend = -0.5 must be a fraction from 0 to 1"),
+     r"section C: per_model = .*per_model\['Arch_03'\].ring_blend = -0.5: Input should be greater than or equal to 0"),
+    (lambda r: r["A"]["per_model"].update(Arch_08={"lr": 3e-4, "batch_size": 8.5}),
+     r"section A: per_model = .*per_model\['Arch_08'\].batch_size = 8.5: Input should be a valid integer"),
     (lambda r: (r["A"].update(models=["Arch_02", "Arch_04"]), r["C"].update(models=["Arch_02", "Arch_05"], warm_start=True)),
      r"C.warm_start = true and C.models = \['Arch_02', 'Arch_05'\]: \['Arch_05'\] not in A.models"),
     (lambda r: r["C"].update(warm_start=True, downsampler="cubic"),
@@ -281,7 +283,7 @@ def _drop_fetch(raw, path):
         "B-lr-negative", "B-channels-empty", "B-channels-zero", "B-downsampler-unknown", "B-downsamplers-empty",
         "D-test-split-unknown", "D-splits-unknown", "D-context-splits-unknown", "A-without-Arch_04", "C-model-unknown", "DEM-missing",
         "HEC-RAS-missing", "project-twice", "project-name-a-path", "valley-field-unknown", "samples-bad", "splits-bad", "test-project-unknown",
-        "A-no-previews", "C-ring-blend-above-1", "C-per-model-ring-blend-negative", "C-warm-start-without-A-weights", "C-warm-start-other-downsampler"])
+        "A-no-previews", "C-ring-blend-above-1", "C-per-model-ring-blend-negative", "A-per-model-batch-fraction", "C-warm-start-without-A-weights", "C-warm-start-other-downsampler"])
 def test_a_bad_setting_is_refused_when_the_profile_is_read_before_anything_runs(tmp_path, change, message):
     path = _smoke_with(tmp_path, change)
     outputs = tmp_path / "outputs"

@@ -181,6 +181,16 @@ class DataConfig(Strict):
         return SplitSpec(**self.splits)
 
 
+class ModelOverrides(Strict):
+    """What ``per_model`` may set for one architecture instead of its stage's value (null: the stage's)."""
+
+    lr: float | None = Field(default=None, gt=0)
+    batch_size: int | None = Field(default=None, ge=1)
+    epochs: int | None = Field(default=None, ge=1)
+    patience: int | None = Field(default=None, ge=1)
+    ring_blend: float | None = Field(default=None, ge=0, le=1)
+
+
 class TrainSettings(Strict):
     epochs: int = Field(default=300, ge=1)  # per model
     lr: float = Field(default=1e-4, gt=0)
@@ -202,24 +212,23 @@ class TrainSettings(Strict):
     @field_validator("per_model")
     @classmethod
     def _known_overrides(cls, value: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-        allowed = {"lr": float, "batch_size": int, "epochs": int, "patience": int, "ring_blend": float}
+        checked = {}
         for name, overrides in value.items():
             if name != TUNED_MODEL:
                 _check_models([name])
             if not isinstance(overrides, dict):
                 raise ValueError(f"per_model[{name!r}] = {overrides!r} must map settings to values")
-            for key, setting in overrides.items():
-                if key not in allowed:
-                    raise ValueError(f"per_model[{name!r}]: unknown setting {key!r}; expected some of {sorted(allowed)}")
-                if key == "ring_blend":
-                    if isinstance(setting, bool) or not isinstance(setting, (int, float)) or not 0 <= setting <= 1:
-                        raise ValueError(f"per_model[{name!r}].ring_blend = {setting!r} must be a fraction from 0 to 1")
-                    continue
-                kind = allowed[key]
-                if isinstance(setting, bool) or not isinstance(setting, (int, float) if kind is float else int) \
-                        or setting <= 0:
-                    raise ValueError(f"per_model[{name!r}].{key} = {setting!r} must be a positive {kind.__name__}")
-        return value
+            try:
+                checked[name] = ModelOverrides.model_validate(overrides).model_dump(exclude_none=True)
+            except ValidationError as error:
+                problems = []
+                for item in error.errors():
+                    key = ".".join(str(part) for part in item["loc"])
+                    problems.append(f"per_model[{name!r}]: unknown setting {key!r}; expected some of "
+                                    f"{sorted(ModelOverrides.model_fields)}" if item["type"] == "extra_forbidden"
+                                    else f"per_model[{name!r}].{key} = {item['input']!r}: {item['msg']}")
+                raise ValueError("; ".join(problems)) from None
+        return checked
 
     @field_validator("downsampler")
     @classmethod
