@@ -172,6 +172,21 @@ def test_a_us_customary_plan_reads_as_its_si_twin(tmp_path, depth, dem, crs):
     assert si.extra["source_units"] == "SI" and "converted_from" not in si.extra and "foot" not in si.source
 
 
+def test_a_dem_without_crs_whose_heights_are_stated_in_metres_meets_a_plan_in_feet(tmp_path):
+    import rasterio
+
+    us_plan = write_plan(tmp_path / "feet.p01.hdf", units="US Customary")
+    si_plan = write_plan(tmp_path / "metres.p01.hdf", units="SI Units", length=FOOT)
+    dem = write_dem(tmp_path / "feet.tif", length=1.0)  # coordinates and heights in the plan's feet ...
+    with rasterio.open(dem, "r+") as dataset:
+        dataset.write(dataset.read(1) * FOOT, 1)  # ... then the heights in metres, and the file says so
+        dataset.set_band_unit(1, "metre")
+    us = read_hecras(us_plan, terrain=dem, terrain_ratio=5)
+    si = read_hecras(si_plan, terrain=write_dem(tmp_path / "metres.tif", length=FOOT), terrain_ratio=5)
+    assert_allclose(us.terrain, si.terrain, rtol=1e-6, atol=0)
+    assert "no CRS: coordinates taken to be in the plan's international foot" in us.source
+
+
 def test_the_conversion_is_recorded_in_the_store(tmp_path):
     plan = write_plan(tmp_path / "feet.p01.hdf", units="US Customary", projection=crs_wkt("EPSG:2271"))
     out = convert_hecras(plan, tmp_path / "store" / "feet.h5")

@@ -112,6 +112,62 @@ def test_a_raster_in_feet_is_read_in_metres(tmp_path, crs, factor, units):
     assert_allclose(sample_raster(raster, x=x, y=y), [values[2, 3] * factor], rtol=1e-6)
 
 
+@pytest.mark.parametrize("crs, band_unit, horizontal, vertical, vertical_m", [
+    ("EPSG:26915+6360", None, 1.0, "US survey foot", 1200 / 3937),  # UTM 15N (m) + NAVD88 height (ftUS)
+    ("EPSG:26915+8228", None, 1.0, "international foot", 0.3048),  # UTM 15N (m) + NAVD88 height (ft)
+    ("EPSG:26915+5703", None, 1.0, "metre", 1.0),  # UTM 15N (m) + NAVD88 height (m)
+    ("EPSG:2236+5703", None, 1200 / 3937, "metre", 1.0),  # Florida East (ftUS) + NAVD88 height (m)
+    ("EPSG:26915", "ft", 1.0, "international foot", 0.3048),  # the band's unit, no vertical CRS
+    (None, "US survey foot", 1.0, "US survey foot", 1200 / 3937),  # no CRS: coordinates in metres, heights stated
+], ids=["utm-navd88-ftus", "utm-navd88-ft", "utm-navd88-m", "ftus-navd88-m", "band-unit-ft", "no-crs-band-unit-ftus"])
+def test_elevations_are_converted_from_the_unit_the_file_states_for_them(tmp_path, crs, band_unit, horizontal,
+                                                                          vertical, vertical_m):
+    import rasterio
+    from rasterio.crs import CRS
+
+    values = 250.0 + np.arange(30, dtype=np.float32).reshape(5, 6) * 0.25
+    path = write_geotiff(tmp_path / "dem.tif", values, x0=640000.0, y0=1500000.0, dx=2.0,
+                         crs=CRS.from_user_input(crs) if crs else None)
+    if band_unit:
+        with rasterio.open(path, "r+") as dataset:
+            dataset.set_band_unit(1, band_unit)
+    raster = read_geotiff(path)
+    assert (raster.vertical_units, raster.vertical_stated) == (vertical, True)
+    assert raster.vertical_factor == pytest.approx(vertical_m, rel=1e-15)
+    np.testing.assert_array_equal(raster.values, (values.astype(np.float64) * raster.vertical_factor).astype(np.float32))
+    assert raster.units_factor == pytest.approx(horizontal, rel=1e-12)  # the coordinates keep their own unit
+    assert raster.dx == pytest.approx(2.0 * horizontal, rel=1e-12)
+    assert raster.x0 == pytest.approx(640000.0 * horizontal, rel=1e-12)
+
+
+def test_an_elevation_unit_that_is_no_length_floodlib_converts_is_refused(tmp_path):
+    import rasterio
+
+    path = write_geotiff(tmp_path / "dem.tif", np.ones((4, 4), np.float32))
+    with rasterio.open(path, "r+") as dataset:
+        dataset.set_band_unit(1, "decimetre")
+    with pytest.raises(SimulationFileError, match=r"dem.tif: vertical unit \(band 1's unit\): 'decimetre' is not a "
+                                                  r"unit of elevation floodlib converts; expected metre, foot or US"):
+        read_geotiff(path)
+
+
+def test_a_dem_in_utm_metres_with_heights_in_us_survey_feet_makes_metre_terrain(tmp_path):
+    from rasterio.crs import CRS
+
+    from floodlib.data.terrain import DemSource, dem_terrain
+
+    foot = 1200 / 3937
+    values = (900.0 + np.add.outer(np.arange(90.0), np.arange(90.0)) * 0.2).astype(np.float32)  # ftUS
+    path = write_geotiff(tmp_path / "navd88ftus.tif", values, x0=500000.0, y0=5000000.0, dx=1.0,
+                         crs=CRS.from_user_input("EPSG:26915+6360"))
+    terrain = dem_terrain(DemSource(str(path), row_offset=1, col_offset=2), rows=8, cols=8)
+    assert_allclose(terrain.elevation, values[1:82, 2:83].astype(np.float64) * foot, rtol=1e-7)
+    assert terrain.origin_x == pytest.approx(500002.5) and terrain.origin_y == pytest.approx(4999998.5)
+    assert "source_units" not in terrain.description  # the coordinates were metres already
+    assert terrain.description["vertical_units"] == "US survey foot"
+    assert terrain.description["vertical_factor"] == foot
+
+
 def test_a_dem_in_us_survey_feet_at_1_m_pixels_makes_metre_terrain(tmp_path):
     from floodlib.data.terrain import DemSource, dem_terrain
 

@@ -20,6 +20,15 @@ from floodlib.data.store import SimulationFileError
 INTERNATIONAL_FOOT_M = 0.3048
 US_SURVEY_FOOT_M = 1200 / 3937
 _LINEAR_UNITS = (("metre", 1.0), ("international foot", INTERNATIONAL_FOOT_M), ("US survey foot", US_SURVEY_FOOT_M))
+# The elevations' unit as GDAL reports a band's unit type (from the GeoTIFF's VerticalUnitsGeoKey or its
+# own metadata), lower-cased: the names GDAL and PROJ give the three units, and their usual abbreviations.
+_VERTICAL_UNITS = {
+    **dict.fromkeys(("metre", "meter", "metres", "meters", "m"), ("metre", 1.0)),
+    **dict.fromkeys(("foot", "feet", "ft", "international foot", "international feet", "ft_intl"),
+                    ("international foot", INTERNATIONAL_FOOT_M)),
+    **dict.fromkeys(("us survey foot", "us survey feet", "ftus", "us-ft", "us_survey_foot", "foot_us"),
+                    ("US survey foot", US_SURVEY_FOOT_M)),
+}
 # Fewer pixels a side is a sample, not a surface: 3 is the smallest raster with a pixel that has
 # neighbours on every side, so that slope is defined everywhere in its interior.
 MIN_RASTER_PIXELS = 3
@@ -42,6 +51,11 @@ class Raster:
         international foot, 1200/3937 for the US survey foot). ``x0, y0, dx, dy`` and ``values`` have
         been multiplied by it: coordinates in the CRS itself are ``x0 / units_factor`` and so on.
     source_units : name of that unit (``"metre"``, ``"international foot"``, ``"US survey foot"``).
+    vertical_units, vertical_factor : the elevations' unit and metres per unit of it (``values`` has been
+        multiplied by it): the unit the file states for them (a compound CRS's vertical part, or the band's
+        unit), else the CRS's own unit.
+    vertical_stated : whether the file states the elevations' unit (False: taken from the CRS, or metres
+        for a raster without CRS).
     """
 
     values: np.ndarray
@@ -53,6 +67,9 @@ class Raster:
     path: str = "<raster>"
     units_factor: float = 1.0
     source_units: str = "metre"
+    vertical_units: str = "metre"
+    vertical_factor: float = 1.0
+    vertical_stated: bool = False
 
     @property
     def bounds(self) -> tuple[float, float, float, float]:
@@ -103,12 +120,16 @@ def read_geotiff(path: str | Path, band: int = 1) -> Raster:
     (3) pixels a side, and have one of:
 
     - a projected CRS in metres: read as it is;
-    - a projected CRS in international or US survey feet: pixel size, origin and elevations are
-      multiplied by the foot's exact length in metres (recorded as ``units_factor`` and
-      ``source_units`` on the result). The elevations are assumed to be in the same foot as the
-      coordinates (a vertical unit the file may state is not read);
-    - no CRS but a geotransform other than the identity: everything is assumed to be in metres
+    - a projected CRS in international or US survey feet: pixel size and origin are multiplied by the
+      foot's exact length in metres (recorded as ``units_factor`` and ``source_units`` on the result);
+    - no CRS but a geotransform other than the identity: the coordinates are assumed to be in metres
       already (a local survey grid); nothing in the file can confirm or refute it.
+
+    Elevations are converted from the unit the file states for them — the vertical part of a compound
+    CRS (a GeoTIFF's ``VerticalUnitsGeoKey``) or the band's unit, as GDAL reports it — which may differ from
+    the coordinates' (UTM metres with NAVD88 heights in US survey feet is common in US lidar); a file that
+    states none has its elevations in the CRS's own unit (metres without a CRS). ``vertical_units``,
+    ``vertical_factor`` and ``vertical_stated`` on the result say which.
 
     Raises
     ------
@@ -116,7 +137,7 @@ def read_geotiff(path: str | Path, band: int = 1) -> Raster:
         naming the file, the field, its value and what was expected: a missing or unreadable file, a
         band the file lacks, no georeference (the identity geotransform GDAL reports for a bare image,
         or ground control points only), a rotated or south-up grid, a geographic CRS (degrees), a CRS
-        in any other unit, or fewer than 3 pixels a side.
+        in any other unit, an elevation unit other than metre or foot, or fewer than 3 pixels a side.
     """
     import rasterio
     from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
@@ -134,6 +155,7 @@ def read_geotiff(path: str | Path, band: int = 1) -> Raster:
                         f"{path}: band: {band} is not one of the file's bands 1..{dataset.count}")
                 transform = dataset.transform
                 crs = dataset.crs
+                band_unit = (dataset.units[band - 1] or "").strip()
                 nodata = dataset.nodata
                 shape = dataset.shape
                 control_points = len(dataset.gcps[0]) if transform.is_identity else 0
@@ -167,10 +189,17 @@ def read_geotiff(path: str | Path, band: int = 1) -> Raster:
     if nodata is not None and np.isfinite(nodata):
         values[np.isclose(values, np.float32(nodata), rtol=1e-6)] = np.nan
     values[np.abs(values) > 1e30] = np.nan
-    if factor != 1.0:
-        values = (values.astype(np.float64) * factor).astype(np.float32)
+    vertical_units, vertical_factor = _VERTICAL_UNITS.get(band_unit.lower(), (None, None)) if band_unit else (units, factor)
+    if vertical_units is None:
+        raise SimulationFileError(
+            f"{path}: vertical unit (band {band}'s unit): {band_unit!r} is not a unit of elevation floodlib converts; "
+            f"expected metre, foot or US survey foot (or none stated: the CRS's unit); convert the elevations "
+            f"first, e.g. gdal_calc.py -A in.tif --calc=\"A*<metres per unit>\" --outfile=out.tif")
+    if vertical_factor != 1.0:
+        values = (values.astype(np.float64) * vertical_factor).astype(np.float32)
     return Raster(values=values, x0=transform.c * factor, y0=transform.f * factor, dx=transform.a * factor,
-                  dy=-transform.e * factor, crs=crs_text, path=str(path), units_factor=factor, source_units=units)
+                  dy=-transform.e * factor, crs=crs_text, path=str(path), units_factor=factor, source_units=units,
+                  vertical_units=vertical_units, vertical_factor=vertical_factor, vertical_stated=bool(band_unit))
 
 
 def sample_raster(raster: Raster, *, x: np.ndarray, y: np.ndarray, what: str = "terrain") -> np.ndarray:

@@ -676,7 +676,10 @@ def _dem_units(raster: Raster, foot: _Foot | None) -> tuple[float, float, str]:
     if raster.crs is not None and factor is not None:
         # read_geotiff has put the DEM in metres with its own CRS's unit; the plan's feet are that CRS's.
         return float(factor), 1.0, ""
-    # No CRS to say otherwise (or a reader that does not convert): the DEM is in the plan's feet.
+    # No CRS to say otherwise (or a reader that does not convert): the DEM is in the plan's feet, its
+    # elevations too unless the file states their unit (read_geotiff has then converted them).
+    if getattr(raster, "vertical_stated", False):
+        return 1.0, 1.0, f" (no CRS: coordinates taken to be in the plan's {foot.name})"
     return 1.0, foot.metres, f" (no CRS: taken to be in the plan's {foot.name})"
 
 

@@ -353,6 +353,8 @@ def dem_terrain(source: DemSource, *, rows: int, cols: int) -> Terrain:
                    "mirrored_cols": mirrored["col"]}
     if raster.units_factor != 1.0:
         description.update(source_units=raster.source_units, units_factor=raster.units_factor)
+    if raster.vertical_factor != 1.0:
+        description.update(vertical_units=raster.vertical_units, vertical_factor=raster.vertical_factor)
     return Terrain(
         elevation=np.ascontiguousarray(window, dtype=np.float32),
         origin_x=raster.x0 + (source.col_offset + 0.5) * raster.dx,
