@@ -356,18 +356,28 @@ def test_a_second_pipeline_on_a_busy_run_folder_is_refused_and_a_killed_one_take
         pass
 
 
-def test_ctrl_c_stops_the_pipeline_with_one_line_and_logs_it(tmp_path):
+@pytest.mark.parametrize(("sent", "status", "happened", "by"), [
+    (signal.SIGINT, 130, "interrupted", "Ctrl-C"),
+    (signal.SIGTERM, 143, "terminated", "SIGTERM"),  # kill, or a batch scheduler's time limit
+], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_or_sigterm_stops_the_pipeline_with_one_line_logs_it_and_ends_its_kernel(tmp_path, sent, status,
+                                                                                        happened, by):
+    import psutil
+
     run_dir = tmp_path / "run"
     process = _pipeline(run_dir)
     # Once stage A's first plan is simulated, its kernel is running the notebook's cells.
     _wait_for(lambda: any((run_dir / "data").rglob("*.h5")), "stage A's kernel to simulate a plan")
-    process.send_signal(signal.SIGINT)
+    family = psutil.Process(process.pid).children(recursive=True)
+    process.send_signal(sent)
     _, error = process.communicate(timeout=120)
-    assert process.returncode == 130
+    assert process.returncode == status
     assert error.strip().splitlines() == [
-        f"floodlib pipeline: interrupted during stage A; completed stages are kept in {run_dir}, and the same "
+        f"floodlib pipeline: {happened} during stage A; completed stages are kept in {run_dir}, and the same "
         f"command continues from stage A (log: {run_dir / 'pipeline.log'})"]
-    assert "stage A: interrupted (Ctrl-C)" in (run_dir / "pipeline.log").read_text()
+    assert f"stage A: {happened} ({by}) after " in (run_dir / "pipeline.log").read_text()
+    _, alive = psutil.wait_procs(family, timeout=30)
+    assert not alive, f"still running after the pipeline stopped: {alive}"
 
 
 def test_a_killed_simulation_leaves_no_worker_writing(tmp_path):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -24,7 +25,23 @@ DEFAULT_OUTPUTS = REPOSITORY / "outputs"
 
 
 class Interrupted(RuntimeError):
-    """The user stopped the run (Ctrl-C); the message says what was kept and how to continue."""
+    """The user stopped the run (Ctrl-C, or SIGTERM); the message says what was kept and how to continue."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a batch scheduler's time limit) while the command-line pipeline runs: it stops the
+    run as Ctrl-C does, so the log says where it stopped and the same command continues from there."""
+
+
+def _terminate(signum, frame):
+    raise Terminated()
+
+
+def _stop(error: BaseException) -> tuple[str, str, int]:
+    """What stopped the run: (what happened, by what, the exit status a shell gives for that signal)."""
+    if isinstance(error, Terminated):
+        return "terminated", "SIGTERM", 128 + signal.SIGTERM
+    return "interrupted", "Ctrl-C", 128 + signal.SIGINT
 
 
 class StageFailed(RuntimeError):
@@ -187,12 +204,13 @@ def run_pipeline(profile_path: str | Path, *, stages: list[str] | None = None, f
                 _log(log_file, f"[{index}/{len(wanted)}] stage {stage}: FAILED after {time.perf_counter() - start:.0f} s")
                 _log(log_file, str(error))
                 raise
-            except KeyboardInterrupt:
-                _log(log_file, f"[{index}/{len(wanted)}] stage {stage}: interrupted (Ctrl-C) after "
+            except KeyboardInterrupt as error:
+                happened, by, _ = _stop(error)
+                _log(log_file, f"[{index}/{len(wanted)}] stage {stage}: {happened} ({by}) after "
                                f"{time.perf_counter() - start:.0f} s; the stages completed before it are kept, and "
                                f"the same command redoes stage {stage} (its partial folder is kept beside)")
-                raise Interrupted(f"interrupted during stage {stage}; completed stages are kept in {run_dir}, and "
-                                  f"the same command continues from stage {stage} (log: {log_file})") from None
+                raise Interrupted(f"{happened} during stage {stage}; completed stages are kept in {run_dir}, "
+                                  f"and the same command continues from stage {stage} (log: {log_file})") from error
             _log(log_file, f"[{index}/{len(wanted)}] stage {stage}: done in {time.perf_counter() - start:.0f} s -> {output}")
         _log(log_file, f"run {profile.name} finished in {time.perf_counter() - total:.0f} s")
         for stage in STAGES:
@@ -218,16 +236,21 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.getLogger("papermill").setLevel(logging.WARNING)
     os.environ.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         run_pipeline(args.profile, stages=args.only, force=args.force, outputs=args.outputs,
                      notebooks=args.notebooks, run_dir=args.run_dir, timeout_s=args.timeout)
     except (ProfileError, StageFailed, FileNotFoundError, FolderBusyError) as error:
         print(f"floodlib pipeline: {error}", file=sys.stderr)
         return 1
-    except (Interrupted, KeyboardInterrupt) as error:  # the latter: Ctrl-C before any stage started
+    except (Interrupted, KeyboardInterrupt) as error:  # the latter: stopped before any stage started
         # The interrupted notebook client leaves asyncio tasks behind that would each print "Task exception was
         # never retrieved" and a traceback as the process ends: the one line below says all there is.
         logging.getLogger("asyncio").setLevel(logging.CRITICAL + 1)
-        print(f"floodlib pipeline: {error or 'interrupted before any stage started; nothing was run'}", file=sys.stderr)
-        return 130
+        happened, _, status = _stop(error.__cause__ if isinstance(error, Interrupted) else error)
+        what = error if isinstance(error, Interrupted) else f"{happened} before any stage started; nothing was run"
+        print(f"floodlib pipeline: {what}", file=sys.stderr)
+        return status
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return 0
