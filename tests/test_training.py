@@ -221,13 +221,31 @@ def test_empty_split_or_not_a_patch_dataset_is_refused(splits, tmp_path):
     assert not any(tmp_path.iterdir())
 
 
+class PickledObject:
+    """An object torch.save pickles by reference, which a weights-only load refuses."""
+
+
 def test_checkpoint_errors(tmp_path, splits):
     with pytest.raises(CheckpointError, match="model.pth: model checkpoint does not exist"):
         load_model(tmp_path / "model.pth")
     broken = tmp_path / "broken.pth"
     broken.write_bytes(b"\x00" * 100)
-    with pytest.raises(CheckpointError, match="broken.pth: not a readable model checkpoint"):
+    with pytest.raises(CheckpointError, match="broken.pth: not a readable model checkpoint "
+                                              r"\(not the zip archive torch.save writes; expected a model.pth"):
         load_model(broken)
+    import h5py
+
+    with h5py.File(tmp_path / "plan.h5", "w") as h5:
+        h5["water_depth"] = np.zeros((2, 3, 3), np.float32)
+    with pytest.raises(CheckpointError, match=r"plan.h5: not a readable model checkpoint \(an HDF5 file"):
+        load_model(tmp_path / "plan.h5")
+    torch.save({"state_dict": {}, "note": PickledObject()}, tmp_path / "pickled.pth")
+    with pytest.raises(CheckpointError) as refused:  # refused, and no advice to unpickle it after all
+        load_model(tmp_path / "pickled.pth")
+    assert ("pickled.pth: not a readable model checkpoint (it holds objects other than tensors, numbers, strings and "
+            "containers, which floodlib does not unpickle (Unsupported global: GLOBAL ") in str(refused.value)
+    assert "PickledObject); expected a model.pth that floodlib saved)" in str(refused.value)
+    assert "weights_only" not in str(refused.value)
     train, val = splits
     result = fit(create_model("Arch_02", downsampler="cubic", layers=3, channels=4), train, val, out_dir=tmp_path,
                  epochs=1, batch_size=8, progress="none")

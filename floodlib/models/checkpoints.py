@@ -3,6 +3,9 @@ unpickling (``torch.load(weights_only=True)``). Loading a model needs torch and 
 
 from __future__ import annotations
 
+import pickle
+import re
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +45,27 @@ class CheckpointError(ValueError):
     """A checkpoint file is missing, unreadable, or not a floodlib model."""
 
 
+_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def _why_unreadable(path: Path, error: Exception) -> str:
+    """Why ``torch.load(weights_only=True)`` refused a file, in words a user can act on (torch's own message
+    for a weights-only refusal goes on to suggest unpickling the file, which floodlib never does)."""
+    if not zipfile.is_zipfile(path):
+        with open(path, "rb") as file:
+            hdf5 = file.read(len(_HDF5_SIGNATURE)) == _HDF5_SIGNATURE
+        found = "an HDF5 file (a simulation store or plan?)" if hdf5 else "not the zip archive torch.save writes"
+        return f"{found}; expected a model.pth that floodlib saved"
+    text = str(error)
+    if isinstance(error, pickle.UnpicklingError):
+        # torch names what it refused after "WeightsUnpickler error:" (e.g. "Unsupported global: GLOBAL x.Y").
+        refused = re.search(r"WeightsUnpickler error:\s*(.+?)(?: was not an allowed|\.\s|\n|$)", text)
+        return ("it holds objects other than tensors, numbers, strings and containers, which floodlib does not "
+                f"unpickle{f' ({refused.group(1)})' if refused else ''}; expected a model.pth that floodlib saved")
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return f"{type(error).__name__}: {lines[0] if lines else 'no message'}"
+
+
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """The checkpoint dictionary of a model file (weights_only: nothing is unpickled)."""
     path = Path(path)
@@ -50,7 +74,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises several types for truncated or foreign files
-        raise CheckpointError(f"{path}: not a readable model checkpoint ({type(error).__name__}: {error})") from None
+        raise CheckpointError(f"{path}: not a readable model checkpoint ({_why_unreadable(path, error)})") from None
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != "floodlib.model/1":
         raise CheckpointError(f"{path}: not a floodlib model checkpoint (no 'format': 'floodlib.model/1' entry)")
     return checkpoint
