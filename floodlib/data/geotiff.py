@@ -189,7 +189,9 @@ def read_geotiff(path: str | Path, band: int = 1) -> Raster:
     if nodata is not None and np.isfinite(nodata):
         values[np.isclose(values, np.float32(nodata), rtol=1e-6)] = np.nan
     values[np.abs(values) > 1e30] = np.nan
-    vertical_units, vertical_factor = _VERTICAL_UNITS.get(band_unit.lower(), (None, None)) if band_unit else (units, factor)
+    # The unit the file states for the elevations, else the coordinates' own.
+    vertical_units, vertical_factor = _VERTICAL_UNITS.get(band_unit.lower(), (None, None)) if band_unit \
+        else (units, factor)
     if vertical_units is None:
         raise SimulationFileError(
             f"{path}: vertical unit (band {band}'s unit): {band_unit!r} is not a unit of elevation floodlib converts; "
