@@ -120,6 +120,25 @@ def test_the_committed_viewer_notebook_is_the_one_the_page_serves():
     assert all(not c.get("outputs") for c in committed.cells if c.cell_type == "code")
 
 
+def test_the_viewer_notebook_opens_on_the_model_it_is_given_and_explains_an_unknown_one(tiny_run, tmp_path):
+    import papermill
+
+    outputs = {}
+    for model in ("A/Arch_03", "C/Arch_99"):
+        output = tmp_path / f"{model.replace('/', '_')}.ipynb"
+        executed = papermill.execute_notebook(str(Path(__file__).resolve().parents[1] / "notebooks" / "viewer.ipynb"),
+                                              str(output), parameters={"run_dir": str(tiny_run), "model": model},
+                                              kernel_name="python3", progress_bar=False)
+        outputs[model] = [data for cell in executed.cells if cell.cell_type == "code"
+                          for out in cell.get("outputs", []) for data in [out.get("data", {})] if data]
+    shown, refused = outputs["A/Arch_03"][-1], outputs["C/Arch_99"][-1]
+    assert "application/vnd.jupyter.widget-view+json" in shown and "application/vnd.jupyter.widget-view+json" in refused
+    # The kernel's text form of each widget: the app, and the error panel (its message cut short there).
+    assert "".join(shown["text/plain"]).startswith("VBox(") and "a40000" not in "".join(shown["text/plain"])
+    assert "".join(refused["text/plain"]).startswith("HTML(")
+    assert "model='C/Arch_99' is not a m" in "".join(refused["text/plain"])
+
+
 # -- the whole-domain mode ----------------------------------------------------------------------------------------
 
 FAST_MODEL = "B/Arch_04_tuned"  # the quickest of the tiny run's models over a whole domain (about 1 s a step)

@@ -2,6 +2,7 @@
 
     python -m floodlib.viewer outputs/smoke              # http://127.0.0.1:8866/
     python -m floodlib.viewer outputs/smoke --port 9000 --browser
+    python -m floodlib.viewer outputs/smoke --model C/Arch_05      # opens on that model
 """
 
 from __future__ import annotations
@@ -20,11 +21,12 @@ from floodlib.runs.folder import PROFILE_FILE
 NOTEBOOK_NAME = "floodlib_viewer.ipynb"
 
 
-def viewer_notebook(run_dir: str = "../outputs/last"):
-    """A notebook that shows the viewer of ``run_dir`` (its one parameter, papermill-style)."""
+def viewer_notebook(run_dir: str = "../outputs/last", model: str | None = None):
+    """A notebook that shows the viewer of ``run_dir``, opened on ``model`` (its parameters, papermill-style)."""
     from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-    parameters = new_code_cell(f"run_dir: str = {str(run_dir)!r}  # the run folder whose predictions are shown")
+    parameters = new_code_cell(f"run_dir: str = {str(run_dir)!r}  # the run folder whose predictions are shown\n"
+                               f"model = {model!r}  # the model shown first, e.g. 'C/Arch_03' (None: stage C's first)")
     parameters.metadata["tags"] = ["parameters"]
     return new_notebook(cells=[
         new_markdown_cell("# Prediction viewer\n\n**Patches**: choose a model, split, plan and sample, or step "
@@ -34,7 +36,7 @@ def viewer_notebook(run_dir: str = "../outputs/last"):
                           "rings closed by iteration), and a time slider shows the solver's depth, the surrogate's "
                           "and their difference, with the full-domain RAE of each step."),
         parameters,
-        new_code_cell("from floodlib.viewer import show\n\nshow(run_dir)"),
+        new_code_cell("from floodlib.viewer import show\n\nshow(run_dir, model=model)"),
     ], metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
                  "language_info": {"name": "python"}})
 
@@ -64,8 +66,10 @@ def _stop(signum, frame):
     raise _Stopped()
 
 
-def serve(run_dir: str | Path, *, port: int = 8866, ip: str = "127.0.0.1", browser: bool = False) -> int:
-    """Serve the viewer of ``run_dir`` until interrupted (Ctrl-C or SIGTERM); returns Voila's exit status.
+def serve(run_dir: str | Path, *, port: int = 8866, ip: str = "127.0.0.1", browser: bool = False,
+          model: str | None = None) -> int:
+    """Serve the viewer of ``run_dir`` (opened on ``model``) until interrupted (Ctrl-C or SIGTERM); returns
+    Voila's exit status.
 
     The announced address is the one served: a busy ``port`` is an error, not a move to the next one.
     """
@@ -85,7 +89,7 @@ def serve(run_dir: str | Path, *, port: int = 8866, ip: str = "127.0.0.1", brows
     process = None
     try:
         notebook = folder / NOTEBOOK_NAME
-        nbformat.write(viewer_notebook(str(run_dir)), notebook)
+        nbformat.write(viewer_notebook(str(run_dir), model), notebook)
         print(f"floodlib viewer of {run_dir} at http://{ip}:{port}/ (Ctrl-C stops it)", flush=True)
         process = subprocess.Popen(voila_command(notebook, port=port, ip=ip, browser=browser))
         return process.wait()
@@ -109,5 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=8866, help="port to serve on (default 8866; 0: any free one)")
     parser.add_argument("--ip", default="127.0.0.1", help="address to listen on (default: this machine only)")
     parser.add_argument("--browser", action="store_true", help="open the page in the default browser")
+    parser.add_argument("--model", default=None, help="the model shown first, e.g. C/Arch_03 (default: stage C's "
+                                                        "first)")
     args = parser.parse_args(argv)
-    return serve(args.run_dir, port=args.port, ip=args.ip, browser=args.browser)
+    return serve(args.run_dir, port=args.port, ip=args.ip, browser=args.browser, model=args.model)
