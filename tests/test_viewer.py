@@ -123,7 +123,7 @@ def test_the_committed_viewer_notebook_is_the_one_the_page_serves():
 def test_the_viewer_notebook_opens_on_the_model_it_is_given_and_explains_an_unknown_one(tiny_run, tmp_path):
     import papermill
 
-    outputs = {}
+    outputs, chosen = {}, {}
     for model in ("A/Arch_03", "C/Arch_99"):
         output = tmp_path / f"{model.replace('/', '_')}.ipynb"
         executed = papermill.execute_notebook(str(Path(__file__).resolve().parents[1] / "notebooks" / "viewer.ipynb"),
@@ -131,6 +131,11 @@ def test_the_viewer_notebook_opens_on_the_model_it_is_given_and_explains_an_unkn
                                               kernel_name="python3", progress_bar=False)
         outputs[model] = [data for cell in executed.cells if cell.cell_type == "code"
                           for out in cell.get("outputs", []) for data in [out.get("data", {})] if data]
+        # The widgets' state the kernel saved with the notebook: the model dropdown as the page shows it.
+        widgets_state = executed.metadata.get("widgets", {}).get("application/vnd.jupyter.widget-state+json", {})
+        chosen[model] = [state["_options_labels"][state["index"]] for item in widgets_state.get("state", {}).values()
+                         for state in [item["state"]] if state.get("description") == "model"]
+    assert chosen == {"A/Arch_03": ["A/Arch_03"], "C/Arch_99": []}  # opened on it; no app for an unknown one
     shown, refused = outputs["A/Arch_03"][-1], outputs["C/Arch_99"][-1]
     assert "application/vnd.jupyter.widget-view+json" in shown and "application/vnd.jupyter.widget-view+json" in refused
     # The kernel's text form of each widget: the app, and the error panel (its message cut short there).
