@@ -83,12 +83,16 @@ def train_and_score(run_dir: str, arch: str, fraction: float, args: dict) -> dic
     row["rollout"] = {key: summary[key] for key in (
         "plans", "steps", "converged_within_20_fraction", "converged_fraction", "median_passes",
         "closed_rae_interiors", "patch_rae_true_rings", "closed_over_true_rings", "pooled_rae_by_step",
-        "volume_error_last_step")}
+        "volume_error_median_abs", "volume_error_by_project")}
     return row
 
 
 def show(value, spec: str = ".3f") -> str:
     return "n/a" if value is None else format(value, spec)
+
+
+def by_project(errors: dict) -> str:
+    return " ".join(f"{project} {show(value, '+.0%')}" for project, value in errors.items())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -128,10 +132,11 @@ def main(argv: list[str] | None = None) -> int:
     hours = list(rows[0]["rollout"]["pooled_rae_by_step"])
     header = (f"{'blend':>6}{'val RAE':>9}" + "".join(f"{split:>15}" for split in held_out)
               + f"{'converged':>11}{'closed':>8}{'true':>7}{'ratio':>7}"
-              + "".join(f"{f'after {h} h':>10}" for h in hours) + f"{'volume':>9}{'train s':>9}")
+              + "".join(f"{f'after {h} h':>10}" for h in hours) + f"{'water':>7}  {'by project':<36}{'train s':>8}")
     print("\n(patch RAE with true rings on the held-out splits; rollout: steps converged within 20 passes, one-hour "
-          "RAE of the closed patch interiors and with true rings, full-domain RAE after each hour, water volume "
-          "after the last hour against the solver's)")
+          "RAE of the closed patch interiors and with true rings, full-domain RAE after each hour; water: the "
+          "median plan's |error| in water volume after its last hour against the solver's, and each project's error, "
+          "its plans' volumes added up)")
     print(header + "\n" + "-" * len(header))
     for row in rows:
         r = row["rollout"]
@@ -139,7 +144,9 @@ def main(argv: list[str] | None = None) -> int:
               + f"{show(r['converged_within_20_fraction'], '.0%'):>11}{show(r['closed_rae_interiors']):>8}"
               + f"{show(r['patch_rae_true_rings']):>7}{show(r['closed_over_true_rings'], '.2f'):>7}"
               + "".join(f"{show(r['pooled_rae_by_step'][h]):>10}" for h in hours)
-              + f"{show(r['volume_error_last_step'], '+.0%'):>9}{row['train_seconds']:>9.0f}")
+              + f"{show(r['volume_error_median_abs'], '.0%'):>7}  "
+              + f"{by_project(r['volume_error_by_project']):<36}"
+              + f"{row['train_seconds']:>8.0f}")
     print(f"total {time.perf_counter() - began:.0f} s")
     if args.json:
         args.json.write_text(json.dumps({"arch": args.arch, "device": device, "settings": settings,

@@ -279,6 +279,12 @@ def test_stage_d_rolls_every_c_model_out_over_every_held_out_plan(tiny_run):
         # the first step starts from the solver's depth: the rollout's first step is the one-step prediction
         first = rows[rows["step"] == 1]
         np.testing.assert_allclose(first["rae"], first["one_step_rae"])
+        # water: each plan after its last step (here step 2), the median |error| and the range, and per project
+        last = rows[rows["step"] == 2]
+        errors = (last["volume_surrogate_m3"] - last["volume_solver_m3"]) / last["volume_solver_m3"]
+        assert rollout["volume_error_median_abs"] == pytest.approx(errors.abs().median())
+        assert rollout["volume_error_range"] == pytest.approx([errors.min(), errors.max()])
+        assert set(rollout["volume_error_by_project"]) == set(last["project"])
     assert overall == sorted(overall)
     # Rolled out together (each plan read once for every model), a model scores as it does alone.
     name, path = rollouts[-1]["model"], held_out["big_test"].files[0]
@@ -313,3 +319,35 @@ def test_fitting_steps_keeps_the_start_or_falls_back_to_the_plans_start():
         fitting_steps(plan, start_s=600, steps=1, delta_t_s=3600)
     with pytest.raises(PredictError, match="120 min long, shorter than one 180-min step"):
         fitting_steps(plan, start_s=0, steps=1, delta_t_s=3 * 3600)
+
+
+def test_volume_errors_are_per_plan_after_its_own_last_step_and_do_not_cancel():
+    """Two plans of one project, one holding 3 steps and one 2: each is judged after its own last step. One
+    keeps twice the solver's water, the other half of it; added up the volumes nearly cancel (+25 %), per plan
+    both are far off (median |error| 75 %)."""
+    from floodlib.evaluation.rollout import rollout_text, volume_error, volume_errors_by_plan, volume_summary
+
+    def row(plan, step, solver, surrogate, project="valley"):
+        return {"project": project, "plan": plan, "step": step, "volume_solver_m3": solver,
+                "volume_surrogate_m3": surrogate}
+
+    frame = pd.DataFrame([row("a", 1, 100.0, 100.0), row("a", 2, 100.0, 150.0), row("a", 3, 100.0, 200.0),
+                          row("b", 1, 300.0, 300.0), row("b", 2, 300.0, 150.0),
+                          row("c", 1, 50.0, 60.0, project="lidar")])
+    by_plan = volume_errors_by_plan(frame)
+    assert by_plan.to_dict() == {"valley/a": pytest.approx(1.0), "valley/b": pytest.approx(-0.5),
+                                 "lidar/c": pytest.approx(0.2)}
+    assert volume_error(frame) == pytest.approx((200 + 150 + 60 - 450) / 450)  # the volumes added up
+    summary = volume_summary(frame)
+    assert summary["volume_error_median_abs"] == pytest.approx(0.5)
+    assert summary["volume_error_range"] == pytest.approx([-0.5, 1.0])
+    assert summary["volume_error_by_project"] == {"valley": pytest.approx((350 - 400) / 400), "lidar": pytest.approx(0.2)}
+    # a domain the solver left dry has no relative error: it is left out, not counted as 0 or infinity
+    dry = pd.concat([frame, pd.DataFrame([row("d", 1, 0.0, 5.0)])])
+    assert np.isnan(volume_errors_by_plan(dry)["valley/d"]) and volume_summary(dry)["volume_error_median_abs"] == pytest.approx(0.5)
+    text = rollout_text({"model": "m", "plans": 3, "steps": 6, "pooled_rae_by_step": {1: 0.5}, "pooled_rae": 0.5,
+                         "one_step_rae": 0.5, "one_step_rae_by_split": {}, "closed_rae_interiors": 0.5,
+                         "patch_rae_true_rings": 0.5, "closed_over_true_rings": 1.0, "converged_fraction": 1.0,
+                         "median_passes": 2, "max_passes": 3, "max_iterations": 20,
+                         "volume_error_last_step": volume_error(frame), **summary})
+    assert "50% off in the median plan (from -50% to +100%); by project lidar +20%, valley -12%" in text

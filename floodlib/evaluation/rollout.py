@@ -200,11 +200,46 @@ def pooled(frame: pd.DataFrame, numerator: str, denominator: str) -> float:
     return float(frame[numerator].sum()) / total if total > 0 else math.nan
 
 
+def _last_steps(frame: pd.DataFrame) -> pd.DataFrame:
+    """Each plan's last step (plans shorter than the rollout end sooner)."""
+    return frame[frame["step"] == frame.groupby(["project", "plan"])["step"].transform("max")]
+
+
+def _relative(rows: pd.DataFrame) -> float:
+    total = float(rows["volume_solver_m3"].sum())
+    return float((rows["volume_surrogate_m3"] - rows["volume_solver_m3"]).sum()) / total if total > 0 else math.nan
+
+
 def volume_error(frame: pd.DataFrame) -> float:
-    """(surrogate - solver) / solver water volume summed over every plan's last step."""
-    last = frame[frame["step"] == frame.groupby(["project", "plan"])["step"].transform("max")]
-    total = float(last["volume_solver_m3"].sum())
-    return float((last["volume_surrogate_m3"] - last["volume_solver_m3"]).sum()) / total if total > 0 else math.nan
+    """(surrogate - solver) / solver water volume, the volumes of every plan's last step added up first.
+
+    One plan's excess offsets another's shortfall here, so it says whether the surrogate creates or loses
+    water overall, not how close each plan is: for that, :func:`volume_errors_by_plan`."""
+    return _relative(_last_steps(frame))
+
+
+def volume_errors_by_plan(frame: pd.DataFrame) -> pd.Series:
+    """(surrogate - solver) / solver water volume of each plan after its last step, indexed by project/plan
+    (NaN where the solver's domain is dry)."""
+    last = _last_steps(frame)
+    solver = last["volume_solver_m3"].to_numpy(dtype=np.float64)
+    error = last["volume_surrogate_m3"].to_numpy(dtype=np.float64) - solver
+    with np.errstate(divide="ignore", invalid="ignore"):
+        relative = np.where(solver > 0, error / np.where(solver > 0, solver, 1.0), np.nan)
+    return pd.Series(relative, index=(last["project"] + "/" + last["plan"]).to_numpy(), name="volume_error")
+
+
+def volume_summary(frame: pd.DataFrame) -> dict:
+    """How close the surrogate's water volume stays to the solver's after each plan's last step: the median
+    over plans of |relative error|, the smallest and largest error, and the error of each project (its plans'
+    volumes added up)."""
+    by_plan = volume_errors_by_plan(frame).dropna()
+    by_project = {str(project): _relative(rows) for project, rows in _last_steps(frame).groupby("project")}
+    if by_plan.empty:
+        return {"volume_error_median_abs": math.nan, "volume_error_range": None, "volume_error_by_project": by_project}
+    return {"volume_error_median_abs": float(by_plan.abs().median()),
+            "volume_error_range": [float(by_plan.min()), float(by_plan.max())],
+            "volume_error_by_project": by_project}
 
 
 def _finite(value):
@@ -240,6 +275,7 @@ def rollout_summary(frame: pd.DataFrame, *, model: str, max_iterations: int) -> 
         "max_passes": int(passes.max()),
         "max_iterations": int(max_iterations),
         "volume_error_last_step": volume_error(frame),
+        **volume_summary(frame),
     })
 
 
@@ -261,7 +297,7 @@ def rollout_table(summaries: list[dict]) -> pd.DataFrame:
                      "RAE, all steps": item["pooled_rae"],
                      "closed / true rings": item["closed_over_true_rings"],
                      "converged within 20": item["converged_within_20_fraction"],
-                     "volume error, last step": item["volume_error_last_step"]})
+                     "water error, median plan": item.get("volume_error_median_abs")})
     return pd.DataFrame(rows).set_index("model")
 
 
@@ -270,7 +306,7 @@ def rollout_text(summary: dict) -> str:
     def show(value):
         return "n/a" if value is None else f"{value:.3f}"
 
-    volume = "n/a" if summary["volume_error_last_step"] is None else f"{summary['volume_error_last_step']:+.0%}"
+    volume = _volume_text(summary)
     by_step = ", ".join(f"{step}: {show(value)}" for step, value in summary["pooled_rae_by_step"].items())
     by_split = ", ".join(f"{split} {show(value)}" for split, value in summary["one_step_rae_by_split"].items())
     overall = "" if summary.get("pooled_rae") is None else f" ({summary['pooled_rae']:.3f} over all steps)"
@@ -280,8 +316,21 @@ def rollout_text(summary: dict) -> str:
             f"interiors {show(summary['closed_rae_interiors'])} closed vs {show(summary['patch_rae_true_rings'])} with "
             f"true rings (ratio {show(summary['closed_over_true_rings'])}).\n"
             f"Closure: {summary['converged_fraction']:.0%} of steps converged, median {summary['median_passes']:g} "
-            f"passes, at most {summary['max_passes']} (limit {summary['max_iterations']}); water volume after the "
-            f"last step {volume} against the solver's.")
+            f"passes, at most {summary['max_passes']} (limit {summary['max_iterations']}).\n"
+            f"Water volume after each plan's last step against the solver's: {volume}.")
+
+
+def _volume_text(summary: dict) -> str:
+    """The volume errors in words: per plan (median |error| and range) and per project; summaries written
+    before those were recorded have only the sum over plans."""
+    if summary.get("volume_error_median_abs") is None:
+        total = summary.get("volume_error_last_step")
+        return "n/a" if total is None else f"{total:+.0%} with every plan's volume added up"
+    low, high = summary["volume_error_range"]
+    projects = ", ".join(f"{project} {'n/a' if value is None else format(value, '+.0%')}"
+                         for project, value in summary["volume_error_by_project"].items())
+    return (f"{summary['volume_error_median_abs']:.0%} off in the median plan (from {low:+.0%} to {high:+.0%}); "
+            f"by project {projects}")
 
 
 def plot_rollout_rae(frame: pd.DataFrame, *, title: str = ""):

@@ -142,7 +142,14 @@ class RolloutHeadline(Contract):
     median_passes: float
     max_passes: int
     max_iterations: int
-    volume_error_last_step: float | None  # (surrogate - solver) / solver water volume after the last step
+    # (surrogate - solver) / solver water volume after each plan's last step, the plans' volumes added up
+    # (one plan's excess offsets another's shortfall) ...
+    volume_error_last_step: float | None
+    # ... per plan: the median |error| and the range; per project (its plans added up). None in summaries
+    # written before these were recorded.
+    volume_error_median_abs: float | None = None
+    volume_error_range: list[float] | None = None
+    volume_error_by_project: dict[str, float | None] | None = None
 
 
 class StageDSummary(StageSummary):
