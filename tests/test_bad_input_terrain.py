@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from floodlib.data.geotiff import read_geotiff
-from floodlib.data.simulate import PlanFailedError, ProjectSpec, simulate_project
+from floodlib.data.simulate import ProjectSpec, simulate_project
 from floodlib.data.store import SimulationFileError
 from floodlib.data.terrain import DemSource, dem_terrain
 
@@ -149,16 +149,50 @@ def dem_project(path: Path) -> ProjectSpec:
                        event_duration_s=(900.0, 1200.0), duration_s=900.0, inflow_width_m=30.0)
 
 
-@pytest.mark.parametrize("shape, error, expected", [
-    ((1, 1), SimulationFileError, "size: 1x1 pixels"),  # refused while drawing the plans
-    ((50, 50), PlanFailedError, "size: 50x50 pixels"),  # refused by every plan, before it runs
-], ids=["one_pixel", "smaller_than_the_grid"])
-def test_simulating_over_a_dem_too_small_writes_no_plan(tmp_path, shape, error, expected):
-    path = write_tif(tmp_path / "small.tif", shape, crs="EPSG:26915")
+@pytest.mark.parametrize("shape, pixel, expected", [
+    ((1, 1), 1.0, "size: 1x1 pixels"),
+    ((50, 50), 1.0, "size: 50x50 pixels"),
+    ((100, 100), 2.0, "pixel width: 2.0 m"),
+], ids=["one_pixel", "smaller_than_the_grid", "two_metre_pixels"])
+def test_simulating_over_a_dem_too_small_writes_no_plan(tmp_path, shape, pixel, expected):
+    # Refused once, while the plans are drawn, before any plan runs (not once per plan).
+    path = write_tif(tmp_path / "small.tif", shape, crs="EPSG:26915", pixel=pixel)
     out = tmp_path / "out"
-    with pytest.raises(error) as caught:
+    with pytest.raises(SimulationFileError) as caught:
         simulate_project(dem_project(path), out, workers=1, progress=False)
     assert "small.tif" in str(caught.value) and expected in str(caught.value)
-    cause = caught.value if error is SimulationFileError else caught.value.__cause__
-    assert isinstance(cause, SimulationFileError)
+    assert str(caught.value).count(expected) == 1
     assert snapshot(tmp_path) == {"small.tif": path.read_bytes()}
+
+
+@pytest.mark.parametrize("sentinel", [-9999.0, -32768.0, 99999.0])
+def test_an_undeclared_nodata_value_is_refused_not_taken_for_terrain(tmp_path, sentinel):
+    # Before, a -9999 block of a DEM without a nodata tag became a 10 km deep pit under the flood.
+    import rasterio
+
+    path = write_tif(tmp_path / "holes.tif", (100, 100), crs="EPSG:26915")
+    with rasterio.open(path, "r+") as dataset:
+        values = dataset.read(1)
+        values[40:45, 60:70] = sentinel
+        dataset.write(values, 1)
+    before = snapshot(tmp_path)
+    with pytest.raises(SimulationFileError) as caught:
+        read_geotiff(path)
+    message = str(caught.value)
+    for part in (f"{path}: elevation: 50 of 10000 pixels of band 1 lie outside -1000..9000 m",
+                 f"row 40, column 60, {sentinel:g} m", "declares none", f"gdal_edit.py -a_nodata {sentinel:g} {path}"):
+        assert part in message, (part, message)
+    assert snapshot(tmp_path) == before
+    with rasterio.open(path, "r+") as dataset:  # declared, as the message says: those pixels are nodata
+        dataset.nodata = sentinel
+    assert int(np.isnan(read_geotiff(path).values).sum()) == 50
+
+
+def test_a_truncated_geotiff_says_what_gdal_found(tmp_path):
+    path = write_tif(tmp_path / "cut.tif", (300, 300), crs="EPSG:26915")
+    path.write_bytes(path.read_bytes()[:len(path.read_bytes()) // 2])
+    with pytest.raises(SimulationFileError) as caught:
+        read_geotiff(path)
+    message = str(caught.value)
+    assert message.startswith(f"{path}: file: is not a readable GeoTIFF (")
+    assert "previous exception" not in message and "expected 7200" in message  # GDAL's reason: a short strip

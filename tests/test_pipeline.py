@@ -327,7 +327,7 @@ SHARED = ROOT.parent / "shared" / "data"
 
 @pytest.mark.skipif(not SHARED.is_dir(), reason=f"shared sample data not found at {SHARED}")
 def test_a_profile_can_read_hecras_plans_into_the_run(tmp_path, monkeypatch):
-    from floodlib.data import read_hecras, read_simulation
+    from floodlib.data import SimulationFileError, read_hecras, read_simulation
 
     plan = SHARED / "hecras" / "Muncie2DOnly_SI.p01.hdf"
     terrain = SHARED / "dem" / "pyhmt2d_muncie_subterrain_5m_deflate.tif"
@@ -351,10 +351,35 @@ def test_a_profile_can_read_hecras_plans_into_the_run(tmp_path, monkeypatch):
         patch.setattr("floodlib.data.hecras.read_hecras", lambda *a, **k: pytest.fail("a plan in the run was read again"))
         stages.prepare_data(run)
     assert files[0].stat().st_mtime_ns == before
-    # A project name is a folder of the run: one that would leave data/ is refused when the profile is read.
-    profile["data"]["hecras"][1]["project"] = "../elsewhere"
+    # The profile changed: the plan is read without the DEM now, and the renamed one is no longer listed. Both
+    # files made before are moved out of data/ (so no split reads them) and kept beside it; the plan is read again.
+    from floodlib.runs import write_profile
+
+    old = {f.relative_to(data_dir).as_posix(): f.read_bytes() for f in files}
+    del profile["data"]["hecras"][1]
+    del profile["data"]["hecras"][0]["terrain"]
     path.write_text(yaml.safe_dump(profile))
-    with pytest.raises(ProfileError, match=r"hecras\.1\.project.*'\.\./elsewhere' must be a folder name"):
+    run = stages.open_run(write_profile(load_profile(path), run.run_dir).parent)
+    assert stages.prepare_data(run) == data_dir
+    assert [f.relative_to(data_dir).as_posix() for f in sorted(data_dir.rglob("*.h5"))] == ["Muncie2DOnly_SI/2D Area Only.h5"]
+    np.testing.assert_array_equal(read_simulation(files[0]).terrain, read_hecras(plan).terrain)
+    assert not np.array_equal(read_hecras(plan).terrain, expected.terrain)
+    (kept,) = run.run_dir.glob("data.replaced-*")
+    assert {f.relative_to(kept).as_posix(): f.read_bytes() for f in kept.rglob("*.h5")} == old
+    # A HEC-RAS file that is not one stops the stage before anything is simulated, naming the profile entry.
+    broken = tmp_path / "broken.p01.hdf"
+    broken.write_bytes(b"not hdf5")
+    profile["data"]["hecras"] = [{"file": str(broken)}]
+    profile["data"]["simulate"] = [{"name": "valley", "n_plans": 3, "rows": 32, "cols": 32, "duration_s": 1200}]
+    path.write_text(yaml.safe_dump(profile))
+    fresh = stages.open_run(tmp_path / "fresh", path)
+    with pytest.raises(SimulationFileError, match=r"params\.yaml: data\.hecras\.0: .*broken\.p01\.hdf"):
+        stages.prepare_data(fresh)
+    assert not any(fresh.data_dir.rglob("*.h5"))
+    # A project name is a folder of the run: one that would leave data/ is refused when the profile is read.
+    profile["data"] = {"hecras": [{"file": str(plan), "project": "../elsewhere"}]}
+    path.write_text(yaml.safe_dump(profile))
+    with pytest.raises(ProfileError, match=r"hecras\.0\.project.*'\.\./elsewhere' must be a folder name"):
         load_profile(path)
 
 

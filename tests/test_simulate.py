@@ -280,6 +280,50 @@ def test_project_files_workers_and_skip(tmp_path):
     assert np.array_equal(read_simulation(serial[1]).water_depth, read_simulation(parallel[1]).water_depth)
 
 
+def test_plans_made_from_other_settings_are_kept_aside_and_simulated_again(tmp_path):
+    """A plan file is reused only when it was made from the same plan: another seed (other events), or the
+    same DEM path holding other elevations, moves the old files to <out>.replaced-<time>/ and simulates anew;
+    a DEM moved to another path with the same content is the same terrain."""
+    rasterio = pytest.importorskip("rasterio")
+    from rasterio.transform import Affine
+
+    out = tmp_path / "data"
+    first = simulate_project(tiny_project(n_plans=2), out, workers=1, progress=False)
+    old = {path.name: path.read_bytes() for path in first}
+    again = simulate_project(tiny_project(n_plans=2, seed=12), out, workers=1, progress=False)
+    assert again == first and not any(path.read_bytes() == old[path.name] for path in again)
+    (kept,) = tmp_path.glob("data.replaced-*")
+    assert {path.name: path.read_bytes() for path in (kept / "tiny").glob("*.h5")} == old
+
+    def dem(path, base):
+        values = base + np.add.outer(np.arange(100.0), np.arange(100.0)).astype(np.float32) * 0.01
+        with rasterio.open(path, "w", driver="GTiff", height=100, width=100, count=1, dtype="float32",
+                           crs="EPSG:26915", transform=Affine(1.0, 0.0, 5000.0, 0.0, -1.0, 9000.0)) as dataset:
+            dataset.write(values.astype(np.float32), 1)
+        return path
+
+    project = tiny_project(name="tile", terrain=DemSource(str(dem(tmp_path / "tile.tif", 100.0))), n_plans=1,
+                           rows=8, cols=8)
+    (path,) = simulate_project(project, out, workers=1, progress=False)
+    lowest = float(read_simulation(path).terrain.min())
+    assert 100 <= lowest < 102
+    dem(tmp_path / "tile.tif", 200.0)  # the same file name, other elevations
+    simulate_project(project, out, workers=1, progress=False)
+    assert read_simulation(path).terrain.min() == pytest.approx(lowest + 100.0)
+    assert len(list(tmp_path.glob("data.replaced-*/tile/plan_000.h5"))) == 1
+    # A file written before plans recorded their DEM's checksum, whose DEM has moved since: compared by the
+    # elevations it holds, it is the same plan and is kept as it is.
+    import h5py
+
+    with h5py.File(path, "a") as h5:
+        del h5.attrs["terrain_sha256"]
+    (tmp_path / "tile.tif").rename(tmp_path / "moved.tif")
+    moved = tiny_project(name="tile", terrain=DemSource(str(tmp_path / "moved.tif")), n_plans=1, rows=8, cols=8)
+    before = path.stat().st_mtime_ns
+    simulate_project(moved, out, workers=1, progress=False)
+    assert path.stat().st_mtime_ns == before
+
+
 def test_failing_plan_is_named_and_others_are_kept(tmp_path):
     # A DEM window that leaves the file fails plan by plan; a missing DEM fails while drawing the plans.
     project = tiny_project(terrain=DemSource(str(tmp_path / "missing.tif")), n_plans=2)

@@ -32,6 +32,10 @@ _VERTICAL_UNITS = {
 # Fewer pixels a side is a sample, not a surface: 3 is the smallest raster with a pixel that has
 # neighbours on every side, so that slope is defined everywhere in its interior.
 MIN_RASTER_PIXELS = 3
+#: Elevations outside this range, m, are no terrain on Earth (the Dead Sea shore is at -430 m, Everest at
+#: 8,849 m): a DEM holding them has an undeclared nodata value (-9999, -32768, -3.4e38 ...).
+MIN_ELEVATION_M = -1000.0
+MAX_ELEVATION_M = 9000.0
 _REPROJECT_HINT = ("reproject it first, e.g. gdalwarp -t_srs EPSG:<UTM zone in metres> -tr 1 1 -r bilinear "
                    "in.tif out.tif")
 
@@ -137,7 +141,8 @@ def read_geotiff(path: str | Path, band: int = 1) -> Raster:
         naming the file, the field, its value and what was expected: a missing or unreadable file, a
         band the file lacks, no georeference (the identity geotransform GDAL reports for a bare image,
         or ground control points only), a rotated or south-up grid, a geographic CRS (degrees), a CRS
-        in any other unit, an elevation unit other than metre or foot, or fewer than 3 pixels a side.
+        in any other unit, an elevation unit other than metre or foot, elevations outside
+        MIN_ELEVATION_M..MAX_ELEVATION_M (an undeclared nodata value), or fewer than 3 pixels a side.
     """
     import rasterio
     from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
@@ -164,7 +169,7 @@ def read_geotiff(path: str | Path, band: int = 1) -> Raster:
                 if north_up and not transform.is_identity and min(shape) >= MIN_RASTER_PIXELS:
                     values = dataset.read(band, masked=True).astype(np.float32).filled(np.nan)
     except RasterioIOError as error:
-        raise SimulationFileError(f"{path}: file: is not a readable GeoTIFF ({error})") from None
+        raise SimulationFileError(f"{path}: file: is not a readable GeoTIFF ({_reasons(error)})") from None
     if transform.is_identity:
         how = (f"it has only {control_points} ground control points; warp it onto a grid first, e.g. "
                "gdalwarp -t_srs EPSG:<code in metres> in.tif out.tif") if control_points else (
@@ -199,9 +204,30 @@ def read_geotiff(path: str | Path, band: int = 1) -> Raster:
             f"first, e.g. gdal_calc.py -A in.tif --calc=\"A*<metres per unit>\" --outfile=out.tif")
     if vertical_factor != 1.0:
         values = (values.astype(np.float64) * vertical_factor).astype(np.float32)
+    implausible = np.isfinite(values) & ((values < MIN_ELEVATION_M) | (values > MAX_ELEVATION_M))
+    if implausible.any():
+        r, c = np.argwhere(implausible)[0]
+        declared = "declares none" if nodata is None else f"declares {nodata:g}"
+        raise SimulationFileError(
+            f"{path}: elevation: {int(implausible.sum())} of {values.size} pixels of band {band} lie outside "
+            f"{MIN_ELEVATION_M:g}..{MAX_ELEVATION_M:g} m, where no terrain is (the first, at row {r}, column {c}, "
+            f"{float(values[r, c]):g} m): most likely a nodata value the file does not declare (it {declared}); "
+            f"declare it, e.g. gdal_edit.py -a_nodata {float(values[r, c]) / vertical_factor:g} {path}")
     return Raster(values=values, x0=transform.c * factor, y0=transform.f * factor, dx=transform.a * factor,
                   dy=-transform.e * factor, crs=crs_text, path=str(path), units_factor=factor, source_units=units,
                   vertical_units=vertical_units, vertical_factor=vertical_factor, vertical_stated=bool(band_unit))
+
+
+def _reasons(error: BaseException) -> str:
+    """An error's message with those of the errors that caused it (GDAL's own reason comes as the cause of
+    rasterio's "Read failed. See previous exception for details.")."""
+    messages = []
+    while error is not None and len(messages) < 4:
+        text = str(error).strip()
+        if text and "previous exception" not in text and not any(text in message for message in messages):
+            messages.append(text)
+        error = error.__cause__ or error.__context__
+    return ": ".join(messages) or "unreadable"
 
 
 def sample_raster(raster: Raster, *, x: np.ndarray, y: np.ndarray, what: str = "terrain") -> np.ndarray:

@@ -253,6 +253,23 @@ def plan_file_name(plan: str) -> str:
     return stem + SIMULATION_SUFFIX
 
 
+def set_aside(paths: list[Path], data_dir: str | Path) -> Path | None:
+    """Move plan files out of a data folder, keeping them: ``<data_dir>/<project>/<file>`` goes to
+    ``<data_dir>.replaced-<time>/<project>/<file>`` (the way a redone stage's folder is kept beside it).
+    Returns that folder, or None when there was nothing to move."""
+    import time
+
+    data_dir = Path(data_dir)
+    if not paths:
+        return None
+    kept = data_dir.parent / f"{data_dir.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}"
+    for path in paths:
+        target = kept / Path(path).relative_to(data_dir)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(path, target)
+    return kept
+
+
 def write_simulation(path: str | Path, simulation: Simulation) -> Path:
     """Validate ``simulation`` and write it to ``path`` atomically (temporary file + rename).
 

@@ -284,6 +284,25 @@ def _reflect_indices(start: int, count: int, size: int) -> np.ndarray:
     return np.where(folded < size, folded, period - folded)
 
 
+def check_dem(raster, *, rows: int, cols: int) -> None:
+    """What the built-in simulator needs of a whole DEM, whatever window it cuts (SimulationFileError naming
+    the file otherwise): pixels ``TERRAIN_SPACING_M`` apart, and at least ``MIN_DEM_POINTS`` a side."""
+    path = raster.path
+    for name, value in (("pixel width", raster.dx), ("pixel height", raster.dy)):
+        if abs(value - TERRAIN_SPACING_M) > 1e-6 * TERRAIN_SPACING_M:
+            as_read = "" if raster.units_factor == 1.0 else f" ({value / raster.units_factor:g} {raster.source_units})"
+            raise SimulationFileError(f"{path}: {name}: {value} m{as_read}; the built-in simulator needs a DEM at "
+                                      f"{TERRAIN_SPACING_M:g} m (resample it first, e.g. gdalwarp -tr "
+                                      f"{TERRAIN_SPACING_M:g} {TERRAIN_SPACING_M:g})")
+    dem_rows, dem_cols = raster.values.shape
+    if min(dem_rows, dem_cols) < MIN_DEM_POINTS:
+        raise SimulationFileError(
+            f"{path}: size: {dem_rows}x{dem_cols} pixels (rows x columns) is too small for a {rows}x{cols}-cell grid, "
+            f"which needs {rows * TERRAIN_RATIO + 1}x{cols * TERRAIN_RATIO + 1} terrain points {TERRAIN_SPACING_M:g} m "
+            f"apart; expected a DEM of at least {MIN_DEM_POINTS}x{MIN_DEM_POINTS} pixels (the smallest grid, "
+            f"{MIN_GRID_CELLS}x{MIN_GRID_CELLS} cells), from which larger grids are mirror-tiled")
+
+
 def dem_terrain(source: DemSource, *, rows: int, cols: int) -> Terrain:
     """Terrain cut from a GeoTIFF DEM whose pixels are ``TERRAIN_SPACING_M`` (1 m) apart.
 
@@ -312,22 +331,11 @@ def dem_terrain(source: DemSource, *, rows: int, cols: int) -> Terrain:
     """
     rows, cols = check_grid(rows, cols)
     raster = read_geotiff(source.path, band=source.band)
+    check_dem(raster, rows=rows, cols=cols)
     path = raster.path
-    for name, value in (("pixel width", raster.dx), ("pixel height", raster.dy)):
-        if abs(value - TERRAIN_SPACING_M) > 1e-6 * TERRAIN_SPACING_M:
-            as_read = "" if raster.units_factor == 1.0 else f" ({value / raster.units_factor:g} {raster.source_units})"
-            raise SimulationFileError(f"{path}: {name}: {value} m{as_read}; the built-in simulator needs a DEM at "
-                                      f"{TERRAIN_SPACING_M:g} m (resample it first, e.g. gdalwarp -tr "
-                                      f"{TERRAIN_SPACING_M:g} {TERRAIN_SPACING_M:g})")
     dem_rows, dem_cols = raster.values.shape
     need_rows = rows * TERRAIN_RATIO + 1
     need_cols = cols * TERRAIN_RATIO + 1
-    if min(dem_rows, dem_cols) < MIN_DEM_POINTS:
-        raise SimulationFileError(
-            f"{path}: size: {dem_rows}x{dem_cols} pixels (rows x columns) is too small for a {rows}x{cols}-cell grid, "
-            f"which needs {need_rows}x{need_cols} terrain points {TERRAIN_SPACING_M:g} m apart; expected a DEM of at "
-            f"least {MIN_DEM_POINTS}x{MIN_DEM_POINTS} pixels (the smallest grid, {MIN_GRID_CELLS}x{MIN_GRID_CELLS} "
-            f"cells), from which larger grids are mirror-tiled")
     mirrored = {}
     for axis, offset, need, have in (("row", source.row_offset, need_rows, dem_rows),
                                      ("col", source.col_offset, need_cols, dem_cols)):

@@ -53,26 +53,79 @@ def project_spec(project: ProjectConfig, *, terrain_dir: str | Path | None = Non
 
 
 def prepare_data(run: Run, *, progress: bool = True) -> Path:
-    """Simulate the profile's projects and read its HEC-RAS plans into ``run_dir/data`` (once: plans already
-    there are kept). DEMs the profile fetches are kept in ``run_dir/terrain``. Returns the data folder."""
+    """Simulate the profile's projects and read its HEC-RAS plans into ``run_dir/data``, so that the folder
+    holds exactly the plans the profile describes. DEMs the profile fetches are kept in ``run_dir/terrain``.
+
+    Plans already there are kept when they were made from what the profile says now (the same plan and
+    DEM content; for HEC-RAS the same file, terrain, area and units). Any other plan file in the folder —
+    made from other settings, or of a project or plan the profile no longer lists — is moved to
+    ``run_dir/data.replaced-<time>/`` before anything is simulated, so that no split reads it. Every DEM
+    and HEC-RAS file is opened before the first plan is simulated: a bad one stops the stage at once,
+    naming the profile field. Returns the data folder.
+    """
+    from floodlib.data.fetch import file_sha256
     from floodlib.data.hecras import hecras_names, read_hecras
-    from floodlib.data.simulate import simulate_project
-    from floodlib.data.store import plan_file_name, write_simulation
+    from floodlib.data.simulate import plan_specs, simulate_project
+    from floodlib.data.store import SIMULATION_SUFFIX, SimulationFileError, plan_file_name, set_aside, write_simulation
 
     data = run.profile.data
+    where = f"{run.run_dir / PROFILE_FILE}: data"
     if not data.simulate and not data.hecras:
-        raise ProfileError(f"{run.run_dir / PROFILE_FILE}: data: lists neither projects to simulate nor HEC-RAS plans")
-    for project in data.simulate:
-        spec = project_spec(project, terrain_dir=run.terrain_dir, where=f"{run.run_dir / PROFILE_FILE}: data")
-        simulate_project(spec, run.data_dir, workers=data.workers, progress=progress)
-    for plan in data.hecras:
-        # Named from the file's attributes first: a plan already in the run is not read again.
-        project, name = hecras_names(plan.file, area=plan.area, project=plan.project, plan=plan.plan)
+        raise ProfileError(f"{where}: lists neither projects to simulate nor HEC-RAS plans")
+    projects = [project_spec(project, terrain_dir=run.terrain_dir, where=where) for project in data.simulate]
+    expected = set()
+    for spec in projects:
+        try:
+            plan_specs(spec)  # reads and checks each DEM before any plan runs
+        except SimulationFileError as error:
+            raise SimulationFileError(f"{where}.simulate[{spec.name}].terrain: {error}") from None
+        expected |= {(spec.name, plan_file_name(name)) for name in spec.plan_names()}
+    imports = []
+    for index, plan in enumerate(data.hecras):
+        field = f"{where}.hecras.{index}"
+        try:
+            # Named from the file's attributes first: a plan already in the run is not read again.
+            project, name = hecras_names(plan.file, area=plan.area, project=plan.project, plan=plan.plan)
+        except SimulationFileError as error:
+            raise SimulationFileError(f"{field}: {error}") from None
         target = run.data_dir / project / plan_file_name(name)
-        if not target.exists():
-            write_simulation(target, read_hecras(plan.file, terrain=plan.terrain, area=plan.area, project=plan.project,
-                                                 plan=plan.plan, units=plan.units))
+        made_from = {"file_sha256": file_sha256(plan.file), "area": plan.area, "units": plan.units,
+                     "terrain_sha256": file_sha256(plan.terrain) if plan.terrain else None}
+        imports.append((field, plan, target, made_from))
+        expected.add((project, target.name))
+    # What the profile no longer describes, and HEC-RAS plans read from other files or settings, out of the way.
+    stray = [path for path in sorted(run.data_dir.glob(f"*/*{SIMULATION_SUFFIX}"))
+             if (path.parent.name, path.name) not in expected]
+    stale = [target for _, _, target, made_from in imports
+             if target.exists() and _hecras_made_from(target) not in (None, made_from)]
+    kept = set_aside(stray + stale, run.data_dir)
+    if kept is not None:
+        print(f"{len(stray) + len(stale)} plan file(s) the profile no longer describes moved to {kept}: "
+              + ", ".join(str(path.relative_to(run.data_dir)) for path in stray + stale))
+    for spec in projects:
+        simulate_project(spec, run.data_dir, workers=data.workers, progress=progress)
+    for field, plan, target, made_from in imports:
+        if target.exists():
+            continue
+        try:
+            simulation = read_hecras(plan.file, terrain=plan.terrain, area=plan.area, project=plan.project,
+                                     plan=plan.plan, units=plan.units)
+        except SimulationFileError as error:
+            raise SimulationFileError(f"{field}: {error}") from None
+        simulation.extra["hecras_made_from"] = made_from
+        write_simulation(target, simulation)
     return run.data_dir
+
+
+def _hecras_made_from(path: Path) -> dict | None:
+    """What a HEC-RAS plan's file in the data folder was read from (None: written before that was recorded,
+    kept as it is); a damaged file counts as made from nothing, so it is read again."""
+    from floodlib.data.store import SimulationFileError, read_simulation
+
+    try:
+        return read_simulation(path, memory_map=True).extra.get("hecras_made_from")
+    except SimulationFileError:
+        return {}
 
 
 def _plateau(settings: TrainSettings) -> PlateauSchedule | None:

@@ -16,6 +16,7 @@ from floodlib.data.terrain import (
     TERRAIN_RATIO,
     DemSource,
     ValleyParams,
+    check_dem,
     check_edge,
     check_grid,
 )
@@ -295,7 +296,9 @@ def plan_specs(project: ProjectSpec) -> list[PlanSpec]:
     if isinstance(project.terrain, DemSource):
         from floodlib.data.geotiff import read_geotiff
 
-        dem_shape = read_geotiff(project.terrain.path, band=project.terrain.band).values.shape
+        raster = read_geotiff(project.terrain.path, band=project.terrain.band)
+        check_dem(raster, rows=project.rows, cols=project.cols)  # once, not once per plan
+        dem_shape = raster.values.shape
     specs = []
     for _ in range(project.n_plans):
         terrain_seed = int(rng.integers(0, 2**31 - 1))
