@@ -157,6 +157,7 @@ def test_predict_benchmark_times_the_surrogate_against_the_solver_with_its_accur
     assert 1 <= hour["closure_passes"] <= report["max_iterations"] and hour["patches_predicted"] >= 1
     assert 0 < hour["seconds"] <= surrogate["seconds_per_hour"]
     assert math.isfinite(hour["rae"]) and hour["rae"] >= 0 and 0 < hour["wet_fraction"] <= 1
+    assert "learnt to predict 20 min ahead; it is stepped an hour for the timings" in result.stdout
     # The printed row carries the same figures, side by side.
     table_row = re.compile(r"\s*32 x 32\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)x\s+([\d.]+)x")
     match = next(filter(None, map(table_row.match, result.stdout.splitlines())))

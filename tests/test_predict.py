@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from floodlib.data.store import Simulation, read_simulation, write_simulation
-from floodlib.models import create_model, save_model
+from floodlib.models import create_model, load_model, save_model
 from floodlib.predict import (PASS_ORDER, DomainPredictor, EdgeBoundary, EdgeSegment, PredictError, StoredBoundary,
                               Tiling, predict_plan, read_boundary)
 
@@ -383,9 +383,11 @@ def test_the_cli_rolls_a_tiny_run_model_out_over_a_test_plan(tiny_run, tmp_path)
     model = next((tiny_run / "C" / "models").glob("*/model.pth"))
     plan_path = sorted((tiny_run / "data" / "valley").glob("*.h5"))[-1]
     out = tmp_path / "prediction" / "out.h5"
-    done = cli(model, plan_path, "--start", 0, "--hours", 2, "--step-min", 20, "--out", out)
+    # the lead time comes from the checkpoint: the tiny profile's samples are 20 min apart
+    assert load_model(model).trained_on == {"delta_t_s": 1200.0, "cell_size_m": [10.0]}
+    done = cli(model, plan_path, "--start", 0, "--hours", 2, "--out", out)
     assert done.returncode == 0, done.stderr
-    assert "hour 2/2" in done.stderr and f"wrote {out}" in done.stdout
+    assert "step 2/2 (+40 min)" in done.stderr and f"wrote {out}: 2 step(s) of 20 min" in done.stdout
     plan = read_simulation(plan_path)
     predicted = read_simulation(out)
     assert predicted.water_depth.shape == (3, *plan.grid_shape)
@@ -393,6 +395,8 @@ def test_the_cli_rolls_a_tiny_run_model_out_over_a_test_plan(tiny_run, tmp_path)
     np.testing.assert_array_equal(predicted.terrain, plan.terrain)
     assert predicted.output_interval_s == 1200.0 and predicted.extra["start_s"] == 0.0
     assert len(predicted.extra["closure_residuals_m"]) == 2 and predicted.plan.endswith("-surrogate")
+    assert predicted.event == plan.event and not predicted.extra["dry_start"] and predicted.extra["precision"] == "32"
+    assert predicted.extra["tolerance_m"] == pytest.approx(0.001) and predicted.extra["max_iterations"] == 20
     # the plan's own edges are the boundary condition
     np.testing.assert_array_equal(predicted.water_depth[2][:2], plan.water_depth[2400 // int(plan.output_interval_s)][:2])
     # an existing output is kept unless --force
@@ -402,6 +406,24 @@ def test_the_cli_rolls_a_tiny_run_model_out_over_a_test_plan(tiny_run, tmp_path)
     late = cli(model, plan_path, "--start", 20, "--hours", 2, "--step-min", 20, "--out", tmp_path / "late.h5")
     assert late.returncode == 2 and "past the plan's last output at 40 min" in late.stderr
     assert not (tmp_path / "late.h5").exists() and not list(tmp_path.glob(".late.h5*"))
+    # what the model cannot do, and arguments that are not what they should be: one line each, exit status 2
+    copy = tmp_path / "plan_copy.h5"
+    copy.write_bytes(plan_path.read_bytes())
+    refused = {
+        ("--step-min", 60): "the model learnt to predict 20 min ahead (its samples' delta_t); a step of 60 min",
+        ("--out", copy, "--force"): f"--out {copy} is the plan it predicts from",
+        ("--out", tmp_path, "--force"): f"--out {tmp_path} is a folder",
+        ("--device", "gpu"): "--device gpu: not a device torch knows",
+        ("--tolerance-mm", -1): "--tolerance-mm -1.0: the closure's tolerance must be > 0 mm",
+        ("--max-iterations", 0): "--max-iterations 0: the closure needs at least one pass per step",
+    }
+    for extra, message in refused.items():
+        arguments = [model, copy, *extra] + ([] if "--out" in extra else ["--out", tmp_path / "x.h5"])
+        result = cli(*arguments)
+        assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, (extra, result.stderr)
+    assert read_simulation(copy).plan == plan.plan and not (tmp_path / "x.h5").exists()
+    folder = cli(model.parent, copy, "--out", tmp_path / "x.h5")
+    assert folder.returncode == 2 and f"{model.parent} is a folder; expected a model checkpoint" in folder.stderr
 
 
 def test_the_cli_takes_a_users_edge_inflow_from_a_dry_start(tiny_run, tmp_path):
@@ -416,6 +438,41 @@ def test_the_cli_takes_a_users_edge_inflow_from_a_dry_start(tiny_run, tmp_path):
     assert (predicted.water_depth[0] == 0).all()
     assert (predicted.water_depth[1][20:40, :2] > 0).all() and np.isfinite(predicted.water_depth).all()
     assert predicted.extra["boundary"] == str(edges)
+    assert predicted.extra["dry_start"] and predicted.event is None  # not the plan's own inflow: the user's edges were
+
+
+def test_a_model_refuses_cells_of_another_size_and_another_lead_time():
+    from floodlib.predict.plan import check_trained_on
+
+    model = create_model("Arch_02", downsampler="cubic")
+    plan = Simulation(project="muncie", plan="p01", terrain=np.zeros((321, 321), np.float32),
+                      water_depth=np.zeros((3, 32, 32), np.float32), cell_size_m=40.0, terrain_spacing_m=4.0,
+                      output_interval_s=1800.0, source="test")
+    check_trained_on(model, plan, delta_t_s=1800.0, name="plan")  # nothing recorded: nothing to check
+    model.trained_on = {"delta_t_s": 3600.0, "cell_size_m": [10.0]}
+    with pytest.raises(PredictError, match="plan: cells of 40 m; the model learnt on cells of 10 m"):
+        predict_plan(model, plan, start_s=0, steps=1, delta_t_s=3600.0, name="plan")
+    model.trained_on = {"delta_t_s": 3600.0, "cell_size_m": [10.0, 40.0]}
+    with pytest.raises(PredictError, match="learnt to predict 60 min ahead .* a step of 30 min"):
+        predict_plan(model, plan, start_s=0, steps=1, delta_t_s=1800.0, name="plan")
+
+
+def test_the_cli_stops_on_ctrl_c_with_one_line_and_no_file(tmp_path, monkeypatch, capsys):
+    import floodlib.predict.__main__ as command
+
+    plan = Simulation(project="p", plan="q", terrain=np.zeros((321, 321), np.float32),
+                      water_depth=np.zeros((3, 32, 32), np.float32), cell_size_m=10.0, terrain_spacing_m=1.0,
+                      output_interval_s=3600.0, source="test")
+    write_simulation(tmp_path / "plan.h5", plan)
+    save_model(create_model("Arch_02", downsampler="cubic"), tmp_path / "model.pth")
+
+    def interrupted(*args, **kwargs):  # Ctrl-C while the closure runs
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(command, "predict_plan", interrupted)
+    assert command.main([str(tmp_path / "model.pth"), str(tmp_path / "plan.h5"), "--out", str(tmp_path / "o.h5")]) == 130
+    assert capsys.readouterr().err.strip() == f"interrupted; nothing was written to {tmp_path / 'o.h5'}"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["model.pth", "plan.h5"]
 
 
 def test_the_cli_names_a_missing_model_and_a_plan_without_a_boundary_for_a_dry_start(tmp_path):

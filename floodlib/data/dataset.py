@@ -81,6 +81,7 @@ class PatchDataset(Dataset):
         self.memory_map = bool(memory_map)
         entries, per_plan, dry, masked, plans = [], [], 0, 0, []
         self.output_intervals_s: list[float] = []
+        self.cell_sizes_m: list[float] = []
         for plan_id, path in enumerate(self.files):
             simulation = read_simulation(path, memory_map=True)
             plan_index = index_plan(simulation, spec, plan_id)
@@ -90,6 +91,7 @@ class PatchDataset(Dataset):
             masked += plan_index.masked_dropped
             plans.append(f"{simulation.project}/{simulation.plan}")
             self.output_intervals_s.append(float(simulation.output_interval_s))
+            self.cell_sizes_m.append(float(simulation.cell_size_m))
         self.index = np.concatenate(entries) if entries else np.zeros(0, dtype=INDEX_DTYPE)
         self.summary = SplitSummary(name=name, plans=plans, samples=len(self.index), dry_dropped=dry,
                                     masked_dropped=masked, samples_per_plan=per_plan, drawn=spec.describe())
@@ -110,6 +112,11 @@ class PatchDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.index)
+
+    def trained_on(self) -> dict:
+        """What a model trained on these samples has learnt to predict: the lead time (``delta_t_s``) and the
+        cell sizes of its plans (``cell_size_m``), which a checkpoint records (:attr:`FloodModel.trained_on`)."""
+        return {"delta_t_s": float(self.spec.delta_t_s), "cell_size_m": sorted(set(self.cell_sizes_m))}
 
     def __getitem__(self, item: int) -> Sample:
         entry = self.index[item]

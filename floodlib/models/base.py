@@ -82,6 +82,11 @@ class FloodModel(nn.Module):
     ``create_model(config["arch"], ...)`` rebuilds the same network.
     """
 
+    #: What the model was trained on, from the checkpoint (``{"delta_t_s": 3600.0, "cell_size_m": [10.0]}``);
+    #: None for an untrained model or a checkpoint written before it was recorded. Not part of ``config``:
+    #: the same network trained on other data is the same configuration.
+    trained_on: dict[str, Any] | None = None
+
     def __init__(self, *, body: nn.Module, downsampler: nn.Module, config: dict[str, Any]):
         super().__init__()
         self.downsampler = downsampler

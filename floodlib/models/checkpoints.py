@@ -109,4 +109,6 @@ def load_model(path: str | Path, *, expected_arch: str | None = None, device: st
         model.load_state_dict(checkpoint["state_dict"])
     except RuntimeError as error:
         raise CheckpointError(f"{path}: weights do not fit architecture {config['arch']!r}: {error}") from None
+    trained_on = (checkpoint.get("extra") or {}).get("trained_on")
+    model.trained_on = dict(trained_on) if isinstance(trained_on, dict) else None
     return model.to(device).eval()

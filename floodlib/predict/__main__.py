@@ -14,7 +14,7 @@ import numpy as np
 from floodlib.data.store import SimulationFileError, read_simulation
 from floodlib.models.checkpoints import CheckpointError, load_model
 from floodlib.predict.boundary import read_boundary
-from floodlib.predict.plan import STEP_S, predict_plan, write_rollout
+from floodlib.predict.plan import OWN_EDGES, STEP_S, predict_plan, write_rollout
 from floodlib.predict.tiling import PredictError
 
 
@@ -29,14 +29,18 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("model", type=Path, help="a model checkpoint (model.pth) written by floodlib")
     p.add_argument("plan", type=Path, help="a simulation file (.h5): terrain, and the depth at the start")
     p.add_argument("--start", type=float, default=0.0, help="start time, minutes since the plan's start (default 0)")
-    p.add_argument("--hours", type=int, default=1, help="steps to predict, one closed step each (default 1)")
-    p.add_argument("--step-min", type=float, default=STEP_S / 60,
-                   help="the model's lead time, minutes (default 60, the samples' delta_t it was trained on)")
+    p.add_argument("--hours", type=int, default=1,
+                   help="steps to predict, one closed step of the model's lead time each (default 1; an hour each "
+                        "for models of the 60-min samples)")
+    p.add_argument("--step-min", type=float, default=None,
+                   help="the model's lead time, minutes (default: the samples' delta_t its checkpoint records, else "
+                        "60); another is refused, as the model knows only its own")
     p.add_argument("--out", type=Path, required=True, help="the prediction's simulation file (.h5)")
     p.add_argument("--boundary", type=Path, help="edge depth or inflow series (JSON/YAML) instead of the plan's edges")
     p.add_argument("--dry-start", action="store_true", help="start from a dry domain instead of the plan's depth")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
-    p.add_argument("--precision", choices=("32", "bf16"), default="32", help="the network body's precision")
+    p.add_argument("--precision", choices=("32", "bf16"), default="32",
+                   help="the network body's precision (bf16 pays on a GPU; on most CPUs it is slower)")
     p.add_argument("--tolerance-mm", type=float, default=1.0, help="closure stops below this ring change (default 1 mm)")
     p.add_argument("--max-iterations", type=int, default=20, help="closure passes per step at most (default 20)")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
@@ -50,20 +54,36 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {message}", file=sys.stderr)
         return 2
 
+    if args.out.is_dir():
+        return fail(f"--out {args.out} is a folder; name the prediction's file, e.g. {args.out / 'prediction.h5'}")
     if args.out.exists() and not args.force:
         return fail(f"{args.out} exists; pass --force to replace it")
+    if args.out.exists() and args.plan.exists() and args.out.resolve() == args.plan.resolve():
+        return fail(f"--out {args.out} is the plan it predicts from; write the prediction to another file")
     if args.hours < 1:
-        return fail(f"--hours {args.hours}: predict at least one hour")
-    if not args.step_min > 0:
+        return fail(f"--hours {args.hours}: predict at least one step")
+    if args.step_min is not None and not args.step_min > 0:
         return fail(f"--step-min {args.step_min}: the lead time must be > 0 minutes")
+    if not args.tolerance_mm > 0:
+        return fail(f"--tolerance-mm {args.tolerance_mm}: the closure's tolerance must be > 0 mm")
+    if args.max_iterations < 1:
+        return fail(f"--max-iterations {args.max_iterations}: the closure needs at least one pass per step")
+    if args.model.is_dir():
+        return fail(f"{args.model} is a folder; expected a model checkpoint, e.g. {args.model / 'model.pth'}")
     try:
         import torch
 
-        if args.device.startswith("cuda") and not torch.cuda.is_available():
+        try:
+            device = torch.device(args.device)
+        except RuntimeError:
+            raise PredictError(f"--device {args.device}: not a device torch knows; expected cpu, cuda or cuda:N") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
             raise PredictError(f"--device {args.device}: this torch build sees no CUDA device; use --device cpu")
         model = load_model(args.model, device=args.device)
+        learnt = (model.trained_on or {}).get("delta_t_s")
+        step_s = args.step_min * 60.0 if args.step_min is not None else float(learnt or STEP_S)
         simulation = read_simulation(args.plan, memory_map=True)
-        boundary, boundary_name = None, "the plan's own edge depths"
+        boundary, boundary_name = None, OWN_EDGES
         if args.boundary is not None:
             rows, cols = simulation.grid_shape
             r = simulation.terrain_ratio
@@ -79,21 +99,26 @@ def main(argv: list[str] | None = None) -> int:
 
         def progress(k, step):
             state = "converged" if step.converged else "NOT converged"
-            print(f"hour {k + 1}/{args.hours}: {state} after {step.iterations + 1} pass(es), last ring change "
+            print(f"step {k + 1}/{args.hours} (+{(k + 1) * step_s / 60:g} min): {state} after {step.iterations + 1} pass(es), last ring change "
                   f"{step.residuals[-1] * 1000:.3g} mm, {step.patches_predicted} patch predictions, {step.seconds:.2f} s",
                   file=sys.stderr)
 
         started = time.perf_counter()
         rollout = predict_plan(model, simulation, start_s=args.start * 60.0, steps=args.hours, boundary=boundary,
-                               depth_start=depth_start, delta_t_s=args.step_min * 60.0,
+                               depth_start=depth_start, delta_t_s=step_s,
                                name=str(args.plan), progress=progress, device=args.device, precision=args.precision,
                                tolerance_m=args.tolerance_mm / 1000.0, max_iterations=args.max_iterations)
+        settings = {"dry_start": bool(args.dry_start), "precision": args.precision, "device": args.device,
+                    "tolerance_m": args.tolerance_mm / 1000.0, "max_iterations": args.max_iterations}
         write_rollout(args.out, simulation, rollout, model_name=f"{model.arch} ({args.model})",
-                      boundary_name=boundary_name)
+                      boundary_name=boundary_name, settings=settings)
     except (PredictError, SimulationFileError, CheckpointError) as error:
         return fail(str(error))
-    print(f"wrote {args.out}: {args.hours} hour(s) from {args.start:g} min over {simulation.grid_shape[0]} x "
-          f"{simulation.grid_shape[1]} cells in {time.perf_counter() - started:.2f} s")
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; nothing was written to {args.out}", file=sys.stderr)
+        return 130
+    print(f"wrote {args.out}: {args.hours} step(s) of {step_s / 60:g} min from {args.start:g} min over "
+          f"{simulation.grid_shape[0]} x {simulation.grid_shape[1]} cells in {time.perf_counter() - started:.2f} s")
     return 0
 
 

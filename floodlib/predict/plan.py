@@ -15,6 +15,8 @@ from floodlib.predict.tiling import PredictError
 
 #: The models' lead time, s (the samples' delta_t).
 STEP_S = 3600.0
+#: What a prediction records as its boundary when the plan's own edge depths were it.
+OWN_EDGES = "the plan's own edge depths"
 
 
 def plan_start_frame(simulation: Simulation, start_s: float, *, name: str = "plan") -> int:
@@ -30,6 +32,22 @@ def plan_start_frame(simulation: Simulation, start_s: float, *, name: str = "pla
     return int(round(position))
 
 
+def check_trained_on(model, simulation: Simulation, *, delta_t_s: float, name: str) -> None:
+    """PredictError when the model's checkpoint says it learnt another lead time, or on cells of other sizes,
+    than this prediction asks of it (a model knows one of each; nothing is checked for checkpoints written
+    before they were recorded)."""
+    trained = getattr(model, "trained_on", None) or {}
+    learnt = trained.get("delta_t_s")
+    if learnt is not None and abs(float(learnt) - delta_t_s) > 1e-6:
+        raise PredictError(f"{name}: the model learnt to predict {float(learnt) / 60:g} min ahead (its samples' delta_t); "
+                           f"a step of {delta_t_s / 60:g} min is not something it can predict")
+    sizes = trained.get("cell_size_m") or []
+    if sizes and not any(abs(float(size) - simulation.cell_size_m) < 1e-6 for size in sizes):
+        raise PredictError(f"{name}: cells of {simulation.cell_size_m:g} m; the model learnt on cells of "
+                           f"{', '.join(f'{float(size):g}' for size in sizes)} m, and water crosses a cell of "
+                           "another size in another time")
+
+
 def predict_plan(model, simulation: Simulation, *, start_s: float, steps: int, boundary: Boundary | None = None,
                  depth_start: np.ndarray | None = None, delta_t_s: float = STEP_S, name: str | None = None,
                  predictor: DomainPredictor | None = None, progress=None, **options) -> Rollout:
@@ -42,6 +60,7 @@ def predict_plan(model, simulation: Simulation, *, start_s: float, steps: int, b
     user's ``boundary``).
     """
     name = name or f"plan {simulation.project}/{simulation.plan}"
+    check_trained_on(model, simulation, delta_t_s=delta_t_s, name=name)
     if depth_start is None:
         depth_start = np.asarray(simulation.water_depth[plan_start_frame(simulation, start_s, name=name)],
                                  dtype=np.float32)
@@ -69,9 +88,12 @@ def predict_plan(model, simulation: Simulation, *, start_s: float, steps: int, b
     return predictor.rollout(depth_start, boundary, start_s=start_s, steps=steps, delta_t_s=delta_t_s, progress=progress)
 
 
-def rollout_simulation(simulation: Simulation, rollout: Rollout, *, model_name: str, boundary_name: str) -> Simulation:
+def rollout_simulation(simulation: Simulation, rollout: Rollout, *, model_name: str, boundary_name: str,
+                       settings: dict | None = None) -> Simulation:
     """The rollout in the store's layout: frame k is the prediction k steps after the start (frame 0 the
-    start's depth); ``extra`` records the start time, the model, the boundary and each step's closure."""
+    start's depth); ``extra`` records the start time, the model, the boundary, the prediction's ``settings``
+    (e.g. a dry start, precision, tolerance) and each step's closure. ``event`` is the plan's own only when
+    its own edges were the boundary."""
     interval = float(rollout.times_s[1] - rollout.times_s[0]) if len(rollout.times_s) > 1 else STEP_S
     return Simulation(
         project=simulation.project,
@@ -85,9 +107,10 @@ def rollout_simulation(simulation: Simulation, rollout: Rollout, *, model_name: 
         origin_x=simulation.origin_x,
         origin_y=simulation.origin_y,
         crs=simulation.crs,
-        event=simulation.event,
+        event=simulation.event if boundary_name == OWN_EDGES else None,
         extra={
             "start_s": float(rollout.times_s[0]),
+            **(settings or {}),
             "model": model_name,
             "boundary": boundary_name,
             "predicted_from": f"{simulation.project}/{simulation.plan}",
@@ -100,7 +123,7 @@ def rollout_simulation(simulation: Simulation, rollout: Rollout, *, model_name: 
 
 
 def write_rollout(path: str | Path, simulation: Simulation, rollout: Rollout, *, model_name: str,
-                  boundary_name: str) -> Path:
+                  boundary_name: str, settings: dict | None = None) -> Path:
     """Write :func:`rollout_simulation` to ``path`` atomically."""
     return write_simulation(path, rollout_simulation(simulation, rollout, model_name=model_name,
-                                                     boundary_name=boundary_name))
+                                                     boundary_name=boundary_name, settings=settings))

@@ -228,7 +228,7 @@ class SurrogateModule(L.LightningModule):
             self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
             if self.trainer.is_global_zero:
                 save_model(self.model, self.best_model_path, epoch=self.best_epoch, best_val_loss=val_loss,
-                           extra={"baseline_val_loss": self.baseline_val_loss})
+                           extra={"baseline_val_loss": self.baseline_val_loss, "trained_on": self.model.trained_on})
         if self.plateau is not None:
             self.plateau.step(val_loss)
 
@@ -397,6 +397,7 @@ def fit(
         logging.getLogger(noisy).setLevel(logging.WARNING)
     L.seed_everything(seed, workers=True, verbose=False)
     baseline = no_change_loss(val, batch_size=max(batch_size, 256))
+    model.trained_on = train.trained_on() if hasattr(train, "trained_on") else None
     module = SurrogateModule(model, train, val, loader=LoaderSettings(batch_size=batch_size, seed=seed, placement=placement),
                              lr=lr, plateau=plateau, best_model_path=model_path, baseline_val_loss=baseline,
                              ring_blend=float(ring_blend))
