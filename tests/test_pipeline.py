@@ -346,6 +346,13 @@ def test_a_profile_can_read_hecras_plans_into_the_run(tmp_path, monkeypatch):
     np.testing.assert_array_equal(stored.water_depth, expected.water_depth)
     np.testing.assert_array_equal(renamed.water_depth, expected.water_depth)
     assert (renamed.project, renamed.plan) == ("events", "100yr/24h")
+    # Muncie's 2D area holds no whole 32x32 block of its cells: no sample, and the error says why.
+    from floodlib.data import PatchDataset, SampleSpec
+    from floodlib.data.preview import preview_samples
+
+    with pytest.raises(ValueError, match=r"split 'muncie' has no samples to preview: every patch of its 1 plan\(s\) "
+                                         r"was dropped: 0 dry .* and [1-9]\d* reaching cells outside the model's area"):
+        preview_samples(PatchDataset([files[0]], name="muncie", spec=SampleSpec(snapshot_times_s=(0.0, 3600.0))))
     before = files[0].stat().st_mtime_ns
     with monkeypatch.context() as patch:  # already there: kept as it is, and not even read again
         patch.setattr("floodlib.data.hecras.read_hecras", lambda *a, **k: pytest.fail("a plan in the run was read again"))

@@ -212,7 +212,10 @@ def test_empty_split_or_not_a_patch_dataset_is_refused(splits, tmp_path):
     train, val = splits
     all_dry = PatchDataset(val.files, spec=dataclasses.replace(val.spec, dry_threshold_m=1e9), name="val")
     assert len(all_dry) == 0
-    with pytest.raises(ValueError, match=r"the val split \('val'\) has no samples"):
+    dropped = all_dry.summary.dry_dropped
+    assert dropped > 0 and all_dry.summary.masked_dropped == 0
+    with pytest.raises(ValueError, match=rf"the val split \('val'\) has no samples: every patch of its {len(val.files)} plan\(s\) was "
+                                         rf"dropped: {dropped} dry \(no water at n nor n \+ dt\) and 0 reaching"):
         fit(create_model("Arch_02", downsampler="cubic", layers=3, channels=4), train, all_dry, out_dir=tmp_path,
             epochs=1, progress="none")
     with pytest.raises(TypeError, match="fit's val split must be a PatchDataset .* got Subset"):

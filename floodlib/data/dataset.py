@@ -42,6 +42,14 @@ class SplitSummary:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def empty_reason(self) -> str:
+        """Why a split without samples has none, in words (for the errors of whatever needed samples)."""
+        if not self.plans:
+            return "it holds no plans"
+        return (f"every patch of its {len(self.plans)} plan(s) was dropped: {self.dry_dropped} dry (no water at n "
+                f"nor n + dt) and {self.masked_dropped} reaching cells outside the model's area (a patch must lie "
+                "wholly inside it: a HEC-RAS 2D area needs whole 32x32 blocks of 10 m cells)")
+
     def __str__(self) -> str:
         return (f"{self.name}: {len(self.plans)} plans, {self.samples} samples "
                 f"({self.dry_dropped} dry and {self.masked_dropped} out-of-area patches dropped)"

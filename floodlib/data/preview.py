@@ -15,7 +15,8 @@ def preview_samples(dataset, *, n: int = 4, seed: int = 0, title: str | None = N
     import matplotlib.pyplot as plt
 
     if len(dataset) == 0:
-        raise ValueError(f"split {getattr(dataset, 'name', '?')!r} has no samples to preview")
+        reason = f": {dataset.summary.empty_reason()}" if hasattr(dataset, "summary") else ""
+        raise ValueError(f"split {getattr(dataset, 'name', '?')!r} has no samples to preview{reason}")
     if n < 1:
         raise ValueError(f"preview_samples: n={n!r}; a figure needs at least one sample")
     rng = np.random.default_rng(seed)

@@ -309,7 +309,7 @@ def _check_arguments(model, train, val, epochs, lr, batch_size, patience, placem
             raise TypeError(f"fit's {split_name} split must be a PatchDataset (e.g. from floodlib.data.load_splits), "
                             f"got {type(split).__name__}")
         if len(split) == 0:
-            raise ValueError(f"the {split_name} split ({getattr(split, 'name', '?')!r}) has no samples")
+            raise ValueError(f"the {split_name} split ({split.name!r}) has no samples: {split.summary.empty_reason()}")
 
 
 def fit(
