@@ -115,9 +115,9 @@ class Headline(Contract):
     stage: str
     split: str
     tests: str  # what the split tests, in words
-    best_model: str  # <stage>/<name>
+    best_model: str  # <stage>/<name>: the lowest median per-sample RAE (the reference's measure)
     best_median_rae: float
-    best_pooled_rae: float
+    best_pooled_rae: float  # best_model's pooled RAE, which another model's may undercut (see pooled_rae)
     pooled_rae: dict[str, float]  # every model of the stage
     all_beat_baseline: bool
     reference_median_rae: float
