@@ -318,6 +318,10 @@ def test_a_stored_boundary_is_linear_between_frames_and_refuses_times_outside_th
     ({"segments": [{"edge": "west", "to_cell": 99, "times_min": [0], "depth_m": [1]}]},
      r"segments\[0\]\.to_cell=99: the west edge has 64 cells"),
     ({"segment": []}, "segments: Field required"),
+    ({"segments": [{"edge": "west", "times_min": [0], "depth_m": [0.3]},
+                   {"edge": "north", "times_min": [0], "depth_m": [0.1]},  # corners: shared by two edges, allowed
+                   {"edge": "west", "from_cell": 10, "to_cell": 20, "times_min": [0], "depth_m": [1]}]},
+     r"segments\[0\] and segments\[2\] both set west edge cells 10 to 19; a cell takes one series"),
 ])
 def test_a_bad_boundary_file_names_the_file_and_the_field(tmp_path, content, message):
     path = tmp_path / "edges.json"

@@ -123,11 +123,19 @@ class EdgeBoundary:
         self.name = name
         self.shape = (rows, cols)
         self.segments = []
+        spans: dict[str, list[tuple[int, int, int]]] = {}
         for number, segment in enumerate(segments):
             length = cols if segment.edge in ("north", "south") else rows
             stop = length if segment.to_cell is None else segment.to_cell
             if stop > length:
                 raise PredictError(f"{name}: segments[{number}].to_cell={stop}: the {segment.edge} edge has {length} cells")
+            for other, start, end in spans.get(segment.edge, []):
+                if segment.from_cell < end and start < stop:
+                    raise PredictError(
+                        f"{name}: segments[{other}] and segments[{number}] both set {segment.edge} edge cells "
+                        f"{max(start, segment.from_cell)} to {min(end, stop) - 1}; a cell takes one series (to_cell is "
+                        "the first cell after a segment)")
+            spans.setdefault(segment.edge, []).append((number, segment.from_cell, stop))
             cells = np.zeros((rows, cols), dtype=bool)
             if segment.edge == "north":
                 cells[:ring, segment.from_cell:stop] = True
