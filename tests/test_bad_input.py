@@ -266,7 +266,7 @@ def _drop_fetch(raw, path):
      r"data.simulate.0.name = 'valleys/2026': Value error, 'valleys/2026' must be a folder name of letters, digits"),
     (lambda r: r["data"]["simulate"][0].update(terrain={"kind": "valley", "valley": {"slop": 0.01}}),
      r"data.simulate.0.terrain = .*valley: .*'slop'"),
-    (lambda r: r["data"]["samples"].update(stride_cells=0), r"data.samples: .*unexpected keyword argument 'stride_cells'"),
+    (lambda r: r["data"]["samples"].update(stride_cells=0), r"data.samples: unknown setting\(s\) \['stride_cells'\]; SampleSpec has \[.*'patch_stride_cells'"),
     (lambda r: r["data"]["splits"].update(test_plans=-1), r"data.splits: SplitSpec.test_plans=-1 must be a positive integer"),
     (lambda r: r["data"]["splits"].update(test_projects=["valley_stepe"]), r"data.splits.test_projects: unknown project\(s\) \['valley_stepe'\]"),
     (lambda r: r["A"].update(preview_count=0), r"section A: preview_count = 0: Input should be greater than or equal to 1"),

@@ -207,7 +207,7 @@ def test_gpu_and_parallel_settings_are_checked_before_anything_runs(tmp_path, se
      r"data.splits.test_projects: \['valley_steep', 'valley'\] holds out every project; at least one must remain"),
     ({"splits": {"test_projects": "valley_steep"}},
      r"data.splits: SplitSpec.test_projects='valley_steep' must be a list of project names"),
-    ({"splits": {"test_project": ["valley_steep"]}}, r"data.splits: .*unexpected keyword argument 'test_project'"),
+    ({"splits": {"test_project": ["valley_steep"]}}, r"data.splits: unknown setting\(s\) \['test_project'\]; SplitSpec has \[.*'test_projects'"),
     ({"splits": {"small_project": "valey"}}, r"data.splits.small_project: unknown project 'valey'"),
     ({"samples": {"projects": {"valey": {"patch_stride_cells": 16}}}},
      r"data.samples.projects: unknown project\(s\) \['valey'\]; the projects are \['valley', 'valley_steep'\]"),

@@ -172,13 +172,24 @@ class DataConfig(Strict):
         values = dict(self.samples)
         if "snapshot_times_s" in values:
             values["snapshot_times_s"] = tuple(values["snapshot_times_s"])
-        return SampleSpec(**values)
+        return SampleSpec(**_known_fields(SampleSpec, values))
 
     def split_spec(self):
         """The :class:`~floodlib.data.dataset.SplitSpec` of ``splits`` (ValueError or TypeError when invalid)."""
         from floodlib.data.dataset import SplitSpec
 
-        return SplitSpec(**self.splits)
+        return SplitSpec(**_known_fields(SplitSpec, self.splits))
+
+
+def _known_fields(spec_class, values: dict) -> dict:
+    """``values`` when every key is a field of the dataclass ``spec_class``; else a ValueError listing them."""
+    import dataclasses
+
+    known = [item.name for item in dataclasses.fields(spec_class)]
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ValueError(f"unknown setting(s) {unknown}; {spec_class.__name__} has {known}")
+    return values
 
 
 class ModelOverrides(Strict):
