@@ -371,7 +371,8 @@ def test_a_terrain_ratio_that_would_exhaust_memory_is_refused_at_once(tmp_path):
 
 def test_dem_that_does_not_cover_the_grid(tmp_path):
     dem = backwater_dem(tmp_path, east=BACKWATER_WEST + 5000)
-    assert_fails(tmp_path, BACKWATER, "dem.tif", "does not cover the grid", terrain=dem)
+    assert_fails(tmp_path, BACKWATER, "dem.tif", "does not cover the grid", "the terrain must cover the whole box",
+                 terrain=dem)
 
 
 def test_dem_with_nodata_under_the_grid(tmp_path):

@@ -34,6 +34,10 @@ def test_tiny_profile_runs_a_to_d_headless(tiny_run):
         assert (folder / f"{notebook}.html").stat().st_size > 10_000
         figure = "learning_curves.png" if stage != "D" else "rae_boxplots_C.png"
         assert (folder / "figures" / figure).stat().st_size > 5_000
+    # A's injected parameters name the run's own profile, the one it read, not the notebook's default
+    injected = next("".join(cell["source"]) for cell in json.loads((run_dir / "A" / "A_train.ipynb").read_text())["cells"]
+                    if "injected-parameters" in cell["metadata"].get("tags", []))
+    assert f'profile = "{run_dir.resolve() / "params.yaml"}"' in injected
     a = json.loads((run_dir / "A" / "summary.json").read_text())
     assert sorted(row["arch"] for row in a["ranking"]) == ["Arch_02", "Arch_03", "Arch_04", "Arch_05", "Arch_07",
                                                             "Arch_08", "Arch_09"]

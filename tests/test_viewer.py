@@ -144,6 +144,15 @@ def test_the_viewer_notebook_opens_on_the_model_it_is_given_and_explains_an_unkn
     assert "model='C/Arch_99' is not a m" in "".join(refused["text/plain"])
 
 
+def test_the_viewer_command_refuses_an_unknown_model_before_it_serves(tiny_run, capsys):
+    from floodlib.viewer.serve import main
+
+    assert main([str(tiny_run), "--model", "C/Arch_99", "--port", "0"]) == 1
+    message = capsys.readouterr()
+    assert "floodlib viewer: --model C/Arch_99: not a model of" in message.err and "A/Arch_03" in message.err
+    assert "http://" not in message.out  # no server was announced
+
+
 # -- the whole-domain mode ----------------------------------------------------------------------------------------
 
 FAST_MODEL = "B/Arch_04_tuned"  # the quickest of the tiny run's models over a whole domain (about 1 s a step)

@@ -696,7 +696,13 @@ def _sample_dem(raster: Raster, lattice: _Lattice, ratio: int, *, at: float, val
         xs, ys = terrain_points(origin_x=lattice.origin_x * at, origin_y=lattice.origin_y * at - spacing * block.start,
                                 spacing=spacing, shape=(block.stop - block.start, shape[1]))
         where = what if len(blocks) == 1 else f"{what}, rows {block.start}..{block.stop - 1}"
-        values = sample_raster(raster, x=xs, y=ys, what=where)
+        try:
+            values = sample_raster(raster, x=xs, y=ys, what=where)
+        except SimulationFileError as error:
+            raise SimulationFileError(
+                f"{error}. The store's grid is the box around the 2D area's cells, cells outside the area included, so "
+                "the terrain must cover the whole box: export it over a larger extent, or fill its nodata (e.g. "
+                "gdal_fillnodata.py) where it was clipped to the area's outline") from None
         terrain[block] = values if value_scale == 1.0 else values.astype(np.float64) * value_scale
     return terrain
 

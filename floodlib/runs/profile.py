@@ -438,6 +438,9 @@ class Profile(Strict):
     def stage_parameters(self, stage: str, run_dir: str | Path) -> dict[str, Any]:
         """The parameters papermill injects into ``stage``'s notebook (validated)."""
         parameters = {**getattr(self, stage), "run_dir": str(run_dir)}
+        if stage == "A":
+            # The run's own copy, which is what stage A reads (the pipeline writes it first), not the default.
+            parameters.setdefault("profile", str(Path(run_dir) / "params.yaml"))
         validate_stage(stage, parameters, where=f"profile {self.name!r}, section {stage}")
         return parameters
 

@@ -79,6 +79,22 @@ def serve(run_dir: str | Path, *, port: int = 8866, ip: str = "127.0.0.1", brows
     if not (run_dir / PROFILE_FILE).exists():
         print(f"floodlib viewer: {run_dir} is not a floodlib run folder (no params.yaml)", file=sys.stderr)
         return 1
+    if model is not None:  # checked here, before a server starts, as well as on the page
+        import warnings
+
+        from floodlib.runs import RunError, run_models
+
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # a context stage without models: the page says so
+                known = [entry.key for entry in run_models(run_dir, load=False)]
+        except (RunError, FileNotFoundError, ValueError) as error:
+            print(f"floodlib viewer: {error}", file=sys.stderr)
+            return 1
+        if model not in known:
+            print(f"floodlib viewer: --model {model}: not a model of {run_dir}; expected one of {', '.join(known)}",
+                  file=sys.stderr)
+            return 1
     try:
         port = free_port(port, ip)
     except OSError as error:
