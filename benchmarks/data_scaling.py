@@ -100,8 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     add_worker_arguments(parser, per="size")
     args = parser.parse_args(argv)
-    if min(args.sizes) < 1 or args.steps < 1:
-        parser.error("--sizes and --steps must be positive")
+    if min(args.sizes) < 1 or args.steps < 1 or args.batch_size < 1 or args.val_samples < 1:
+        parser.error("--sizes, --steps, --batch-size and --val-samples must be positive")
     sizes = sorted(set(args.sizes))
     settings = {"sizes": sizes, "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
                 "val_samples": args.val_samples, "seed": args.seed, "accelerator": args.accelerator,

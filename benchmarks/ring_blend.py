@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--start-min", type=float, default=60.0, help="rollout start, min since each plan's start")
-    parser.add_argument("--hours", type=int, default=3, help="rollout steps (one output interval each)")
+    parser.add_argument("--hours", type=int, default=3, help="rollout steps, one lead time (the samples' delta_t) each; fewer on plans too short to hold them")
     parser.add_argument("--tolerance-mm", type=float, default=1.0)
     parser.add_argument("--max-iterations", type=int, default=20)
     add_worker_arguments(parser, per="fraction")
@@ -124,19 +124,20 @@ def main(argv: list[str] | None = None) -> int:
     device = device_label(args, per="fraction")
     print(f"floodlib ring-blend benchmark — {args.arch} on {run.profile.name}'s big_train ({len(pool)} samples), "
           f"{args.epochs} epochs of batches of {args.batch_size}, Adam lr {args.lr:g}, seed {args.seed}, from "
-          f"{start.relative_to(run.run_dir) if start else 'a fresh initialisation'}; rollouts of {args.hours} h from "
-          f"minute {args.start_min:g}; {device}", flush=True)
+          f"{start.relative_to(run.run_dir) if start else 'a fresh initialisation'}; rollouts of {args.hours} step(s) "
+          f"of {run.sample_spec().delta_t_s / 60:g} min from minute {args.start_min:g} (from 0, and fewer, where a plan "
+          f"is too short); {device}", flush=True)
     began = time.perf_counter()
     rows = train_each(train_and_score, args.run_dir, args.arch, fractions, settings, jobs=args.jobs)
     held_out = [split for split in HELD_OUT if split in rows[0]]
     hours = list(rows[0]["rollout"]["pooled_rae_by_step"])
     header = (f"{'blend':>6}{'val RAE':>9}" + "".join(f"{split:>15}" for split in held_out)
               + f"{'converged':>11}{'closed':>8}{'true':>7}{'ratio':>7}"
-              + "".join(f"{f'after {h} h':>10}" for h in hours) + f"{'water':>7}  {'by project':<36}{'train s':>8}")
-    print("\n(patch RAE with true rings on the held-out splits; rollout: steps converged within 20 passes, one-hour "
-          "RAE of the closed patch interiors and with true rings, full-domain RAE after each hour; water: the "
-          "median plan's |error| in water volume after its last hour against the solver's, and each project's error, "
-          "its plans' volumes added up)")
+              + "".join(f"{f'step {h}':>10}" for h in hours) + f"{'water':>7}  {'by project':<36}{'train s':>8}")
+    print("\n(patch RAE with true rings on the held-out splits; rollout: steps converged within 20 passes, one-step "
+          "RAE of the closed patch interiors and with true rings, full-domain RAE after each step over the plans that "
+          "reach it; water: the median plan's |error| in water volume after its last step against the solver's, and "
+          "each project's error, its plans' volumes added up)")
     print(header + "\n" + "-" * len(header))
     for row in rows:
         r = row["rollout"]

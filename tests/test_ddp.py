@@ -36,9 +36,9 @@ def _environment(**extra: str) -> dict[str, str]:
 
 
 def _run(root: Path, epochs: int, *, devices: int = 1, keep: bool = False, torchrun: bool = True,
-         nodes: int = 1, check: bool = True, env: dict[str, str] | None = None):
+         nodes: int = 1, check: bool = True, env: dict[str, str] | None = None, strategy: str = "ddp"):
     command = [str(JOB), str(root), str(epochs), "--devices", str(devices), "--num-nodes", str(nodes),
-               *(["--keep"] if keep else [])]
+               "--strategy", strategy, *(["--keep"] if keep else [])]
     if devices > 1 and torchrun:
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={devices}",
                    *command]
@@ -157,11 +157,12 @@ def test_ddp_run_continues_from_its_checkpoint(reference_runs, tmp_path):
 
 
 def test_ddp_started_from_one_process_matches_torchrun(reference_runs, tmp_path):
-    """A plain ``python`` process (or a notebook's kernel) asking for two devices: fit starts the second rank
-    itself, and the run is the one torchrun gives."""
+    """A plain ``python`` process (or a notebook's kernel) asking for two devices, with fit's default strategy:
+    fit starts the second rank itself (rather than Lightning running the whole script again), and the run is
+    the one torchrun gives."""
     launched, _ = reference_runs["torchrun"]
     own = tmp_path / "own"
-    output = _run(own, EPOCHS, devices=2, torchrun=False)
+    output = _run(own, EPOCHS, devices=2, torchrun=False, strategy="auto")
     a, b = _losses(launched), _losses(own)
     for key in ("train_loss", "val_loss", "lr"):
         np.testing.assert_allclose(b[key].numpy(), a[key].numpy(), rtol=1e-6, err_msg=key)

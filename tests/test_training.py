@@ -172,11 +172,11 @@ def test_early_stopping_on_a_plateau(splits, tmp_path):
 
 
 @pytest.mark.parametrize(("each_step", "message"), [
-    (None, r"Arch_02: train loss is nan at epoch 1, batch 1\..*no epoch of this run completed; .*model.pth still "
-           r"holds the weights saved before it"),
+    (None, r"Arch_02: train loss is nan at epoch 1, batch 1\..*no epoch of this run completed; the finished model "
+           r"that was there is kept in .*Arch_02\.replaced-"),
     # As on a GPU: the first bad batch is recorded on the device and reported before the epoch's validation.
-    (False, r"Arch_02: train loss is not finite at epoch 1, batch 1\..*no epoch of this run completed; .*model.pth "
-            r"still holds the weights saved before it"),
+    (False, r"Arch_02: train loss is not finite at epoch 1, batch 1\..*no epoch of this run completed; the finished "
+            r"model that was there is kept in .*Arch_02\.replaced-"),
 ])
 def test_non_finite_loss_stops_with_a_clear_message_and_keeps_the_last_good_model(splits, tmp_path, monkeypatch,
                                                                                    each_step, message):
@@ -189,7 +189,8 @@ def test_non_finite_loss_stops_with_a_clear_message_and_keeps_the_last_good_mode
     monkeypatch.setattr(SurrogateModule, "check_loss_each_step", each_step)
     with pytest.raises(NonFiniteLossError, match=message):
         fit(model, train, val, out_dir=tmp_path, epochs=3, lr=1e-3, batch_size=8, progress="none")
-    kept = read_checkpoint(tmp_path / "models" / "Arch_02" / "model.pth")
+    (folder,) = (tmp_path / "models").glob("Arch_02.replaced-*")
+    kept = read_checkpoint(folder / "model.pth")
     for key, value in good["state_dict"].items():
         assert torch.equal(kept["state_dict"][key], value)
 
@@ -198,6 +199,8 @@ def test_non_finite_loss_stops_with_a_clear_message_and_keeps_the_last_good_mode
     (dict(epochs=0), r"epochs=0 must be a positive integer"),
     (dict(lr=-1e-3), r"lr=-0.001 must be a positive learning rate"),
     (dict(batch_size=0), r"batch_size=0 must be a positive integer"),
+    (dict(name="../elsewhere"), r"name='../elsewhere' must be a folder \(or sub-folder\) name inside out_dir"),
+    (dict(seed=-1), r"seed=-1 must be a whole number from 0 to 2\*\*32 - 1"),
     (dict(progress="loud"), r"progress='loud'; expected one of \['auto', 'bar', 'epoch', 'none'\]"),
 ])
 def test_bad_arguments_fail_before_any_work(splits, tmp_path, kwargs, pattern):
@@ -218,6 +221,10 @@ def test_empty_split_or_not_a_patch_dataset_is_refused(splits, tmp_path):
                                          rf"dropped: {dropped} dry \(no water at n nor n \+ dt\) and 0 reaching"):
         fit(create_model("Arch_02", downsampler="cubic", layers=3, channels=4), train, all_dry, out_dir=tmp_path,
             epochs=1, progress="none")
+    with pytest.raises(ValueError, match=r"the val split \('none'\) has no samples: it is a subset of split 'val' in "
+                                         r"which no sample was chosen"):
+        fit(create_model("Arch_02", downsampler="cubic", layers=3, channels=4), train, val.subset([], name="none"),
+            out_dir=tmp_path, epochs=1, progress="none")
     with pytest.raises(TypeError, match="fit's val split must be a PatchDataset .* got Subset"):
         fit(create_model("Arch_02", downsampler="cubic", layers=3, channels=4), train,
             torch.utils.data.Subset(val, [0, 1]), out_dir=tmp_path, epochs=1, progress="none")
@@ -265,3 +272,45 @@ def test_convergence_analysis_known_curves():
     assert over.overfitting and not over.val_still_falling and not over.beats_baseline and over.best_epoch == 3
     assert over.gap_trend_per_epoch > 0 and not over.stopped_early
     assert math.isclose(over.skill, 1 - 0.5 / 0.4)
+
+
+def test_ctrl_c_stops_fit_with_a_message_and_a_resume_needs_the_same_settings(splits, tmp_path):
+    """Ctrl-C (here raised after the 2nd epoch) stops fit with a KeyboardInterrupt that says how to go on;
+    resuming with another learning rate is refused, naming it; with the same settings it continues."""
+    from lightning.pytorch.callbacks import Callback
+
+    train, val = splits
+
+    class CtrlC(Callback):
+        def on_train_epoch_end(self, trainer, module):
+            if trainer.current_epoch == 1:
+                raise KeyboardInterrupt
+
+    settings = dict(out_dir=tmp_path, epochs=4, lr=3e-3, batch_size=8, progress="none")
+    torch.manual_seed(0)
+    with pytest.raises(KeyboardInterrupt, match=r"Arch_02: training interrupted after \d complete epoch\(s\); calling "
+                                                r"fit again with the same arguments resumes from .*last\.ckpt"):
+        fit(create_model("Arch_02", downsampler="cubic", layers=3, channels=4), train, val, callbacks=[CtrlC()], **settings)
+    with pytest.raises(ValueError, match=r"holds an interrupted training with other settings \(lr: 0\.003 there, 0\.01 now\)"):
+        fit(create_model("Arch_02", downsampler="cubic", layers=3, channels=4), train, val, **{**settings, "lr": 1e-2})
+    with pytest.raises(ValueError, match=r"the network's configuration: arch_kwargs \{'layers': 3, 'channels': 4\} there, "
+                                         r"\{'layers': 3, 'channels': 8\} now"):
+        fit(create_model("Arch_02", downsampler="cubic", layers=3, channels=8), train, val, **settings)
+    result = fit(create_model("Arch_02", downsampler="cubic", layers=3, channels=4), train, val, **settings)
+    summary = json.loads(result.summary_path.read_text())
+    assert summary["resumed_from_epoch"] >= 1 and len(result.history["val_loss"]) == 4
+
+
+def test_training_again_under_a_finished_models_name_keeps_the_finished_one(splits, tmp_path):
+    """A new run's first epoch writes model.pth: the finished model it replaces is moved aside first, its
+    weights, summary and losses together, so they never describe each other's files."""
+    train, val = splits
+    settings = dict(out_dir=tmp_path, epochs=1, batch_size=8, progress="none")
+    torch.manual_seed(0)
+    first = fit(create_model("Arch_02", downsampler="cubic", layers=3, channels=4), train, val, lr=3e-3, **settings)
+    before = {path.name: path.read_bytes() for path in (first.model_path, first.summary_path, first.losses_path)}
+    second = fit(create_model("Arch_02", downsampler="cubic", layers=3, channels=4), train, val, lr=1e-3, **settings)
+    assert second.model_path == first.model_path and second.model_path.read_bytes() != before["model.pth"]
+    (kept,) = (tmp_path / "models").glob("Arch_02.replaced-*")
+    assert {path.name: path.read_bytes() for path in kept.iterdir()} == before
+    assert json.loads(second.summary_path.read_text())["settings"]["lr"] == 1e-3

@@ -56,6 +56,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--keep", action="store_true", help="keep last.ckpt, so a later call can continue")
     parser.add_argument("--ring-blend", type=float, default=0.0, help="fit's ring_blend")
+    parser.add_argument("--strategy", default="ddp", help="fit's strategy for devices > 1 ('auto': fit's default)")
     args = parser.parse_args()
     # Registered before fit, so it runs after any exit handler fit registers: what the process ends with.
     # One write per line: the ranks share torchrun's output, where print's separate newline could land after
@@ -66,7 +67,7 @@ def main() -> None:
     train, val = datasets(Path(args.root))
     torch.manual_seed(0)
     model = create_model("Arch_02", downsampler="cubic", layers=4, channels=8)
-    parallel = {"accelerator": "cpu", "devices": args.devices, "num_nodes": args.num_nodes, "strategy": "ddp"} \
+    parallel = {"accelerator": "cpu", "devices": args.devices, "num_nodes": args.num_nodes, "strategy": args.strategy} \
         if args.devices > 1 or args.num_nodes > 1 else {}
     fit(model, train, val, out_dir=Path(args.root) / "stage", epochs=args.epochs, lr=3e-3, batch_size=args.batch_size,
         patience=50, plateau=PlateauSchedule(patience=1, cooldown=0, threshold=0.3), progress="epoch", seed=3,

@@ -38,12 +38,15 @@ class SplitSummary:
     masked_dropped: int
     samples_per_plan: list[int] = field(default_factory=list)
     drawn: str = ""  # how samples were drawn (SampleSpec.describe)
+    subset_of: str = ""  # the split whose samples a subset chose (PatchDataset.subset), else empty
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     def empty_reason(self) -> str:
         """Why a split without samples has none, in words (for the errors of whatever needed samples)."""
+        if self.subset_of:
+            return f"it is a subset of split {self.subset_of!r} in which no sample was chosen"
         if not self.plans:
             return "it holds no plans"
         return (f"every patch of its {len(self.plans)} plan(s) was dropped: {self.dry_dropped} dry (no water at n "
@@ -144,7 +147,7 @@ class PatchDataset(Dataset):
         chosen.name = name
         per_plan = np.bincount(chosen.index["plan"], minlength=len(self.files)).tolist()
         chosen.summary = dataclasses.replace(self.summary, name=name, samples=len(chosen.index),
-                                             samples_per_plan=per_plan)
+                                             samples_per_plan=per_plan, subset_of=self.summary.subset_of or self.name)
         return chosen
 
     def __getstate__(self) -> dict:

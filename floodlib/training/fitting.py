@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import os
@@ -234,11 +235,19 @@ class SurrogateModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["floodlib"] = {
+            "settings": self.resume_settings(),
             "history": self.history,
             "best_val_loss": self.best_val_loss,
             "best_epoch": self.best_epoch,
             "plateau": self.plateau.state_dict() if self.plateau is not None else None,
         }
+
+    def resume_settings(self) -> dict:
+        """What a resumed run must share with the interrupted one (its checkpoint records them): the network,
+        learning rate, batch, seed and ring blending. Epochs and patience may change (training longer)."""
+        return {"config": json.loads(json.dumps(self.model.config)), "lr": float(self.lr),
+                "batch_size": int(self.loader.batch_size), "seed": int(self.loader.seed),
+                "ring_blend": float(self.ring_blend)}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         state = checkpoint["floodlib"]
@@ -386,6 +395,19 @@ def fit(
         raise ValueError(f"ring_blend={ring_blend!r} must be a fraction of the training samples, from 0 to 1")
     mode = _progress_mode(progress)
     name = name or model.arch
+    if not isinstance(name, str) or not name.strip("./") or Path(name).is_absolute() or ".." in Path(name).parts:
+        raise ValueError(f"name={name!r} must be a folder (or sub-folder) name inside out_dir: fit writes "
+                         "models/<name>/ there")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2 ** 32:
+        raise ValueError(f"seed={seed!r} must be a whole number from 0 to 2**32 - 1")
+    if plateau is not None and not isinstance(plateau, PlateauSchedule):
+        raise TypeError(f"plateau={plateau!r} must be a PlateauSchedule (e.g. PlateauSchedule()) or None")
+    strange = [callback for callback in callbacks if not isinstance(callback, Callback)]
+    if strange:
+        raise TypeError(f"callbacks: {strange[0]!r} is not a Lightning Callback")
+    if strategy == "auto" and ((isinstance(devices, int) and not isinstance(devices, bool) and devices > 1)
+                               or num_nodes > 1):
+        strategy = "ddp"  # several processes: floodlib's data parallelism (it starts the other ranks itself)
     out_dir = Path(out_dir)
     model_path = out_dir / "models" / name / "model.pth"
     losses_path = out_dir / "losses" / name / "losses.pt"
@@ -438,11 +460,14 @@ def fit(
     # Global rank 0 holds it for the ranks it trains with.
     owner = hold_folder(model_path.parent, what=f"training of {name}") if _global_rank_zero() else contextlib.nullcontext()
     with owner, launch:
+        kept_aside = None
+        if _global_rank_zero() and not (resume and last_checkpoint.exists()) and summary_path.exists():
+            kept_aside = _set_aside_finished(name, out_dir, [model_path, summary_path, losses_path])
         trainer, resumed_from, elapsed = _train(module, callbacks, epochs=epochs, accelerator=accelerator,
                                                 devices=devices, num_nodes=num_nodes, strategy=trainer_strategy,
                                                 precision=precision, mode=mode, out_dir=out_dir, name=name,
                                                 resume=resume, model_path=model_path,
-                                                last_checkpoint=last_checkpoint)
+                                                last_checkpoint=last_checkpoint, kept_aside=kept_aside)
         return _finish(module, trainer, train, val, resumed_from=resumed_from, elapsed=elapsed, epochs=epochs,
                        lr=lr, batch_size=batch_size, patience=patience, seed=seed, plateau=plateau,
                        placement=placement, ring_blend=ring_blend, name=name, out_dir=out_dir, model_path=model_path,
@@ -458,10 +483,12 @@ def _global_rank_zero() -> bool:
     return all(int(os.environ.get(name) or 0) == 0 for name in names)
 
 
-def _resume_epoch(last_checkpoint: Path) -> int:
-    """The epoch after the one ``last_checkpoint`` holds; CheckpointError naming it when it cannot be read."""
+def _resume_state(last_checkpoint: Path) -> tuple[int, dict | None]:
+    """The epoch after the one ``last_checkpoint`` holds, and the settings it was trained with (None in
+    checkpoints written before they were recorded); CheckpointError naming it when it cannot be read."""
     try:
-        return int(torch.load(last_checkpoint, map_location="cpu", weights_only=True)["epoch"]) + 1
+        checkpoint = torch.load(last_checkpoint, map_location="cpu", weights_only=True)
+        return int(checkpoint["epoch"]) + 1, (checkpoint.get("floodlib") or {}).get("settings")
     except Exception as error:  # torch raises RuntimeError, EOFError, UnpicklingError ... for a damaged file
         raise CheckpointError(
             f"{last_checkpoint}: the resume checkpoint of an interrupted training cannot be read "
@@ -470,8 +497,39 @@ def _resume_epoch(last_checkpoint: Path) -> int:
             "with resume=False, which ignores it)") from None
 
 
+def _set_aside_finished(name: str, out_dir: Path, paths: list[Path]) -> Path:
+    """A model this folder already holds, finished, before a new training of the same name replaces it: its
+    files go to ``models/<name>.replaced-<time>/``, so the new run's first epoch overwrites nothing."""
+    kept = out_dir / "models" / f"{name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}"
+    kept.mkdir(parents=True, exist_ok=True)
+    for path in paths:
+        if path.exists():
+            os.replace(path, kept / path.name)
+    print(f"{name}: a finished model of that name was in {out_dir}; its files are kept in {kept}", flush=True)
+    return kept
+
+
+def _check_resume_settings(recorded: dict | None, wanted: dict, *, last_checkpoint: Path, name: str) -> None:
+    """Refuse to resume an interrupted training with other settings: its optimizer state and history would
+    continue under a summary that describes settings it did not train with."""
+    if recorded is None:
+        return
+    differ = [key for key in wanted if recorded.get(key) != wanted[key]]
+    if differ:
+        what = "; ".join(f"{key}: {recorded.get(key)!r} there, {wanted[key]!r} now" if key != "config" else
+                         "the network's configuration: " + ", ".join(
+                             f"{k} {recorded['config'].get(k)!r} there, {wanted['config'].get(k)!r} now"
+                             for k in sorted({*recorded["config"], *wanted["config"]})
+                             if recorded["config"].get(k) != wanted["config"].get(k))
+                         for key in differ)
+        raise ValueError(f"{name}: {last_checkpoint} holds an interrupted training with other settings ({what}). "
+                         f"Call fit with its settings to resume it, or with resume=False to train afresh (the "
+                         f"interrupted run's checkpoint is then replaced)")
+
+
 def _train(module: SurrogateModule, callbacks, *, epochs, accelerator, devices, num_nodes, strategy, precision, mode,
-           out_dir: Path, name: str, resume: bool, model_path: Path, last_checkpoint: Path):
+           out_dir: Path, name: str, resume: bool, model_path: Path, last_checkpoint: Path,
+           kept_aside: Path | None = None):
     """Run Lightning's fit loop; returns (trainer, epoch resumed from, wall seconds)."""
     trainer = L.Trainer(
         max_epochs=epochs,
@@ -498,19 +556,33 @@ def _train(module: SurrogateModule, callbacks, *, epochs, accelerator, devices, 
     ckpt_path = None
     if resume and last_checkpoint.exists():
         ckpt_path = str(last_checkpoint)
-        resumed_from = _resume_epoch(last_checkpoint)
+        resumed_from, recorded = _resume_state(last_checkpoint)
+        _check_resume_settings(recorded, module.resume_settings(), last_checkpoint=last_checkpoint, name=name)
     module.model.train()
     started = time.perf_counter()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
+        # A resumed run's own checkpoint folder: Lightning warns that it is not empty, which is the point.
+        warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty.*")
         try:
             trainer.fit(module, ckpt_path=ckpt_path, weights_only=True)
+        except SystemExit:
+            # Lightning answers Ctrl-C (SIGINT) by stopping gracefully and exiting with status 1, silently.
+            if not trainer.interrupted:
+                raise
+            done = len(module.history["val_loss"])
+            raise KeyboardInterrupt(
+                f"{name}: training interrupted after {done} complete epoch(s); calling fit again with the same "
+                f"arguments resumes from {last_checkpoint}" if last_checkpoint.exists() else
+                f"{name}: training interrupted before its first epoch completed; nothing to resume from") from None
         except NonFiniteLossError as error:
             if module.history["val_loss"] and model_path.exists():
                 kept = f"the best weights so far are in {model_path}"
             elif model_path.exists():
                 kept = f"no epoch of this run completed; {model_path} still holds the weights saved before it"
+            elif kept_aside is not None:
+                kept = f"no epoch of this run completed; the finished model that was there is kept in {kept_aside}"
             else:
                 kept = "no epoch completed, so no weights were saved"
             raise NonFiniteLossError(
