@@ -176,7 +176,7 @@ def test_stage_d_reports_the_projects_held_out_beside_the_plans_held_out(tiny_ru
     assert held["best_model"] == ranked.idxmin()
     assert (stage_dir / "figures" / "rae_boxplots_test_projects_all.png").stat().st_size > 5_000
     executed = (stage_dir / "D_evaluate.ipynb").read_text()
-    assert "test_projects (whole projects held out of training: terrain never seen): best model" in executed
+    assert "test_projects (whole projects held out of training: terrain never seen): best by median per-sample RAE" in executed
     # Its samples are those of the held-out project's plans, and no stage trained or validated on them.
     run = stages.open_run(tiny_run)
     held_out = stages.splits(run, ["test_projects"])["test_projects"]
@@ -205,11 +205,12 @@ def test_headlines_of_the_held_out_splits():
     assert held["best_model"] == "C/a" and held["pooled_rae"] == {"C/a": 1.2, "C/b": 0.8}
     assert not held["all_beat_baseline"]
     text = headline_text(held)
-    assert text.startswith("test_projects (whole projects held out of training: terrain never seen): best model C/a, "
-                           "median per-sample RAE 0.900 (pooled 1.200)")
-    assert "NOT every stage C model beats the no-change baseline" in text
+    assert text.startswith("test_projects (whole projects held out of training: terrain never seen): best by median "
+                           "per-sample RAE C/a, 0.900 (its pooled RAE 1.200).")
+    assert "Pooled RAE, lowest first: C/b 0.800, C/a 1.200; NOT every stage C model beats the no-change" in text
+    assert "Context, not a comparison: the reference's median per-sample RAE 0.108" in text
     assert headline_text(headline(table)).startswith("big_test (plans held out of the training projects: terrain like "
-                                                      "the training terrain): best model C/b")
+                                                      "the training terrain): best by median per-sample RAE C/b")
 
 
 def _break_run(run_dir, damage):

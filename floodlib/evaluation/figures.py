@@ -16,7 +16,27 @@ import torch
 
 from floodlib.evaluation.metrics import MetricSpec, resolve_device, sample_metrics
 
-PANELS = ("terrain (m)", "depth at n (m)", "true change (m)", "predicted change (m)", "error: predicted − true (m)")
+def whole_number_ticks(axis) -> None:
+    """Ticks of an epoch, step or pass axis at whole numbers only (matplotlib's default puts some at 2.5)."""
+    from matplotlib.ticker import MaxNLocator
+
+    axis.set_major_locator(MaxNLocator(integer=True))
+
+
+def plain_log_ticks(axis) -> None:
+    """A log axis labelled 0.2, 0.5, 1, 2, 5 ... instead of 10^-1 and 10^0 alone: values a reader can read off."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    axis.set_minor_formatter(NullFormatter())
+
+
+PANELS = ("terrain (m)", "depth at n (m)", "true change (m; blue: water gained)", "predicted change (m)",
+          "error: predicted − true (m; purple: too much water)")
+#: The colour map of every error map (prediction pages, rollout maps): purple where the surrogate holds too much
+#: water, orange where too little, white where it is right.
+ERROR_COLOURS = "PuOr"
 
 
 @dataclass
@@ -87,7 +107,7 @@ def _draw_row(fig, axes, view: SampleView, *, change_limit: float, depth_limit: 
         (view.depth_now, dict(cmap="Blues", vmin=0, vmax=depth_limit)),
         (view.truth, dict(cmap="RdBu", vmin=-change_limit, vmax=change_limit)),
         (view.prediction, dict(cmap="RdBu", vmin=-change_limit, vmax=change_limit)),
-        (view.error, dict(cmap="PuOr", vmin=-change_limit, vmax=change_limit)),
+        (view.error, dict(cmap=ERROR_COLOURS, vmin=-change_limit, vmax=change_limit)),
     )
     for ax, (image, style), title in zip(axes, styles, PANELS):
         shown = ax.imshow(image, interpolation="nearest", **style)
@@ -113,14 +133,16 @@ def sample_figure(view: SampleView):
 
 
 def prediction_page(views: Sequence[SampleView], *, title: str = ""):
-    """Several samples, one row each, on shared colour scales (one page of the prediction figures)."""
+    """Several samples, one row each (one page of the prediction figures). Each row has its own colour scales,
+    shared by its true change, predicted change and error: a sample whose water moves centimetres is not
+    drawn blank beside one whose moves metres."""
     import matplotlib.pyplot as plt
 
     if not views:
         raise ValueError("a prediction page needs at least one sample")
-    change_limit, depth_limit = _limits(views)
     fig, axes = plt.subplots(len(views), 5, figsize=(17, 3.3 * len(views)), squeeze=False, constrained_layout=True)
     for row, view in enumerate(views):
+        change_limit, depth_limit = _limits([view])
         _draw_row(fig, axes[row], view, change_limit=change_limit, depth_limit=depth_limit, titles=row == 0)
         info = view.info
         axes[row, 0].set_ylabel(f"[{view.item}] {info.get('plan', '')}\nn = {info.get('time_s', 0) / 60:g} min\n"
@@ -163,7 +185,8 @@ def plot_rae_boxplots(samples: pd.DataFrame, *, splits: Sequence[str] | None = N
                     log_scale=True, fliersize=2, linewidth=0.8)
         xlabel = ""
     ax.axhline(1.0, color="black", linestyle="--", linewidth=1, label="no-change baseline")
-    ax.set_ylabel("per-sample RAE (log)")
+    ax.set_ylabel("per-sample RAE against no change (log; below 1 is better)")
+    plain_log_ticks(ax.yaxis)
     for label in ax.get_xticklabels():
         label.set_rotation(25 if len(order) == 1 else 10)
         label.set_horizontalalignment("right" if len(order) == 1 else "center")
@@ -174,6 +197,11 @@ def plot_rae_boxplots(samples: pd.DataFrame, *, splits: Sequence[str] | None = N
     ax.set_xlabel(xlabel.strip(), fontsize=9)
     ax.set_title(title or "RAE against the no-change baseline (1 = no better than predicting no change)")
     return fig
+
+
+#: Axis labels of the comparison's accuracy columns.
+ACCURACY_LABELS = {"median_test_rae": "median per-sample RAE on the test split (1 = no change)",
+                   "pooled_test_rae": "pooled RAE on the test split (1 = no change)"}
 
 
 def plot_comparison(comparison: pd.DataFrame, *, accuracy: str = "median_test_rae"):
@@ -189,8 +217,9 @@ def plot_comparison(comparison: pd.DataFrame, *, accuracy: str = "median_test_ra
     for label, x, y in zip(comparison["model"], comparison["latency_cpu_ms"], comparison[accuracy]):
         left.annotate(label, (x, y), fontsize=8, xytext=(4, 4), textcoords="offset points")
     left.set_xscale("log")
+    plain_log_ticks(left.xaxis)
     left.set_xlabel("CPU latency per sample, batch of 1 (ms, log)")
-    left.set_ylabel(accuracy.replace("_", " "))
+    left.set_ylabel(ACCURACY_LABELS.get(accuracy, accuracy.replace("_", " ")))
     left.axhline(1.0, color="black", linestyle="--", linewidth=1)
     left.set_title("accuracy against runtime (marker area ~ MB on disk)")
     right.barh(comparison["model"], comparison["seconds_per_epoch"], color=colours)

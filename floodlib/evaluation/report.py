@@ -112,9 +112,11 @@ def headline(table: pd.DataFrame, *, stage: str = "C", split: str = "big_test") 
 def headline_text(result: dict) -> str:
     stage = result.get("stage", "C")
     beat = f"every stage {stage} model beats" if result["all_beat_baseline"] else f"NOT every stage {stage} model beats"
-    pooled = ", ".join(f"{model} {value:.3f}" for model, value in result["pooled_rae"].items())
+    pooled = ", ".join(f"{model} {value:.3f}" for model, value in sorted(result["pooled_rae"].items(),
+                                                                            key=lambda item: item[1]))
     tests = f" ({result['tests']})" if result.get("tests") else ""
-    return (f"{result['split']}{tests}: best model {result['best_model']}, median per-sample RAE "
-            f"{result['best_median_rae']:.3f} (pooled {result['best_pooled_rae']:.3f}) — reference "
-            f"{result['reference_median_rae']:.3f} ({result['reference_note']}).\n"
-            f"Pooled RAE: {pooled}; {beat} the no-change baseline (RAE 1).")
+    return (f"{result['split']}{tests}: best by median per-sample RAE {result['best_model']}, "
+            f"{result['best_median_rae']:.3f} (its pooled RAE {result['best_pooled_rae']:.3f}).\n"
+            f"Pooled RAE, lowest first: {pooled}; {beat} the no-change baseline (RAE 1) pooled.\n"
+            f"Context, not a comparison: the reference's median per-sample RAE {result['reference_median_rae']:.3f} "
+            f"({result['reference_note']}).")

@@ -25,6 +25,7 @@ import pandas as pd
 import torch
 
 from floodlib.data.store import Simulation, read_simulation
+from floodlib.evaluation.figures import ERROR_COLOURS, plain_log_ticks, whole_number_ticks
 from floodlib.evaluation.metrics import MetricSpec, resolve_device
 from floodlib.models.constants import PATCH_CELLS
 from floodlib.predict import DomainPredictor, PredictError, Rollout, StoredBoundary, Tiling, predict_plan
@@ -262,6 +263,8 @@ def rollout_summary(frame: pd.DataFrame, *, model: str, max_iterations: int) -> 
         "plans": int(frame.groupby(["project", "plan"]).ngroups),
         "steps": int(len(frame)),
         "pooled_rae_by_step": by_step,
+        # plans shorter than the rollout end sooner: a later step pools fewer plans
+        "plans_by_step": {int(k): int(group.groupby(["project", "plan"]).ngroups) for k, group in frame.groupby("step")},
         "pooled_rae": pooled(frame, "abs_error_m", "baseline_m"),
         "one_step_rae": pooled(frame, "one_step_error_m", "one_step_baseline_m"),
         "one_step_rae_by_split": {split: pooled(group, "one_step_error_m", "one_step_baseline_m")
@@ -307,7 +310,10 @@ def rollout_text(summary: dict) -> str:
         return "n/a" if value is None else f"{value:.3f}"
 
     volume = _volume_text(summary)
-    by_step = ", ".join(f"{step}: {show(value)}" for step, value in summary["pooled_rae_by_step"].items())
+    plans = summary.get("plans_by_step") or {}
+    by_step = ", ".join(f"{step}: {show(value)}" + (f" ({plans[step]} of {summary['plans']} plans, the others ended sooner)"
+                                                     if plans.get(step, summary["plans"]) < summary["plans"] else "")
+                        for step, value in summary["pooled_rae_by_step"].items())
     by_split = ", ".join(f"{split} {show(value)}" for split, value in summary["one_step_rae_by_split"].items())
     overall = "" if summary.get("pooled_rae") is None else f" ({summary['pooled_rae']:.3f} over all steps)"
     return (f"{summary['model']} over {summary['plans']} held-out plans ({summary['steps']} closed steps): pooled "
@@ -346,8 +352,11 @@ def plot_rollout_rae(frame: pd.DataFrame, *, title: str = ""):
         steps = sorted(group["step"].unique())
         left.plot(steps, [pooled(group[group["step"] == k], "abs_error_m", "baseline_m") for k in steps],
                   color=colours[split], linewidth=3, marker="o", label=f"{split} (pooled)")
+    left.plot([], [], color="grey", alpha=0.35, linewidth=1, label="one plan")
     left.axhline(1.0, color="grey", linestyle="--", linewidth=1, label="no change")
-    left.set(xlabel="step (lead times after the start)", ylabel="full-domain RAE vs solver", title="rollout")
+    left.set(xlabel="steps after the start (one lead time each)", ylabel="full-domain RAE against no change since the start",
+             title="rollout (a step pools the plans that reach it)")
+    whole_number_ticks(left.xaxis)
     left.legend(fontsize=8)
     labels, values = [], []
     for split, group in frame.groupby("split"):
@@ -368,15 +377,16 @@ def plot_rollout_models(frame: pd.DataFrame, *, title: str = ""):
     """Full-domain RAE after each step, every plan pooled, one line per model (rows of :func:`roll_out_models`)."""
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.5, 4))
+    fig, ax = plt.subplots(figsize=(9.5, 4))
     for model, group in frame.groupby("model", sort=False):
         steps = sorted(group["step"].unique())
         ax.plot(steps, [pooled(group[group["step"] == k], "abs_error_m", "baseline_m") for k in steps], marker="o",
                 linewidth=2, label=f"{model} ({pooled(group, 'abs_error_m', 'baseline_m'):.3f} over all steps)")
     ax.axhline(1.0, color="grey", linestyle="--", linewidth=1, label="no change")
-    ax.set(xlabel="step (lead times after the start)", ylabel="full-domain RAE vs solver, pooled", title=title)
+    ax.set(xlabel="steps after the start (one lead time each)",
+           ylabel="full-domain RAE against no change, pooled", title=title)
     ax.set_xticks(sorted(frame["step"].unique()))
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     return fig
 
@@ -391,27 +401,35 @@ def plot_convergence(frame: pd.DataFrame, *, tolerance_m: float, title: str = ""
         left.semilogy(range(1, len(values) + 1), values, color="tab:blue", alpha=0.3)
     left.axhline(tolerance_m, color="tab:red", linestyle="--", label=f"tolerance {tolerance_m * 1000:g} mm")
     left.set(xlabel="pass", ylabel="largest ring change (m)", title="closure convergence, every step")
+    whole_number_ticks(left.xaxis)
     left.legend(fontsize=8)
     counts = frame["passes"].value_counts().sort_index()
     right.bar(counts.index, counts.values, color="tab:blue")
     right.set(xlabel="passes to converge", ylabel="steps",
               title=f"{frame['converged'].mean():.0%} of {len(frame)} steps converged")
+    whole_number_ticks(right.xaxis)
+    whole_number_ticks(right.yaxis)
     fig.suptitle(title)
     fig.tight_layout()
     return fig
 
 
 def plot_volume(frame: pd.DataFrame, *, title: str = ""):
-    """Water volume on the domain after each step, solver against surrogate, one point per plan and step."""
+    """Water volume on the domain after each step, solver against surrogate, one point per plan and step:
+    colour by project, marker by step, in thousands of m³."""
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5.5, 5))
-    for split, group in frame.groupby("split"):
-        ax.scatter(group["volume_solver_m3"], group["volume_surrogate_m3"], label=split, alpha=0.7)
-    top = float(max(frame["volume_solver_m3"].max(), frame["volume_surrogate_m3"].max(), 1.0)) * 1.05
-    ax.plot([0, top], [0, top], color="grey", linestyle="--", linewidth=1)
-    ax.set(xlim=(0, top), ylim=(0, top), xlabel="solver volume (m³)", ylabel="surrogate volume (m³)", title=title)
-    ax.legend(fontsize=8)
+    fig, ax = plt.subplots(figsize=(6.5, 5))
+    markers = "os^Dv<>p"
+    for (project, step), group in frame.groupby(["project", "step"]):
+        colour = f"C{sorted(frame['project'].unique()).index(project) % 10}"
+        ax.scatter(group["volume_solver_m3"] / 1e3, group["volume_surrogate_m3"] / 1e3, color=colour,
+                   marker=markers[(int(step) - 1) % len(markers)], alpha=0.75, label=f"{project}, step {step}")
+    top = float(max(frame["volume_solver_m3"].max(), frame["volume_surrogate_m3"].max(), 1.0)) * 1.05 / 1e3
+    ax.plot([0, top], [0, top], color="grey", linestyle="--", linewidth=1, label="surrogate = solver")
+    ax.set(xlim=(0, top), ylim=(0, top), xlabel="solver volume (10³ m³)", ylabel="surrogate volume (10³ m³)",
+           title=title)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     return fig
 
@@ -434,7 +452,7 @@ def plot_rollout_maps(item: PlanRollout, *, title: str = ""):
         for col, (field, cmap, limits, name) in enumerate((
                 (truth[k], "Blues", (0, depth_max), "solver depth (m)"),
                 (rollout.depths[k], "Blues", (0, depth_max), "surrogate depth (m)"),
-                (error[k], "RdBu_r", (-error_max, error_max), "surrogate − solver (m)"))):
+                (error[k], ERROR_COLOURS, (-error_max, error_max), "surrogate − solver (m)"))):
             image = axes[k, col].imshow(field, cmap=cmap, vmin=limits[0], vmax=limits[1])
             axes[k, col].set_xticks([])
             axes[k, col].set_yticks([])

@@ -211,9 +211,12 @@ def losses(run: Run, stage: str, name: str) -> dict[str, Any]:
 
 
 def plot_learning_curves(histories: dict[str, dict[str, Any]], *, title: str = ""):
-    """Train (dashed) and validation (solid) L1 loss per epoch of several models, with the no-change
-    baseline's validation loss (grey). Returns the Figure."""
+    """Train (dashed) and validation (solid) L1 loss per epoch of several models, a star on each model's best
+    epoch, with the no-change baseline's validation loss (grey). Returns the Figure."""
     import matplotlib.pyplot as plt
+    import numpy as np
+
+    from floodlib.evaluation.figures import plain_log_ticks, whole_number_ticks
 
     fig, ax = plt.subplots(figsize=(9, 5), constrained_layout=True)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -221,18 +224,23 @@ def plot_learning_curves(histories: dict[str, dict[str, Any]], *, title: str = "
     for index, (name, history) in enumerate(histories.items()):
         colour = colours[index % len(colours)]
         epochs = range(1, len(history["val_loss"]) + 1)
-        ax.plot(epochs, history["val_loss"], color=colour, label=f"{name} (val)")
-        ax.plot(epochs, history["train_loss"], color=colour, linestyle="--", alpha=0.6)
+        ax.plot(epochs, history["val_loss"], color=colour, marker="o", markersize=3, label=f"{name} (val)")
+        ax.plot(epochs, history["train_loss"], color=colour, linestyle="--", marker=".", markersize=3, alpha=0.6)
+        best = int(np.argmin(history["val_loss"]))
+        ax.plot(best + 1, history["val_loss"][best], color=colour, marker="*", markersize=12,
+                markeredgecolor="black", label="best epoch (the weights kept)")
         baselines.add(round(float(history["baseline_val_loss"]), 12))
     for baseline in baselines:
         ax.axhline(baseline, color="grey", linewidth=1.5, label="no-change baseline (val)")
     ax.set_yscale("log")
+    plain_log_ticks(ax.yaxis)
+    whole_number_ticks(ax.xaxis)
     ax.set_xlabel("epoch")
     ax.set_ylabel("L1 loss of the depth change (m)")
     ax.set_title(title or "learning curves (dashed: train)")
     handles, labels = ax.get_legend_handles_labels()
     unique = dict(zip(labels, handles))
-    ax.legend(unique.values(), unique.keys(), fontsize=8, loc="upper right")
+    ax.legend(unique.values(), unique.keys(), fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return fig
 
 

@@ -131,6 +131,7 @@ class RolloutHeadline(Contract):
     plans: int
     steps: int  # closed steps over all plans
     pooled_rae_by_step: dict[int, float | None]  # full-domain RAE k steps after the start, every plan pooled
+    plans_by_step: dict[int, int] | None = None  # plans reaching step k (shorter ones end sooner); None: not recorded
     pooled_rae: float | None = None  # over every plan and step: how stage D orders the models it rolls out
     one_step_rae: float | None  # one step from the solver's depth, full domain, pooled
     one_step_rae_by_split: dict[str, float | None]
