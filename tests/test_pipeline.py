@@ -309,6 +309,8 @@ def test_an_interrupted_search_continues(tiny_run, tmp_path):
     assert states[1] == optuna.trial.TrialState.FAIL
     assert resumed.trials[0].params == first_params  # the finished trial was kept, not rerun
     assert np.isfinite(resumed.best_value)
+    # No trial leaves its resume checkpoint behind: finished ones remove theirs, pruned ones have it removed.
+    assert not (run_dir / "B" / "checkpoints").exists() or not any((run_dir / "B" / "checkpoints").rglob("*.ckpt"))
 
 
 def test_a_failing_stage_names_the_executed_notebook(tmp_path):

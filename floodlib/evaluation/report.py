@@ -118,5 +118,5 @@ def headline_text(result: dict) -> str:
     return (f"{result['split']}{tests}: best by median per-sample RAE {result['best_model']}, "
             f"{result['best_median_rae']:.3f} (its pooled RAE {result['best_pooled_rae']:.3f}).\n"
             f"Pooled RAE, lowest first: {pooled}; {beat} the no-change baseline (RAE 1) pooled.\n"
-            f"Context, not a comparison: the reference's median per-sample RAE {result['reference_median_rae']:.3f} "
+            f"Context: the reference's median per-sample RAE {result['reference_median_rae']:.3f} "
             f"({result['reference_note']}).")

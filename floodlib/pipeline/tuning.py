@@ -131,6 +131,7 @@ def _search_worker(run: Run, config: StageB, train, val, n_trials: int, seed: in
     numbers are unique in a study, so no two workers write one folder. Returns the number of trials run.
     """
     import os
+    import shutil
     import socket
 
     import optuna
@@ -159,10 +160,17 @@ def _search_worker(run: Run, config: StageB, train, val, n_trials: int, seed: in
         ds_kwargs = {}
         if downsampler != "cubic":
             ds_kwargs = {"c1": trial.suggest_int("c1", 8, 32, step=4), "c2": trial.suggest_int("c2", 16, 64, step=8)}
-        summary = train_one(run, "B", trial_settings, train, val, name=f"trials/{trial.number:03d}", arch="Arch_04",
-                            arch_kwargs={"layers": layers, "channels": channels, "attentions": attentions},
-                            downsampler=downsampler, downsampler_kwargs=ds_kwargs, lr=lr,
-                            callbacks=[_OptunaPruning(trial)])
+        try:
+            summary = train_one(run, "B", trial_settings, train, val, name=f"trials/{trial.number:03d}",
+                                arch="Arch_04", arch_kwargs={"layers": layers, "channels": channels,
+                                                             "attentions": attentions},
+                                downsampler=downsampler, downsampler_kwargs=ds_kwargs, lr=lr,
+                                callbacks=[_OptunaPruning(trial)])
+        except BaseException:
+            # A pruned, failed or interrupted trial is never resumed (the search runs a new one instead): its
+            # resume checkpoint, optimizer state and all, would only be left behind.
+            shutil.rmtree(trials_dir / f"{trial.number:03d}", ignore_errors=True)
+            raise
         return summary["analysis"]["best_val_loss"]
 
     # fit removes a finished trial's checkpoint folder and then its parents once they are empty; a marker of
