@@ -117,6 +117,9 @@ def test_precision_auto_is_bf16_on_cuda_and_float32_on_cpu():
     assert resolve_precision("bf16-mixed", on_gpu=False) == "bf16-mixed"
     with pytest.raises(ValueError, match=r"precision='bf16'.*expected one of"):
         resolve_precision("bf16", on_gpu=False)
+    assert resolve_precision("16-mixed", on_gpu=True) == "16-mixed"
+    with pytest.raises(ValueError, match=r"precision='16-mixed' \(float16 autocast\) needs a CUDA GPU; on a CPU use"):
+        resolve_precision("16-mixed", on_gpu=False)
 
 
 def test_fit_with_bf16_mixed_precision_on_cpu_is_close_to_float32(splits, tmp_path):

@@ -73,7 +73,7 @@ def open_run(run_dir: str | Path, profile: str | Path = "") -> Run:
     if not params.exists():
         if not profile:
             raise FileNotFoundError(f"{run_dir}: no {PROFILE_FILE}; start the run with `python -m floodlib.pipeline "
-                                    "<profile>` or pass the profile to use")
+                                    "<profile>` first (open_run(run_dir, profile) starts one from a profile)")
         write_profile(load_profile(profile), run_dir)
     return Run(run_dir=run_dir, profile=load_profile(params))
 

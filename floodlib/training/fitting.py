@@ -297,6 +297,10 @@ def resolve_precision(precision: str, *, on_gpu: bool) -> str:
         raise ValueError(f"precision={precision!r}; expected one of {list(PRECISIONS)}")
     if precision == "auto":
         return "bf16-mixed" if on_gpu else "32-true"
+    if precision == "16-mixed" and not on_gpu:
+        # Lightning would train in bf16 instead, saying so only in a log line.
+        raise ValueError("precision='16-mixed' (float16 autocast) needs a CUDA GPU; on a CPU use 'bf16-mixed' or "
+                         "'32-true'")
     return precision
 
 
