@@ -92,6 +92,10 @@ def test_batched_evaluation_matches_one_sample_at_a_time(tiny_run):
         info = test.sample_info(item)
         assert (rows.loc[item, "plan"], rows.loc[item, "frame"], rows.loc[item, "row"]) == \
             (info["plan"], info["frame"], info["row"])
+        # the label says when the sample is drawn flipped (the reference's snapshot rule), as the maps show it
+        flipped = {1: "anti-diagonal reflection", 2: "reverse rows", 3: "reverse columns"}.get(info["transform"])
+        assert (f"shown with {flipped}" in view.label()) if flipped else ("shown with" not in view.label())
+    assert {test.sample_info(item)["transform"] for item in range(len(test))} - {0}  # some are flipped
 
 
 def test_splits_taken_from_one_pass_over_all_plans_equal_each_split_evaluated_alone(tiny_run):

@@ -309,8 +309,13 @@ def test_an_interrupted_search_continues(tiny_run, tmp_path):
     assert states[1] == optuna.trial.TrialState.FAIL
     assert resumed.trials[0].params == first_params  # the finished trial was kept, not rerun
     assert np.isfinite(resumed.best_value)
-    # No trial leaves its resume checkpoint behind: finished ones remove theirs, pruned ones have it removed.
+    # No trial leaves its resume checkpoint behind (finished ones remove theirs, the others have it removed), and
+    # only finished trials keep weights, each with its summary.
     assert not (run_dir / "B" / "checkpoints").exists() or not any((run_dir / "B" / "checkpoints").rglob("*.ckpt"))
+    kept = sorted(path.parent.name for path in (run_dir / "B" / "models" / "trials").glob("*/model.pth"))
+    finished = [t for t in resumed.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert kept == [f"{t.number:03d}" for t in finished]
+    assert all((run_dir / "B" / "models" / "trials" / name / "summary.json").exists() for name in kept)
 
 
 def test_a_failing_stage_names_the_executed_notebook(tmp_path):

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from floodlib.data.samples import TRANSFORMS
 from floodlib.evaluation.metrics import MetricSpec, resolve_device, sample_metrics
 
 def whole_number_ticks(axis) -> None:
@@ -68,6 +69,8 @@ class SampleView:
         if self.info:
             where = (f" · {self.info['plan']} · n = {self.info['time_s'] / 60:g} min · patch origin cell "
                      f"({self.info['row']}, {self.info['col']})")
+            if self.info.get("transform"):  # as the sample is drawn: flipped as the reference's snapshot rule says
+                where += f" · shown with {TRANSFORMS[int(self.info['transform'])]}"
         return f"{self.model} · {self.split}[{self.item}]{where}"
 
 
@@ -145,7 +148,8 @@ def prediction_page(views: Sequence[SampleView], *, title: str = ""):
         change_limit, depth_limit = _limits([view])
         _draw_row(fig, axes[row], view, change_limit=change_limit, depth_limit=depth_limit, titles=row == 0)
         info = view.info
-        axes[row, 0].set_ylabel(f"[{view.item}] {info.get('plan', '')}\nn = {info.get('time_s', 0) / 60:g} min\n"
+        shown_as = "" if not info.get("transform") else f", {TRANSFORMS[int(info['transform'])]}"
+        axes[row, 0].set_ylabel(f"[{view.item}] {info.get('plan', '')}\nn = {info.get('time_s', 0) / 60:g} min{shown_as}\n"
                                 f"{format_rae(view.rae, view.small_denominator)}", fontsize=8)
     if title:
         fig.suptitle(title)

@@ -168,8 +168,12 @@ def _search_worker(run: Run, config: StageB, train, val, n_trials: int, seed: in
                                 callbacks=[_OptunaPruning(trial)])
         except BaseException:
             # A pruned, failed or interrupted trial is never resumed (the search runs a new one instead): its
-            # resume checkpoint, optimizer state and all, would only be left behind.
-            shutil.rmtree(trials_dir / f"{trial.number:03d}", ignore_errors=True)
+            # resume checkpoint, and weights without a summary, would only be left behind. The study keeps
+            # its parameters and losses.
+            number = f"{trial.number:03d}"
+            for folder in (trials_dir / number, run.stage_dir("B") / "models" / "trials" / number,
+                           run.stage_dir("B") / "losses" / "trials" / number):
+                shutil.rmtree(folder, ignore_errors=True)
             raise
         return summary["analysis"]["best_val_loss"]
 
