@@ -356,3 +356,29 @@ def test_volume_errors_are_per_plan_after_its_own_last_step_and_do_not_cancel():
                          "median_passes": 2, "max_passes": 3, "max_iterations": 20,
                          "volume_error_last_step": volume_error(frame), **summary})
     assert "50% off in the median plan (from -50% to +100%); by project lidar +20%, valley -12%" in text
+
+
+def test_a_model_has_its_architectures_colour_in_every_figure():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.colors import to_hex
+
+    from floodlib.evaluation.figures import ARCHITECTURE_COLOURS, model_colour, plot_comparison
+    from floodlib.models import list_models
+
+    assert {model_colour(f"C/{arch}") for arch in list_models()} | {model_colour("Arch_04_tuned")} \
+        == set(ARCHITECTURE_COLOURS.values())  # one each, eight in all
+    assert model_colour("A/Arch_03") == model_colour("C/Arch_03") != model_colour("C/Arch_02")
+    comparison = pd.DataFrame({"model": ["C/Arch_03", "A/Arch_03", "B/Arch_04_tuned"], "size_mb": [16.7, 16.7, 0.1],
+                               "latency_cpu_ms": [5.0, 5.1, 4.0], "median_test_rae": [0.9, 1.0, 0.8],
+                               "seconds_per_epoch": [1.3, 0.9, 1.7], "train_samples": [171, 117, 117]})
+    figure = plot_comparison(comparison)
+    left, right = figure.axes[:2]
+    assert [bar.get_facecolor() for bar in right.patches] == [matplotlib.colors.to_rgba(model_colour(m))
+                                                             for m in comparison["model"]]
+    assert [label.get_text() for label in right.get_yticklabels()] == [
+        "C/Arch_03 (171 samples)", "A/Arch_03 (117 samples)", "B/Arch_04_tuned (117 samples)"]
+    assert [text.get_text() for text in left.get_legend().get_texts()] == ["stage A", "stage B", "stage C"]
+    points = {to_hex(collection.get_facecolors()[0], keep_alpha=False) for collection in left.collections}
+    assert points == {model_colour("C/Arch_03"), model_colour("B/Arch_04_tuned")}

@@ -17,6 +17,17 @@ import torch
 from floodlib.data.samples import TRANSFORMS
 from floodlib.evaluation.metrics import MetricSpec, resolve_device, sample_metrics
 
+#: One colour per architecture in every figure (learning curves, boxplots, comparison, rollouts), whichever
+#: stage trained it; the stage is told by the label (and by hatching or marker where stages share a plot).
+ARCHITECTURE_COLOURS = {"Arch_02": "#1f77b4", "Arch_03": "#ff7f0e", "Arch_04": "#2ca02c", "Arch_04_tuned": "#17becf",
+                        "Arch_05": "#d62728", "Arch_07": "#9467bd", "Arch_08": "#8c564b", "Arch_09": "#e377c2"}
+
+
+def model_colour(name: str) -> str:
+    """The colour of a model named ``<stage>/<name>`` or ``<name>`` (its architecture's; grey when unknown)."""
+    return ARCHITECTURE_COLOURS.get(str(name).rsplit("/", 1)[-1], "#7f7f7f")
+
+
 def whole_number_ticks(axis) -> None:
     """Ticks of an epoch, step or pass axis at whole numbers only (matplotlib's default puts some at 2.5)."""
     from matplotlib.ticker import MaxNLocator
@@ -182,10 +193,12 @@ def plot_rae_boxplots(samples: pd.DataFrame, *, splits: Sequence[str] | None = N
     fig, ax = plt.subplots(figsize=(max(8, 1.3 * len(order) * max(1, len(models)) ** 0.5), 5), constrained_layout=True)
     if len(order) == 1:  # one split: a box per model, named on the axis
         sns.boxplot(data=shown, x="model", y="rae", hue="model", order=models, hue_order=models, ax=ax,
+                    palette={model: model_colour(model) for model in models},
                     log_scale=True, fliersize=2, linewidth=0.8, legend=False)
         xlabel = order[0]
     else:
         sns.boxplot(data=shown, x="split", y="rae", hue="model", order=order, hue_order=models, ax=ax,
+                    palette={model: model_colour(model) for model in models},
                     log_scale=True, fliersize=2, linewidth=0.8)
         xlabel = ""
     ax.axhline(1.0, color="black", linestyle="--", linewidth=1, label="no-change baseline")
@@ -216,8 +229,15 @@ def plot_comparison(comparison: pd.DataFrame, *, accuracy: str = "median_test_ra
     fig, (left, right) = plt.subplots(1, 2, figsize=(14, 5), constrained_layout=True)
     size = comparison["size_mb"].to_numpy(dtype=float)
     area = 40 + 400 * size / max(size.max(), 1e-9)
-    colours = [f"C{i % 10}" for i in range(len(comparison))]
-    left.scatter(comparison["latency_cpu_ms"], comparison[accuracy], s=area, c=colours, alpha=0.7, edgecolors="black")
+    colours = [model_colour(model) for model in comparison["model"]]
+    stages = comparison["model"].astype(str).str.split("/").str[0]
+    for stage, marker in (("A", "s"), ("B", "D"), ("C", "o")):
+        chosen = (stages == stage).to_numpy()
+        if chosen.any():
+            left.scatter(comparison["latency_cpu_ms"][chosen], comparison[accuracy][chosen], s=area[chosen],
+                         c=[c for c, keep in zip(colours, chosen) if keep], marker=marker, alpha=0.7,
+                         edgecolors="black", label=f"stage {stage}")
+    left.legend(fontsize=8, title="colour: architecture", title_fontsize=8)
     for label, x, y in zip(comparison["model"], comparison["latency_cpu_ms"], comparison[accuracy]):
         left.annotate(label, (x, y), fontsize=8, xytext=(4, 4), textcoords="offset points")
     left.set_xscale("log")
@@ -226,8 +246,12 @@ def plot_comparison(comparison: pd.DataFrame, *, accuracy: str = "median_test_ra
     left.set_ylabel(ACCURACY_LABELS.get(accuracy, accuracy.replace("_", " ")))
     left.axhline(1.0, color="black", linestyle="--", linewidth=1)
     left.set_title("accuracy against runtime (marker area ~ MB on disk)")
-    right.barh(comparison["model"], comparison["seconds_per_epoch"], color=colours)
+    bars = comparison["model"].astype(str)
+    if "train_samples" in comparison:  # epochs of different splits: say how many samples each one holds
+        bars = [f"{model} ({int(n):,} samples)" if pd.notna(n) else model
+                for model, n in zip(bars, comparison["train_samples"])]
+    right.barh(bars, comparison["seconds_per_epoch"], color=colours)
     right.invert_yaxis()
-    right.set_xlabel("training time per epoch (s; train + validation pass)")
+    right.set_xlabel("training time per epoch (s; train + validation pass over the split it trained on)")
     right.set_title("training cost")
     return fig

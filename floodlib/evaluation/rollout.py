@@ -25,7 +25,7 @@ import pandas as pd
 import torch
 
 from floodlib.data.store import Simulation, read_simulation
-from floodlib.evaluation.figures import ERROR_COLOURS, plain_log_ticks, whole_number_ticks
+from floodlib.evaluation.figures import ERROR_COLOURS, model_colour, plain_log_ticks, whole_number_ticks
 from floodlib.evaluation.metrics import MetricSpec, resolve_device
 from floodlib.models.constants import PATCH_CELLS
 from floodlib.predict import DomainPredictor, PredictError, Rollout, StoredBoundary, Tiling, predict_plan
@@ -381,7 +381,7 @@ def plot_rollout_models(frame: pd.DataFrame, *, title: str = ""):
     for model, group in frame.groupby("model", sort=False):
         steps = sorted(group["step"].unique())
         ax.plot(steps, [pooled(group[group["step"] == k], "abs_error_m", "baseline_m") for k in steps], marker="o",
-                linewidth=2, label=f"{model} ({pooled(group, 'abs_error_m', 'baseline_m'):.3f} over all steps)")
+                linewidth=2, color=model_colour(model), label=f"{model} ({pooled(group, 'abs_error_m', 'baseline_m'):.3f} over all steps)")
     ax.axhline(1.0, color="grey", linestyle="--", linewidth=1, label="no change")
     ax.set(xlabel="steps after the start (one lead time each)",
            ylabel="full-domain RAE against no change, pooled", title=title)

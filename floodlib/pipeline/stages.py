@@ -216,13 +216,12 @@ def plot_learning_curves(histories: dict[str, dict[str, Any]], *, title: str = "
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from floodlib.evaluation.figures import plain_log_ticks, whole_number_ticks
+    from floodlib.evaluation.figures import model_colour, plain_log_ticks, whole_number_ticks
 
     fig, ax = plt.subplots(figsize=(9, 5), constrained_layout=True)
-    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     baselines = set()
-    for index, (name, history) in enumerate(histories.items()):
-        colour = colours[index % len(colours)]
+    for name, history in histories.items():
+        colour = model_colour(name)
         epochs = range(1, len(history["val_loss"]) + 1)
         ax.plot(epochs, history["val_loss"], color=colour, marker="o", markersize=3, label=f"{name} (val)")
         ax.plot(epochs, history["train_loss"], color=colour, linestyle="--", marker=".", markersize=3, alpha=0.6)
