@@ -318,6 +318,41 @@ def test_an_interrupted_search_continues(tiny_run, tmp_path):
     assert all((run_dir / "B" / "models" / "trials" / name / "summary.json").exists() for name in kept)
 
 
+def test_a_pruned_trial_leaves_neither_weights_nor_a_resume_checkpoint(tiny_run, tmp_path, monkeypatch):
+    """Pruned after its first epoch (by the exception Optuna's pruning raises), a trial has written weights and
+    a resume checkpoint; the search removes both, and the study keeps the trial as PRUNED."""
+    import optuna
+    from lightning.pytorch.callbacks import Callback
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "data").symlink_to(tiny_run / "data", target_is_directory=True)
+    (run_dir / "params.yaml").write_text((tiny_run / "params.yaml").read_text())
+    run = stages.open_run(run_dir)
+    config = parameters_from_namespace("B", {**load_profile(run_dir / "params.yaml").B, "run_dir": str(run_dir),
+                                             "trials": 2, "trial_epochs": 3})
+    seen = {}
+
+    class PruneTheSecond(Callback):
+        def __init__(self, trial):
+            self.trial = trial
+
+        def on_train_epoch_end(self, trainer, module):
+            if self.trial.number == 1:
+                folder = run_dir / "B"
+                seen["weights"] = (folder / "models" / "trials" / "001" / "model.pth").exists()
+                raise optuna.TrialPruned("pruned for the test")
+
+    monkeypatch.setattr(tuning, "_OptunaPruning", PruneTheSecond)
+    data = stages.splits(run, ["small_train", "small_val"])
+    study = tuning.tune_arch04(run, config, data["small_train"], data["small_val"])
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED]
+    assert seen["weights"]  # it had written its weights (its first epoch's checkpoint follows this callback)
+    assert not (run_dir / "B" / "models" / "trials" / "001").exists()
+    assert not (run_dir / "B" / "checkpoints" / "trials" / "001").exists()
+    assert (run_dir / "B" / "models" / "trials" / "000" / "summary.json").exists()
+
+
 def test_a_failing_stage_names_the_executed_notebook(tmp_path):
     profile = yaml.safe_load(TINY.read_text())
     # A DEM that exists but is no GeoTIFF: found when the profile loads, refused only when stage A reads it.

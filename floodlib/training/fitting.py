@@ -423,7 +423,7 @@ def fit(
         logging.getLogger(noisy).setLevel(logging.WARNING)
     L.seed_everything(seed, workers=True, verbose=False)
     baseline = no_change_loss(val, batch_size=max(batch_size, 256))
-    model.trained_on = train.trained_on() if hasattr(train, "trained_on") else None
+    model.trained_on = train.trained_on()
     module = SurrogateModule(model, train, val, loader=LoaderSettings(batch_size=batch_size, seed=seed, placement=placement),
                              lr=lr, plateau=plateau, best_model_path=model_path, baseline_val_loss=baseline,
                              ring_blend=float(ring_blend))
@@ -518,15 +518,17 @@ def _check_resume_settings(recorded: dict | None, wanted: dict, *, last_checkpoi
     continue under a summary that describes settings it did not train with."""
     if recorded is None:
         return
-    differ = [key for key in wanted if recorded.get(key) != wanted[key]]
+
+    def flat(settings: dict) -> dict:  # the network's configuration keys beside the others, as config.<key>
+        config = settings.get("config") or {}
+        return {**{k: v for k, v in settings.items() if k != "config"}, **{f"config.{k}": v for k, v in config.items()}}
+
+    recorded, wanted = flat(recorded), flat(wanted)
+    differ = [f"{key} {recorded.get(key)!r} there, {wanted.get(key)!r} now" for key in sorted({*recorded, *wanted})
+              if recorded.get(key) != wanted.get(key)]
     if differ:
-        what = "; ".join(f"{key}: {recorded.get(key)!r} there, {wanted[key]!r} now" if key != "config" else
-                         "the network's configuration: " + ", ".join(
-                             f"{k} {recorded['config'].get(k)!r} there, {wanted['config'].get(k)!r} now"
-                             for k in sorted({*recorded["config"], *wanted["config"]})
-                             if recorded["config"].get(k) != wanted["config"].get(k))
-                         for key in differ)
-        raise ValueError(f"{name}: {last_checkpoint} holds an interrupted training with other settings ({what}). "
+        raise ValueError(f"{name}: {last_checkpoint} holds an interrupted training with other settings "
+                         f"({'; '.join(differ)}). "
                          f"Call fit with its settings to resume it, or with resume=False to train afresh (the "
                          f"interrupted run's checkpoint is then replaced)")
 
