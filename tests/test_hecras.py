@@ -387,3 +387,23 @@ def test_dem_in_another_crs(tmp_path):
 
 def test_bad_terrain_ratio(tmp_path):
     assert_fails(tmp_path, BACKWATER, "terrain_ratio", "2.5", terrain_ratio=2.5)
+
+
+def test_a_converted_plan_exported_as_geotiff_holds_hecras_depths_at_hecras_cell_centres(tmp_path, muncie):
+    import rasterio
+
+    from floodlib.data.export import export_maps
+    from floodlib.data.store import write_simulation
+
+    cells = read_cells(MUNCIE, "Muncie2D", MUNCIE_CELLS)
+    plan = write_simulation(tmp_path / "muncie.h5", muncie)
+    written = export_maps(plan, tmp_path / "maps", times_min=[90], max_depth=False)
+    assert [p.name for p in written] == ["muncie_depth_90min.tif"]
+    with rasterio.open(written[0]) as dataset:
+        assert dataset.crs.to_epsg() == 6458 and dataset.res == (40.0, 40.0)
+        # GDAL's own lookup of each HEC-RAS cell centre, in the plan's coordinates, finds that cell's depth
+        at_centres = np.array([value[0] for value in dataset.sample(cells["centres"].tolist())])
+        inside = dataset.read_masks(1) > 0
+    assert_allclose(at_centres, cells["surface"][3] - cells["minimum"], rtol=0, atol=4e-5)
+    # cells outside the 2D area are nodata: as many map cells hold data as the area has cells
+    assert inside.sum() == MUNCIE_CELLS

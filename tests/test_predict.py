@@ -389,11 +389,27 @@ def test_the_cli_rolls_a_tiny_run_model_out_over_a_test_plan(tiny_run, tmp_path)
     out = tmp_path / "prediction" / "out.h5"
     # the lead time comes from the checkpoint: the tiny profile's samples are 20 min apart
     assert load_model(model).trained_on == {"delta_t_s": 1200.0, "cell_size_m": [10.0]}
-    done = cli(model, plan_path, "--start", 0, "--hours", 2, "--out", out)
+    maps = tmp_path / "maps"
+    done = cli(model, plan_path, "--start", 0, "--hours", 2, "--out", out, "--geotiff", maps)
     assert done.returncode == 0, done.stderr
     assert "step 2/2 (+40 min)" in done.stderr and f"wrote {out}: 2 step(s) of 20 min" in done.stdout
     plan = read_simulation(plan_path)
     predicted = read_simulation(out)
+    # the maps of every step, each with its error against the plan's solver at the same time, and the maximum
+    assert f"wrote 7 GeoTIFF(s) to {maps}: out_depth_0min.tif, out_error_0min.tif, out_depth_20min.tif" in done.stdout
+    import rasterio
+
+    with rasterio.open(maps / "out_error_40min.tif") as error, rasterio.open(maps / "out_depth_40min.tif") as depth:
+        np.testing.assert_array_equal(depth.read(1), predicted.water_depth[2])
+        solver = plan.water_depth[2400 // int(plan.output_interval_s)]
+        np.testing.assert_allclose(error.read(1), predicted.water_depth[2].astype(np.float64) - solver, atol=1e-6)
+        assert error.transform.c == plan.origin_x and error.transform.a == plan.cell_size_m
+    # maps of that name are kept unless --force, before anything is predicted; a file is no folder for them
+    kept = cli(model, plan_path, "--hours", 1, "--out", tmp_path / "out.h5", "--geotiff", maps)
+    assert kept.returncode == 2 and f"{maps / 'out_depth_0min.tif'} exists (7 maps of out in {maps}); pass --force" \
+        in kept.stderr and not (tmp_path / "out.h5").exists()
+    not_a_folder = cli(model, plan_path, "--hours", 1, "--out", tmp_path / "x.h5", "--geotiff", out)
+    assert not_a_folder.returncode == 2 and f"--geotiff {out} is a file; name a folder" in not_a_folder.stderr
     assert predicted.water_depth.shape == (3, *plan.grid_shape)
     np.testing.assert_array_equal(predicted.water_depth[0], plan.water_depth[0])
     np.testing.assert_array_equal(predicted.terrain, plan.terrain)

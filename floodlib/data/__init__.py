@@ -2,6 +2,7 @@
 
 - :mod:`floodlib.data.store` — one HDF5 file per plan (``Simulation``, ``write_simulation``, ``read_simulation``);
 - :mod:`floodlib.data.geotiff` — terrain rasters (GeoTIFF DEMs);
+- :mod:`floodlib.data.export` — depth, maximum-depth and error maps of any simulation file as GeoTIFFs, for a GIS;
 - :mod:`floodlib.data.fetch` — data files fetched from a package registry (a member of a pinned wheel, checksummed);
 - :mod:`floodlib.data.hecras` — HEC-RAS 2D plan results into the store;
 - :mod:`floodlib.data.terrain`, :mod:`floodlib.data.simulate` — the built-in simulator (landlab OverlandFlow)

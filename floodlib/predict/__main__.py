@@ -5,12 +5,14 @@ prediction as a simulation file (frame 0 the start, then one frame per hour)."""
 from __future__ import annotations
 
 import argparse
+import glob
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
+from floodlib.data.export import export_maps
 from floodlib.data.store import SimulationFileError, read_simulation
 from floodlib.models.checkpoints import CheckpointError, load_model
 from floodlib.predict.boundary import read_boundary
@@ -43,7 +45,10 @@ def parser() -> argparse.ArgumentParser:
                    help="the network body's precision (bf16 pays on a GPU; on most CPUs it is slower)")
     p.add_argument("--tolerance-mm", type=float, default=1.0, help="closure stops below this ring change (default 1 mm)")
     p.add_argument("--max-iterations", type=int, default=20, help="closure passes per step at most (default 20)")
-    p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    p.add_argument("--geotiff", type=Path, metavar="DIR",
+                   help="also write the prediction's depth maps as GeoTIFFs into DIR (each step, the maximum, and "
+                        "without --boundary the error against the plan's solver; see python -m floodlib.data.export)")
+    p.add_argument("--force", action="store_true", help="replace --out (and the GeoTIFFs) if they exist")
     return p
 
 
@@ -60,6 +65,13 @@ def main(argv: list[str] | None = None) -> int:
         return fail(f"{args.out} exists; pass --force to replace it")
     if args.out.exists() and args.plan.exists() and args.out.resolve() == args.plan.resolve():
         return fail(f"--out {args.out} is the plan it predicts from; write the prediction to another file")
+    if args.geotiff is not None:
+        if args.geotiff.exists() and not args.geotiff.is_dir():
+            return fail(f"--geotiff {args.geotiff} is a file; name a folder for the maps")
+        existing = sorted(args.geotiff.glob(f"{glob.escape(args.out.stem)}_*.tif")) if args.geotiff.is_dir() else []
+        if existing and not args.force:
+            return fail(f"{existing[0]} exists ({len(existing)} maps of {args.out.stem} in {args.geotiff}); pass --force "
+                        "to replace them")
     if args.hours < 1:
         return fail(f"--hours {args.hours}: predict at least one step")
     if args.step_min is not None and not args.step_min > 0:
@@ -112,6 +124,10 @@ def main(argv: list[str] | None = None) -> int:
                     "tolerance_m": args.tolerance_mm / 1000.0, "max_iterations": args.max_iterations}
         write_rollout(args.out, simulation, rollout, model_name=f"{model.arch} ({args.model})",
                       boundary_name=boundary_name, settings=settings)
+        if args.geotiff is not None:
+            # the plan's later frames are the solver's answer only when its own edges drove the prediction
+            maps = export_maps(args.out, args.geotiff, every_min=step_s / 60.0, force=args.force,
+                               against=args.plan if boundary is None else None)
     except (PredictError, SimulationFileError, CheckpointError) as error:
         return fail(str(error))
     except KeyboardInterrupt:
@@ -119,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     print(f"wrote {args.out}: {args.hours} step(s) of {step_s / 60:g} min from {args.start:g} min over "
           f"{simulation.grid_shape[0]} x {simulation.grid_shape[1]} cells in {time.perf_counter() - started:.2f} s")
+    if args.geotiff is not None:
+        print(f"wrote {len(maps)} GeoTIFF(s) to {args.geotiff}: " + ", ".join(p.name for p in maps))
     return 0
 
 

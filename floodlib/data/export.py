@@ -1,0 +1,228 @@
+"""Depth maps out of the store as GeoTIFFs, for a GIS (QGIS, ArcGIS, GDAL).
+
+Any simulation file — a simulated plan, a converted HEC-RAS plan, or a surrogate's prediction written by
+``python -m floodlib.predict`` — gives, in one folder:
+
+- ``<stem>_depth_<t>min.tif``: the water depth at time t (minutes since the plan's start), m;
+- ``<stem>_max_depth.tif``: the greatest depth of each cell over all of the file's frames, m;
+- with a reference file (``against``, e.g. the solver's plan a prediction was made from):
+  ``<stem>_error_<t>min.tif``, depth minus the reference's depth at the same time, m (positive: too wet).
+
+Each is one float32 band, DEFLATE-compressed, NaN as nodata outside the model's area, georeferenced by the
+file's origin, cell size and CRS (a CRS in feet gets its geotransform in feet; the depths stay in metres,
+the band's unit says so). Files are written whole or not at all, and none is written unless all can be:
+an existing one is kept unless ``force``.
+
+``python -m floodlib.data.export PLAN.h5 --out maps/ [--every-min 60 | --times 60 120] [--against SOLVER.h5]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from floodlib.data.store import Simulation, SimulationFileError, atomic_write, read_simulation
+
+#: Minutes between the exported frames unless told otherwise: the surrogates' lead time.
+DEFAULT_EVERY_MIN = 60.0
+# Frame times closer than this (s) are the same time: stored intervals are whole seconds or hour fractions.
+_TIME_TOLERANCE_S = 1e-3
+
+
+@dataclass(frozen=True)
+class Georeference:
+    """Where a grid lies: ``origin_x``, ``origin_y`` the outer north-west corner, ``cell_size_m`` (all m),
+    and the CRS (EPSG code or WKT; None for a local grid in metres)."""
+
+    origin_x: float
+    origin_y: float
+    cell_size_m: float
+    crs: str | None = None
+
+    @classmethod
+    def of(cls, simulation: Simulation) -> "Georeference":
+        return cls(float(simulation.origin_x), float(simulation.origin_y), float(simulation.cell_size_m),
+                   simulation.crs)
+
+
+def _crs_and_factor(where: str, crs_text: str | None):
+    """(rasterio CRS or None, metres per unit of its coordinates)."""
+    if crs_text is None:
+        return None, 1.0
+    from rasterio.crs import CRS
+    from rasterio.errors import CRSError
+
+    from floodlib.data.geotiff import _linear_unit
+
+    try:
+        crs = CRS.from_user_input(crs_text)
+    except CRSError as error:
+        raise SimulationFileError(f"{where}: crs: {crs_text[:80]!r} is not a CRS GDAL reads ({error})") from None
+    return crs, _linear_unit(Path(where), crs)[1]
+
+
+def write_geotiff(path: str | Path, values: np.ndarray, where: Georeference, *, description: str = "water depth",
+                  tags: dict | None = None) -> Path:
+    """Write ``values`` (rows, cols; row 0 the northern edge) as a one-band float32 GeoTIFF at ``path``,
+    atomically; NaN is the nodata value. The band's unit is metre; ``tags`` go into its metadata."""
+    import rasterio
+    from rasterio.transform import Affine
+
+    path = Path(path)
+    values = np.asarray(values, dtype=np.float32)
+    if values.ndim != 2:
+        raise ValueError(f"{path}: values have shape {values.shape}; expected (rows, cols)")
+    crs, factor = _crs_and_factor(str(path), where.crs)
+    size = where.cell_size_m / factor
+    transform = Affine(size, 0.0, where.origin_x / factor, 0.0, -size, where.origin_y / factor)
+    rows, cols = values.shape
+    blocked = rows >= 256 and cols >= 256  # tiles of 256 only pay on rasters at least that big
+
+    def write(temporary: str) -> None:
+        profile = dict(driver="GTiff", height=rows, width=cols, count=1, dtype="float32", crs=crs,
+                       transform=transform, nodata=float("nan"), compress="deflate", predictor=3)
+        if blocked:
+            profile.update(tiled=True, blockxsize=256, blockysize=256)
+        with rasterio.open(temporary, "w", **profile) as dataset:
+            dataset.write(values, 1)
+            dataset.set_band_description(1, description)
+            dataset.set_band_unit(1, "metre")
+            dataset.update_tags(1, **{key: str(value) for key, value in (tags or {}).items()})
+
+    return atomic_write(path, write)
+
+
+def frame_times_s(simulation: Simulation) -> np.ndarray:
+    """The times of a file's frames, s since the plan's start (a prediction's first frame is its start)."""
+    return float(simulation.extra.get("start_s", 0.0)) + simulation.times_s
+
+
+def _frame_at(where: str, times_s: np.ndarray, minutes: float) -> int:
+    matches = np.flatnonzero(np.abs(times_s - minutes * 60.0) <= _TIME_TOLERANCE_S)
+    if not matches.size:
+        shown = ", ".join(f"{t / 60:g}" for t in times_s[:8]) + (", ..." if len(times_s) > 8 else "")
+        raise SimulationFileError(
+            f"{where}: times: {minutes:g} min is not one of its frames; expected one of {shown} "
+            f"(min since the plan's start, {len(times_s)} frames)")
+    return int(matches[0])
+
+
+def export_maps(path: str | Path, out_dir: str | Path, *, times_min: list[float] | None = None,
+                every_min: float | None = None, against: str | Path | None = None, max_depth: bool = True,
+                force: bool = False) -> list[Path]:
+    """Write the depth maps of simulation file ``path`` into ``out_dir`` (see the module's description).
+
+    Frames: ``times_min`` (minutes since the plan's start, each one of the file's frames), else every
+    ``every_min`` minutes from the file's first frame (default 60; the last frame too when it falls between).
+    ``against``: a simulation file on the same grid whose frames include those times; an error map per time.
+    Returns the files written. Raises :class:`SimulationFileError` naming the file, the field and the value
+    (a time that is no frame, another grid, a file that exists without ``force``) before writing anything.
+    """
+    path = Path(path)
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise SimulationFileError(f"{out_dir}: out: is a file; expected a folder for the maps")
+    simulation = read_simulation(path, memory_map=True)
+    times_s = frame_times_s(simulation)
+    if times_min is not None and every_min is not None:
+        raise ValueError("give times_min or every_min, not both")
+    if times_min is None:
+        every = DEFAULT_EVERY_MIN if every_min is None else float(every_min)
+        if not every > 0:
+            raise SimulationFileError(f"{path}: every_min: {every_min!r}; expected minutes > 0")
+        wanted = np.arange(times_s[0], times_s[-1] + _TIME_TOLERANCE_S, every * 60.0)
+        frames = sorted({int(np.argmin(np.abs(times_s - t))) for t in wanted
+                         if np.abs(times_s - t).min() <= _TIME_TOLERANCE_S} | {len(times_s) - 1})
+    else:
+        if not len(times_min):
+            raise SimulationFileError(f"{path}: times: none given; expected at least one time in minutes")
+        frames = sorted({_frame_at(str(path), times_s, float(t)) for t in times_min})
+
+    reference = reference_frames = None
+    if against is not None:
+        reference = read_simulation(against, memory_map=True)
+        if reference.grid_shape != simulation.grid_shape or Georeference.of(reference) != Georeference.of(simulation):
+            raise SimulationFileError(
+                f"{against}: grid: {reference.grid_shape[0]}x{reference.grid_shape[1]} cells of "
+                f"{reference.cell_size_m:g} m from ({reference.origin_x:.2f}, {reference.origin_y:.2f}), CRS "
+                f"{reference.crs or 'none'}; expected the grid of {path}: {simulation.grid_shape[0]}x"
+                f"{simulation.grid_shape[1]} cells of {simulation.cell_size_m:g} m from ({simulation.origin_x:.2f}, "
+                f"{simulation.origin_y:.2f}), CRS {simulation.crs or 'none'}")
+        reference_times = frame_times_s(reference)
+        reference_frames = [_frame_at(str(against), reference_times, times_s[k] / 60.0) for k in frames]
+
+    stem = path.stem
+    planned: list[tuple[Path, str, int | None, int | None]] = []
+    for i, k in enumerate(frames):
+        minutes = f"{times_s[k] / 60:g}"
+        planned.append((out_dir / f"{stem}_depth_{minutes}min.tif", "water depth", k, None))
+        if reference is not None:
+            planned.append((out_dir / f"{stem}_error_{minutes}min.tif", "depth error", k, reference_frames[i]))
+    if max_depth:
+        planned.append((out_dir / f"{stem}_max_depth.tif", "maximum water depth", None, None))
+    existing = [target for target, *_ in planned if target.exists()]
+    if existing and not force:
+        raise SimulationFileError(
+            f"{existing[0]}: exists ({len(existing)} of the {len(planned)} maps do); pass force=True (--force) to "
+            "replace them")
+
+    where = Georeference.of(simulation)
+    common = {"source_file": path.name, "project": simulation.project, "plan": simulation.plan,
+              "source": simulation.source}
+    written = []
+    for target, description, k, j in planned:
+        if k is None:
+            values = np.fmax.reduce(np.asarray(simulation.water_depth), axis=0)
+            tags = {**common, "frames": len(times_s)}
+        elif j is None:
+            values = np.asarray(simulation.water_depth[k])
+            tags = {**common, "time_min": f"{times_s[k] / 60:g}"}
+        else:
+            values = np.asarray(simulation.water_depth[k], dtype=np.float64) - np.asarray(reference.water_depth[j])
+            tags = {**common, "time_min": f"{times_s[k] / 60:g}", "reference_file": Path(against).name,
+                    "reference": f"{reference.project}/{reference.plan}"}
+        written.append(write_geotiff(target, values, where, description=description, tags=tags))
+    return written
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m floodlib.data.export",
+        description="Write a simulation file's depth maps (a plan, a converted HEC-RAS plan or a surrogate's "
+                    "prediction) as GeoTIFFs for a GIS: depth at chosen times, the maximum depth, and with "
+                    "--against the error against another file at the same times.")
+    p.add_argument("simulation", type=Path, help="a simulation file (.h5)")
+    p.add_argument("--out", type=Path, required=True, help="the folder for the GeoTIFFs (made if missing)")
+    when = p.add_mutually_exclusive_group()
+    when.add_argument("--times", type=float, nargs="+", metavar="MIN",
+                      help="minutes since the plan's start, each one of the file's frames")
+    when.add_argument("--every-min", type=float, default=None,
+                      help=f"a map every so many minutes from the first frame, and the last (default {DEFAULT_EVERY_MIN:g})")
+    p.add_argument("--against", type=Path, help="a simulation file on the same grid (e.g. the solver's plan a "
+                                                "prediction came from): error maps, depth minus its depth")
+    p.add_argument("--no-max", action="store_true", help="leave out the maximum-depth map")
+    p.add_argument("--force", action="store_true", help="replace maps that exist")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        written = export_maps(args.simulation, args.out, times_min=args.times, every_min=args.every_min,
+                              against=args.against, max_depth=not args.no_max, force=args.force)
+    except SimulationFileError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted; the maps written so far are whole, the one being written was not kept", file=sys.stderr)
+        return 130
+    print(f"wrote {len(written)} GeoTIFF(s) to {args.out}: " + ", ".join(p.name for p in written))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
