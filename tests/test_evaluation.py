@@ -382,3 +382,25 @@ def test_a_model_has_its_architectures_colour_in_every_figure():
     assert [text.get_text() for text in left.get_legend().get_texts()] == ["stage A", "stage B", "stage C"]
     points = {to_hex(collection.get_facecolors()[0], keep_alpha=False) for collection in left.collections}
     assert points == {model_colour("C/Arch_03"), model_colour("B/Arch_04_tuned")}
+
+
+def test_a_maps_scale_bar_is_a_round_length_of_at_most_a_quarter_of_its_width():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from mpl_toolkits.axes_grid1.anchored_artists import AnchoredSizeBar
+
+    from floodlib.evaluation.figures import scale_bar, scale_length_m
+
+    assert [scale_length_m(width) for width in (320, 960, 3240, 4000, 100, 1.0)] == [50, 200, 500, 1000, 20, 0.2]
+    with pytest.raises(ValueError, match="width_m=0: expected a map width > 0 m"):
+        scale_length_m(0)
+    for cells, cell_size, label, drawn_cells in ((96, 10.0, "200 m", 20), (512, 10.0, "1 km", 100), (71, 40.0, "500 m", 12.5)):
+        figure, ax = plt.subplots()
+        ax.imshow(np.zeros((cells, cells)))
+        scale_bar(ax, cell_size_m=cell_size, cells_across=cells)
+        bar, = [artist for artist in ax.artists if isinstance(artist, AnchoredSizeBar)]
+        assert bar.txt_label.get_text() == label
+        assert bar.size_bar.get_children()[0].get_width() == drawn_cells  # in cells: the map's data units
+        plt.close(figure)

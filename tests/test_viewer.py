@@ -193,6 +193,10 @@ def test_the_domain_mode_shows_solver_surrogate_and_error_with_the_domain_rae(ti
 
     rollout = viewer.current_rollout
     assert rollout.steps == 2 and rollout.rollout.depths.shape == (3, 64, 64)
+    from mpl_toolkits.axes_grid1.anchored_artists import AnchoredSizeBar
+
+    bars = [artist for artist in domain_figure(rollout, 1).axes[0].artists if isinstance(artist, AnchoredSizeBar)]
+    assert rollout.cell_size_m == 10.0 and [bar.txt_label.get_text() for bar in bars] == ["100 m"]  # 640 m across
     assert (viewer.time_choice.min, viewer.time_choice.max) == (0, 2) and viewer.time_choice.value == 1
     np.testing.assert_allclose(rollout.rollout.times_s, [0, 1200, 2400])
 

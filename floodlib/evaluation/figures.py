@@ -7,6 +7,7 @@ viewer shows. Every function returns a matplotlib Figure and shows nothing.
 from __future__ import annotations
 
 import io
+import math
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -33,6 +34,31 @@ def whole_number_ticks(axis) -> None:
     from matplotlib.ticker import MaxNLocator
 
     axis.set_major_locator(MaxNLocator(integer=True))
+
+
+def scale_length_m(width_m: float) -> float:
+    """A round length (1, 2 or 5 times a power of ten, m) of at most a quarter of ``width_m``: a scale bar's."""
+    if not width_m > 0:
+        raise ValueError(f"width_m={width_m!r}: expected a map width > 0 m")
+    target = width_m / 4
+    power = 10.0 ** math.floor(math.log10(target))
+    return max(step * power for step in (1, 2, 5) if step * power <= target * (1 + 1e-9))
+
+
+def scale_bar(ax, *, cell_size_m: float, cells_across: int) -> None:
+    """Draw a scale bar in the lower left of a map drawn one pixel per cell (``imshow`` of a grid of
+    ``cells_across`` columns of ``cell_size_m``): a round length, labelled in m or km, on a white box."""
+    from matplotlib.font_manager import FontProperties
+    from mpl_toolkits.axes_grid1.anchored_artists import AnchoredSizeBar
+
+    length = scale_length_m(cell_size_m * cells_across)
+    label = f"{length / 1000:g} km" if length >= 1000 else f"{length:g} m"
+    bar = AnchoredSizeBar(ax.transData, length / cell_size_m, label, "lower left", pad=0.3, borderpad=0.4, sep=2,
+                          frameon=True, size_vertical=max(cells_across / 150, 0.3),
+                          fontproperties=FontProperties(size=7))
+    bar.patch.set_alpha(0.75)
+    bar.patch.set_linewidth(0)
+    ax.add_artist(bar)
 
 
 def plain_log_ticks(axis) -> None:

@@ -25,7 +25,7 @@ import pandas as pd
 import torch
 
 from floodlib.data.store import Simulation, read_simulation
-from floodlib.evaluation.figures import ERROR_COLOURS, model_colour, plain_log_ticks, whole_number_ticks
+from floodlib.evaluation.figures import ERROR_COLOURS, model_colour, plain_log_ticks, scale_bar, whole_number_ticks
 from floodlib.evaluation.metrics import MetricSpec, resolve_device
 from floodlib.models.constants import PATCH_CELLS
 from floodlib.predict import DomainPredictor, PredictError, Rollout, StoredBoundary, Tiling, predict_plan
@@ -435,7 +435,8 @@ def plot_volume(frame: pd.DataFrame, *, title: str = ""):
 
 
 def plot_rollout_maps(item: PlanRollout, *, title: str = ""):
-    """Depth by the solver and by the surrogate, and their difference, at the start and after each step."""
+    """Depth by the solver and by the surrogate, and their difference, at the start and after each step; cells
+    outside the model's area grey, a scale bar on the solver's maps."""
     import matplotlib.pyplot as plt
 
     simulation, rollout = item.simulation, item.rollout
@@ -453,7 +454,11 @@ def plot_rollout_maps(item: PlanRollout, *, title: str = ""):
                 (truth[k], "Blues", (0, depth_max), "solver depth (m)"),
                 (rollout.depths[k], "Blues", (0, depth_max), "surrogate depth (m)"),
                 (error[k], ERROR_COLOURS, (-error_max, error_max), "surrogate − solver (m)"))):
-            image = axes[k, col].imshow(field, cmap=cmap, vmin=limits[0], vmax=limits[1])
+            image = axes[k, col].imshow(np.ma.masked_invalid(field), interpolation="nearest",
+                                        cmap=plt.get_cmap(cmap).with_extremes(bad="lightgrey"), vmin=limits[0],
+                                        vmax=limits[1])
+            if col == 0:
+                scale_bar(axes[k, col], cell_size_m=simulation.cell_size_m, cells_across=field.shape[1])
             axes[k, col].set_xticks([])
             axes[k, col].set_yticks([])
             axes[k, col].set_title(f"{name}, {minutes:g} min", fontsize=9)

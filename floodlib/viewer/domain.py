@@ -21,6 +21,7 @@ from functools import cached_property
 import numpy as np
 
 from floodlib.data.store import Simulation
+from floodlib.evaluation.figures import scale_bar
 from floodlib.evaluation.metrics import MetricSpec
 from floodlib.evaluation.rollout import domain_rae
 from floodlib.predict import DomainPredictor, PredictError, Rollout, StepResult, plan_start_frame, predict_plan
@@ -134,7 +135,8 @@ class DomainRollout:
     ``rollout``: :class:`floodlib.predict.Rollout` (``depths`` (steps + 1, rows, cols), frame 0 the start);
     ``solver``: the plan's depths at ``rollout.times_s``, same shape; ``interpolated``: whether some of those
     fell between stored outputs; ``tolerance_m``: the closure's; ``min_mean_change_m``: the RAE's small-
-    denominator threshold (:class:`~floodlib.evaluation.metrics.MetricSpec`).
+    denominator threshold (:class:`~floodlib.evaluation.metrics.MetricSpec`); ``cell_size_m``: the plan's, for
+    the maps' scale bar (None: no bar).
     """
 
     model: str
@@ -145,6 +147,7 @@ class DomainRollout:
     interpolated: bool = False
     tolerance_m: float = 1e-3
     min_mean_change_m: float = MetricSpec().min_mean_change_m
+    cell_size_m: float | None = None
 
     @property
     def steps(self) -> int:
@@ -162,7 +165,7 @@ class DomainRollout:
                           steps=self.rollout.steps[:steps])
         return DomainRollout(model=self.model, plan=self.plan, rollout=rollout, solver=self.solver[:steps + 1],
                              delta_t_s=self.delta_t_s, interpolated=self.interpolated, tolerance_m=self.tolerance_m,
-                             min_mean_change_m=self.min_mean_change_m)
+                             min_mean_change_m=self.min_mean_change_m, cell_size_m=self.cell_size_m)
 
     def frame(self, step: int) -> DomainFrame:
         """Step ``step`` (0 the start, up to :attr:`steps`)."""
@@ -218,7 +221,7 @@ def predict_domain(model, simulation: Simulation, *, start_s: float, steps: int,
     solver, interpolated = solver_depths(simulation, rollout.times_s)
     return DomainRollout(model=model_name, plan=name, rollout=rollout, solver=solver, delta_t_s=float(delta_t_s),
                          interpolated=interpolated, tolerance_m=predictor.tolerance_m,
-                         min_mean_change_m=spec.min_mean_change_m)
+                         min_mean_change_m=spec.min_mean_change_m, cell_size_m=float(simulation.cell_size_m))
 
 
 def domain_figure(rollout: DomainRollout, step: int):
@@ -243,6 +246,8 @@ def domain_figure(rollout: DomainRollout, step: int):
         ax.set_xticks([])
         ax.set_yticks([])
         ax.set_title(title, fontsize=10)
+    if rollout.cell_size_m is not None:
+        scale_bar(axes[0], cell_size_m=rollout.cell_size_m, cells_across=cols)
     if rollout.interpolated:
         axes[0].set_xlabel("interpolated between the plan's stored outputs", fontsize=8)
     fig.suptitle(f"{rollout.label(step)}\n"
