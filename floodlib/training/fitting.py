@@ -150,9 +150,11 @@ class SurrogateModule(L.LightningModule):
     def _step(self, batch, stage: str, batch_idx: int) -> torch.Tensor:
         depths = batch.depths
         if stage == "train" and self.ring_blend > 0:
-            # Drawn from the seed, epoch, batch and rank, so a resumed run blends exactly as an uninterrupted one.
-            key = (self.loader.seed, self.current_epoch, batch_idx, self.global_rank)
-            generator = torch.Generator(depths.device).manual_seed(hash(key) % 2 ** 63)
+            # Drawn from the seed, epoch, batch and rank, so a resumed run blends exactly as an uninterrupted one
+            # (numpy's SeedSequence: the same draw on every Python version and platform).
+            key = [self.loader.seed, self.current_epoch, batch_idx, self.global_rank]
+            state = np.random.SeedSequence(key).generate_state(1, np.uint64)[0]
+            generator = torch.Generator(depths.device).manual_seed(int(state) >> 1)
             depths = blend_rings(depths, self.ring_blend, ring_cells=self.ring_cells, generator=generator)
         prediction = self.model(batch.terrain, depths)
         loss = F.l1_loss(prediction.float(), batch.depth_change.float())
