@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -243,10 +244,13 @@ def test_bad_run_folders_are_clear_errors_in_the_library(run_copy, damage):
 
 
 @pytest.mark.parametrize("damage", ["no stage C", "corrupted weights", "another architecture"])
-def test_bad_run_folders_are_clear_errors_in_the_notebook(run_copy, damage):
+def test_bad_run_folders_are_clear_errors_in_the_notebook(run_copy, damage, monkeypatch):
     message, where = _break_run(run_copy, damage)
+    # the run folder and profile named relative to here, as on a command line (papermill runs the notebook
+    # from the notebooks' folder)
+    monkeypatch.chdir(run_copy.parent)
     with pytest.raises(StageFailed) as info:
-        run_pipeline(run_copy / "params.yaml", run_dir=run_copy, stages=["D"])
+        run_pipeline(Path(run_copy.name) / "params.yaml", run_dir=Path(run_copy.name), stages=["D"])
     assert message in str(info.value) and where in str(info.value)
     assert str(run_copy / "D" / "D_evaluate.ipynb") in str(info.value)
     assert not (run_copy / "D" / "summary.json").exists() and not (run_copy / "D" / "metrics").exists()

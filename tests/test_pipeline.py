@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import platform
 import shutil
 import warnings
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 import torch
 import yaml
 
+import floodlib
 from floodlib.pipeline import ProfileError, load_profile, parameters_from_namespace
 from floodlib.pipeline import stages, tuning
 from floodlib.pipeline.runner import StageFailed, run_pipeline
@@ -52,6 +54,13 @@ def test_tiny_profile_runs_a_to_d_headless(tiny_run):
     assert b["beats_default"] == (b["tuned"]["best_val_loss"] < b["default_arch04_val_loss"])
     log = (run_dir / "pipeline.log").read_text()
     assert "stage A: done" in log and "stage C: done" in log and "stage D: done" in log
+    assert f"on floodlib {floodlib.__version__}" in log and "torch threads)" in log  # the machine it ran on
+    report = (run_dir / "D" / "D_evaluate.ipynb").read_text()
+    assert "training, stage C: floodlib" in report and "inference, stage D: floodlib" in report
+    assert a["environment"]["python"] == platform.python_version()
+    trained_with = json.loads((run_dir / "A" / "models" / "Arch_02" / "summary.json").read_text())["environment"]
+    assert [trained_with[key] for key in ("python", "torch", "cpu")] == [a["environment"][key] for key in
+                                                                         ("python", "torch", "cpu")]
     assert f"python -m floodlib.viewer {run_dir}" in log
 
 
@@ -433,6 +442,33 @@ def test_a_profile_can_read_hecras_plans_into_the_run(tmp_path, monkeypatch):
     profile["data"] = {"hecras": [{"file": str(plan), "project": "../elsewhere"}]}
     path.write_text(yaml.safe_dump(profile))
     with pytest.raises(ProfileError, match=r"hecras\.0\.project.*'\.\./elsewhere' must be a folder name"):
+        load_profile(path)
+    # Two entries stored as the same plan of the same project (the same model's events, each Model.p01.hdf in a
+    # folder of its own) would replace each other: refused when the profile is read, naming both.
+    event = tmp_path / "event2" / plan.name
+    event.parent.mkdir()
+    shutil.copy(plan, event)
+    profile["data"] = {"hecras": [{"file": str(plan)}, {"file": str(event), "units": "si"}]}
+    path.write_text(yaml.safe_dump(profile))
+    with pytest.raises(ProfileError, match=r"data\.hecras\.1 \(.*event2/Muncie2DOnly_SI\.p01\.hdf\) and data\.hecras\.0 "
+                                           r"\(.*\) are both plan '2D Area Only' of project 'Muncie2DOnly_SI', so one "
+                                           r"would replace the other in data/Muncie2DOnly_SI/; give one of them a `plan:`"):
+        load_profile(path)
+    profile["data"]["hecras"][1]["plan"] = "event 2"  # and units in either case, as read_hecras takes them
+    path.write_text(yaml.safe_dump(profile))
+    assert load_profile(path).data.hecras[1].units == "SI"
+    # a project named after a file name that is no folder name, or after a simulated project
+    spaced = tmp_path / "My Model.p01.hdf"
+    shutil.copy(plan, spaced)
+    profile["data"] = {"hecras": [{"file": str(spaced)}]}
+    path.write_text(yaml.safe_dump(profile))
+    with pytest.raises(ProfileError, match=r"data\.hecras\.0\.file = .*My Model\.p01\.hdf: the project name 'My Model' "
+                                           r"taken from the file's name must be a folder name"):
+        load_profile(path)
+    profile["data"] = {"hecras": [{"file": str(spaced), "project": "valley"}],
+                       "simulate": [{"name": "valley", "n_plans": 3, "rows": 32, "cols": 32, "duration_s": 1200}]}
+    path.write_text(yaml.safe_dump(profile))
+    with pytest.raises(ProfileError, match=r"data\.hecras\.0: project 'valley' is also a simulated project"):
         load_profile(path)
 
 

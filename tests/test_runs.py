@@ -29,7 +29,31 @@ def run(tmp_path) -> Run:
 def test_a_summary_round_trips_and_records_the_summaries_it_was_made_from(run):
     a = StageASummary(ranking=[ROW], splits={"small_train": {"samples": 12}})
     path_a = write_summary(run, a)
-    assert read_summary(run, "A") == a.model_copy(update={"upstream": {}, "settings": run.profile.settings_digest("A")})
+    recorded = read_summary(run, "A")
+    assert recorded == a.model_copy(update={"upstream": {}, "settings": run.profile.settings_digest("A"),
+                                            "environment": recorded.environment})
+    # what the stage ran with
+    import platform
+
+    import torch
+
+    import floodlib
+    from floodlib.environment import describe
+
+    environment = recorded.environment
+    assert environment["floodlib"] == floodlib.__version__ and environment["python"] == platform.python_version()
+    assert environment["torch"].split("+")[0] == torch.__version__.split("+")[0]
+    assert environment["torch_threads"] == torch.get_num_threads() and environment["cuda_devices"] == []
+    assert describe(environment).startswith(f"floodlib {floodlib.__version__} (") and describe(environment).endswith(
+        f"{environment['cpu_count']} cores ({torch.get_num_threads()} torch threads); no GPU")
+    if (Path(floodlib.__file__).parents[1] / ".git").exists():
+        assert len(environment["git_commit"].split("+")[0]) == 12  # this checkout's commit
+    # a summary written before the environment was recorded reads back, with an empty one
+    raw = json.loads(path_a.read_text())
+    del raw["environment"]
+    path_a.write_text(json.dumps(raw))
+    assert read_summary(run, "A").environment == {}
+    path_a = write_summary(run, a)
     b = StageBSummary(tuned=TUNED, default_arch04_val_loss=0.03, beats_default=True, trials={"COMPLETE": 2})
     write_summary(run, b)
     back = read_summary(run.run_dir, "B")  # a run folder's path does as well as the Run

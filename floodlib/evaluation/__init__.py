@@ -20,7 +20,7 @@ from floodlib.evaluation.figures import (SampleView, figure_png, format_rae, plo
                                          prediction_page, sample_figure, view_sample)
 from floodlib.evaluation.metrics import (MetricSpec, evaluate_dataset, predict_dataset, resolve_device,
                                          sample_metrics, summarise)
-from floodlib.evaluation.compare import compare_models, inference_latency
+from floodlib.evaluation.compare import compare_models, inference_latency, measured_on
 from floodlib.evaluation.report import (REFERENCE_MEDIAN_RAE, SPLIT_DESCRIPTIONS, EvaluationError, headline,
                                         headline_text, read_sample_metrics, report_summary, reported_splits,
                                         save_metrics, save_table, summary_table)
@@ -34,7 +34,7 @@ __all__ = [
     "EvaluationError", "MetricSpec", "PlanRollout", "plot_convergence", "plot_rollout_maps", "plot_rollout_models",
     "plot_rollout_rae", "plot_volume", "roll_out_models", "roll_out_plans", "rollout_comparison", "rollout_summary",
     "rollout_table", "rollout_text", "REFERENCE_MEDIAN_RAE", "RunModel", "SPLIT_DESCRIPTIONS", "SampleView",
-    "choose_samples", "compare_models", "context_splits_of", "evaluate_dataset", "evaluate_models", "figure_png", "format_rae", "headline",
+    "choose_samples", "compare_models", "context_splits_of", "measured_on", "evaluate_dataset", "evaluate_models", "figure_png", "format_rae", "headline",
     "headline_text", "inference_latency", "plot_comparison", "plot_rae_boxplots", "predict_dataset",
     "prediction_page", "prediction_pages", "read_sample_metrics", "report_summary", "reported_splits",
     "resolve_device", "run_models", "sample_figure", "sample_metrics", "save_metrics", "save_table", "summarise",

@@ -66,3 +66,21 @@ def compare_models(models: Sequence[RunModel], table: pd.DataFrame, dataset: Pat
         row["pooled_test_rae"] = float(figures["pooled_rae"])
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def measured_on(run_dir, stages: Sequence[str] = ("A", "B", "C")) -> str:
+    """Where the comparison's times were measured, one line each: training per epoch by each of ``stages``
+    that has completed (the machine its summary records), inference here and now."""
+    from floodlib.environment import describe, environment
+    from floodlib.runs import RunError, read_summary
+
+    lines = []
+    for stage in stages:
+        try:
+            recorded = read_summary(run_dir, stage).environment
+        except RunError:
+            continue
+        lines.append(f"training, stage {stage}: " + (describe(recorded) if recorded else
+                                                       "not recorded (the stage ran before floodlib recorded it)"))
+    lines.append(f"inference, stage D: {describe(environment())}")
+    return "Times measured on\n" + "\n".join(f"  {line}" for line in lines)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from floodlib.pipeline.config import NOTEBOOKS, STAGES, ProfileError, check_stages, load_profile
 from floodlib.data.locks import FolderBusyError, hold_folder
+from floodlib.environment import describe, environment
 from floodlib.runs import SUMMARY_FILE, stage_state, write_profile
 
 REPOSITORY = Path(__file__).resolve().parents[2]
@@ -137,8 +138,11 @@ def run_pipeline(profile_path: str | Path, *, stages: list[str] | None = None, f
                            "(torchrun or SLURM): start it with plain python; `devices` and `strategy: ddp` in the "
                            "profile's stage sections start a training process per device on this machine")
     profile = load_profile(profile_path)
-    run_dir = Path(run_dir) if run_dir else Path(outputs) / profile.name
-    notebooks = Path(notebooks)
+    # Absolute from here on: papermill runs each notebook from the notebooks' folder, where a relative run
+    # folder would name another place.
+    outputs = Path(outputs).absolute()
+    run_dir = Path(run_dir).absolute() if run_dir else outputs / profile.name
+    notebooks = Path(notebooks).absolute()
     if not notebooks.is_dir():
         raise ProfileError(f"--notebooks {notebooks}: not a folder of stage notebooks "
                            f"({', '.join(NOTEBOOKS.values())})")
@@ -174,8 +178,9 @@ def run_pipeline(profile_path: str | Path, *, stages: list[str] | None = None, f
         write_profile(profile, run_dir)
         log_file = run_dir / "pipeline.log"
         _log(log_file, f"run {profile.name} -> {run_dir} (profile {profile_path}); stages {', '.join(wanted)}")
-        last = Path(outputs) / "last"
-        if run_dir.parent == Path(outputs):
+        _log(log_file, f"on {describe(environment())}")
+        last = outputs / "last"
+        if run_dir.parent == outputs:
             try:
                 if last.is_symlink() or last.exists():
                     last.unlink()

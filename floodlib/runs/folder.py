@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from floodlib.data.dataset import PatchDataset, SplitSpec, discover_plans, load_splits
 from floodlib.data.samples import SampleSpec
 from floodlib.data.store import atomic_json, atomic_write
+from floodlib.environment import environment
 from floodlib.runs.profile import STAGES, Profile, ProfileError, load_profile
 from floodlib.runs.summaries import SUMMARIES, StageSummary
 
@@ -117,8 +118,9 @@ def _digest(path: Path) -> str:
 def write_summary(run: Run, summary: StageSummary) -> Path:
     """Write the stage's summary.json last: its presence marks the stage complete.
 
-    It records which results of the earlier stages it was made from (``upstream``: a digest of each
-    earlier stage's summary.json), so a stage redone later makes this one stale (:func:`stale_upstream`).
+    It records what the stage ran with (``environment``: :func:`floodlib.environment.environment`) and which
+    results of the earlier stages it was made from (``upstream``: a digest of each earlier stage's
+    summary.json), so a stage redone later makes this one stale (:func:`stale_upstream`).
     """
     if not isinstance(summary, StageSummary):
         raise TypeError(f"write_summary takes a stage summary of floodlib.runs.summaries, got {type(summary).__name__}")
@@ -126,7 +128,8 @@ def write_summary(run: Run, summary: StageSummary) -> Path:
     order = list(STAGES)
     upstream = {earlier: _digest(run.stage_dir(earlier) / SUMMARY_FILE) for earlier in order[:order.index(stage)]
                 if (run.stage_dir(earlier) / SUMMARY_FILE).exists()}
-    record = summary.model_copy(update={"upstream": upstream, "settings": run.profile.settings_digest(stage)})
+    record = summary.model_copy(update={"upstream": upstream, "settings": run.profile.settings_digest(stage),
+                                        "environment": environment()})
     return atomic_json(record.model_dump(mode="json"), run.stage_dir(stage) / SUMMARY_FILE)
 
 

@@ -144,6 +144,11 @@ class HecRasPlanConfig(Strict):
     # The plan's units where its file does not state them (no 'Units System' attribute); else left out.
     units: Literal["SI", "US"] | None = None
 
+    @field_validator("units", mode="before")
+    @classmethod
+    def _units_any_case(cls, value):
+        return value.upper() if isinstance(value, str) else value  # as read_hecras takes them
+
     @field_validator("project")
     @classmethod
     def _project_folder(cls, value: str | None) -> str | None:
@@ -560,6 +565,42 @@ def check_stages(profile: Profile, *, where: str, stages: tuple[str, ...] | list
             raise ProfileError(f"{where}: D.{field}: unknown split(s) {unknown}; this profile's data makes {known}")
 
 
+def _check_hecras_names(data: DataConfig, *, where: str) -> None:
+    """Refuse HEC-RAS plans whose project takes a file name that is no folder name, whose project is also a
+    simulated one, or that would be stored as the same plan of the same project (one would replace the
+    other): several events of one model, each ``Model.p01.hdf`` in its own folder, are named by their ShortID."""
+    from floodlib.data.hecras import hecras_names, project_name_from_file
+    from floodlib.data.store import SimulationFileError, plan_file_name
+
+    simulated = {project.name for project in data.simulate}
+    seen: dict[tuple[str, str], int] = {}
+    for index, plan in enumerate(data.hecras):
+        field = f"{where}: data.hecras.{index}"
+        if plan.project is None:
+            derived = project_name_from_file(plan.file)
+            try:
+                folder_name(derived)
+            except ValueError:
+                raise ProfileError(
+                    f"{field}.file = {plan.file}: the project name {derived!r} taken from the file's name must be a "
+                    "folder name of letters, digits, '-', '_', '.'; give the plan a `project:`") from None
+        try:
+            project, name = hecras_names(plan.file, area=plan.area, project=plan.project, plan=plan.plan)
+        except SimulationFileError:
+            continue  # preparing the data names what is wrong with the file, under the same field
+        if project in simulated:
+            raise ProfileError(f"{field}: project {project!r} is also a simulated project (data.simulate), whose "
+                               "folder the simulator keeps; give the HEC-RAS plan a `project:` of its own")
+        key = (project, plan_file_name(name))
+        if key in seen:
+            first = data.hecras[seen[key]]
+            raise ProfileError(
+                f"{field} ({plan.file}) and data.hecras.{seen[key]} ({first.file}) are both plan {name!r} of project "
+                f"{project!r}, so one would replace the other in data/{project}/; give one of them a `plan:` (or "
+                "`project:`) of its own")
+        seen[key] = index
+
+
 def check_data(data: DataConfig, *, where: str) -> None:
     """Refuse, before anything runs, sample and split settings that cannot work with the profile's projects:
     an unknown or ill-typed SampleSpec or SplitSpec field, and ``splits.test_projects``,
@@ -586,6 +627,7 @@ def check_data(data: DataConfig, *, where: str) -> None:
     if twice:
         raise ProfileError(f"{where}: data.simulate: project name(s) {twice} given more than once; each simulated "
                            "project needs its own name (its own folder of plans)")
+    _check_hecras_names(data, where=where)
     names = data.project_names()
     if not names:
         return

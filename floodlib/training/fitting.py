@@ -27,6 +27,7 @@ from floodlib.data.dataset import PatchDataset
 from floodlib.data.locks import hold_folder
 from floodlib.models import FloodModel
 from floodlib.data.store import atomic_json
+from floodlib.environment import environment
 from floodlib.models.checkpoints import CheckpointError, atomic_torch_save, save_model
 from floodlib.training.monitor import analyse_convergence, no_change_loss
 
@@ -633,6 +634,7 @@ def _finish(module: SurrogateModule, trainer, train, val, *, resumed_from, elaps
         "arch": model.arch,
         "config": model.config,
         "floodlib_version": floodlib.__version__,
+        "environment": environment(),
         "train_split": getattr(train, "name", None),
         "val_split": getattr(val, "name", None),
         "train_samples": len(train),
