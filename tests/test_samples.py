@@ -400,3 +400,20 @@ def test_preview_figure(tmp_path):
     out = tmp_path / "preview.png"
     figure.savefig(out)
     assert out.stat().st_size > 10_000
+
+
+def test_a_model_learns_the_cell_size_only_of_the_plans_that_give_it_samples(tmp_path):
+    fine = write_simulation(tmp_path / "fine" / "plan_000.h5", coded_simulation(project="fine"))
+    dry = coded_simulation(project="coarse", wet=0.0)
+    dry.cell_size_m, dry.terrain_spacing_m = 40.0, 10.0
+    dry.water_depth[:] = 0.0  # no patch is wet: the plan gives no sample
+    coarse = write_simulation(tmp_path / "coarse" / "plan_000.h5", dry)
+    mixed = PatchDataset([fine, coarse], name="mixed", spec=SPEC)
+    assert mixed.summary.samples_per_plan[1] == 0 and mixed.cell_sizes_m == [10.0, 40.0]
+    assert mixed.trained_on() == {"delta_t_s": SPEC.delta_t_s, "cell_size_m": [10.0]}
+    dry.water_depth[:] = 1.0
+    both = PatchDataset([fine, write_simulation(coarse, dry)], name="both", spec=SPEC)
+    assert both.trained_on()["cell_size_m"] == [10.0, 40.0]
+    from_coarse = np.flatnonzero(both.index["plan"] == 1)
+    assert both.subset(from_coarse[:2]).trained_on()["cell_size_m"] == [40.0]  # a subset's own plans
+    assert both.subset([]).trained_on()["cell_size_m"] == []

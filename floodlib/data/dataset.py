@@ -126,8 +126,11 @@ class PatchDataset(Dataset):
 
     def trained_on(self) -> dict:
         """What a model trained on these samples has learnt to predict: the lead time (``delta_t_s``) and the
-        cell sizes of its plans (``cell_size_m``), which a checkpoint records (:attr:`FloodModel.trained_on`)."""
-        return {"delta_t_s": float(self.spec.delta_t_s), "cell_size_m": sorted(set(self.cell_sizes_m))}
+        cell sizes of the plans its samples come from (``cell_size_m``; a plan that gives none teaches nothing),
+        which a checkpoint records (:attr:`FloodModel.trained_on`)."""
+        sampled = np.unique(self.index["plan"]) if len(self.index) else []
+        return {"delta_t_s": float(self.spec.delta_t_s),
+                "cell_size_m": sorted({self.cell_sizes_m[int(plan)] for plan in sampled})}
 
     def __getitem__(self, item: int) -> Sample:
         entry = self.index[item]
