@@ -72,8 +72,9 @@ def write_geotiff(path: Path, values: np.ndarray, *, west: float, north: float, 
 
 
 def plane(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """A tilted plane (m): bilinear sampling reproduces it exactly, so any misplacement shows."""
-    return 100.0 + 0.001 * (x - BACKWATER_WEST) - 0.002 * (y - BACKWATER_NORTH)
+    """A tilted plane (m): bilinear sampling reproduces it exactly, so any misplacement shows. It lies within a
+    few metres of the plan's own cell elevations (about 0 m), as the DEM a plan was built on does."""
+    return 0.001 * (x - BACKWATER_WEST - 5000.0) - 0.002 * (y - BACKWATER_NORTH)
 
 
 def backwater_dem(tmp_path: Path, *, west=BACKWATER_WEST - 20, east=BACKWATER_WEST + 10020, crs=None,
@@ -199,6 +200,21 @@ def test_muncie_terrain_from_the_dem(muncie):
     assert (at_centres >= cells["minimum"] - 1e-3).all()
     assert np.median(at_centres - cells["minimum"]) < 1.0
     assert "pyhmt2d_muncie_subterrain_5m_deflate.tif" in muncie.source
+
+
+def test_a_dem_far_from_the_plans_own_cell_elevations_is_refused(tmp_path):
+    """Muncie's DEM with its elevations in feet but declared as metres: 3.28 times too high, 600 m off."""
+    import rasterio
+
+    with rasterio.open(MUNCIE_DEM) as source:
+        profile, values = source.profile, source.read(1, masked=True)
+    feet = tmp_path / "muncie_feet.tif"
+    with rasterio.open(feet, "w", **profile) as target:
+        target.write((values * 3.28084).filled(profile["nodata"]).astype(np.float32), 1)
+    message = assert_fails(tmp_path, MUNCIE, "muncie_feet.tif: elevation: at the centres of Muncie2DOnly_SI.p01.hdf's "
+                           "cells (area Muncie2D) the DEM lies a median +6", "Cells Minimum Elevation: 27",
+                           "expected within 10 m", "other vertical units (feet read as metres)", terrain=feet)
+    assert "the DEM there 9" in message
 
 
 def test_dem_is_sampled_at_the_right_places(tmp_path):
