@@ -408,3 +408,20 @@ def test_a_maps_scale_bar_is_a_round_length_of_at_most_a_quarter_of_its_width():
         assert bar.txt_label.get_text() == label
         assert bar.size_bar.get_children()[0].get_width() == drawn_cells  # in cells: the map's data units
         plt.close(figure)
+
+
+def test_splits_without_samples_are_a_clear_error_not_an_empty_table(tmp_path):
+    from floodlib.data import PatchDataset, SampleSpec, Simulation, write_simulation
+    from floodlib.evaluation import evaluate_models, summary_table
+
+    dry = Simulation(project="p", plan="dry", terrain=np.zeros((321, 321), dtype=np.float32),
+                     water_depth=np.zeros((121, 32, 32), dtype=np.float32), cell_size_m=10.0, terrain_spacing_m=1.0,
+                     output_interval_s=60.0, source="test")
+    plan = write_simulation(tmp_path / "p" / "dry.h5", dry)
+    spec = SampleSpec(snapshot_times_s=(0.0,), delta_t_s=3600.0)
+    datasets = {"dry_test": PatchDataset([plan], name="dry_test", spec=spec), "none": PatchDataset([], name="none")}
+    with pytest.raises(ValueError, match=r"no samples to evaluate in any split: dry_test: every patch of its 1 plan\(s\) "
+                                         r"was dropped: 1 dry .*; none: it holds no plans"):
+        evaluate_models([], datasets)
+    with pytest.raises(ValueError, match="no per-sample metrics to summarise"):
+        summary_table(pd.DataFrame())

@@ -406,7 +406,8 @@ def test_a_profile_can_read_hecras_plans_into_the_run(tmp_path, monkeypatch):
     from floodlib.data.preview import preview_samples
 
     with pytest.raises(ValueError, match=r"split 'muncie' has no samples to preview: every patch of its 1 plan\(s\) "
-                                         r"was dropped: 0 dry .* and [1-9]\d* reaching cells outside the model's area"):
+                                         r"was dropped: 0 dry .* and [1-9]\d* reaching cells outside the model's area .*"
+                                         r"blocks of patch_cells x patch_cells of its own cells, 32x32 by default"):
         preview_samples(PatchDataset([files[0]], name="muncie", spec=SampleSpec(snapshot_times_s=(0.0, 3600.0))))
     before = files[0].stat().st_mtime_ns
     with monkeypatch.context() as patch:  # already there: kept as it is, and not even read again

@@ -51,7 +51,8 @@ class SplitSummary:
             return "it holds no plans"
         return (f"every patch of its {len(self.plans)} plan(s) was dropped: {self.dry_dropped} dry (no water at n "
                 f"nor n + dt) and {self.masked_dropped} reaching cells outside the model's area (a patch must lie "
-                "wholly inside it: a HEC-RAS 2D area needs whole 32x32 blocks of 10 m cells)")
+                "wholly inside it: a HEC-RAS 2D area needs whole blocks of patch_cells x patch_cells of its own cells, "
+                "32x32 by default, inside its outline)")
 
     def __str__(self) -> str:
         return (f"{self.name}: {len(self.plans)} plans, {self.samples} samples "

@@ -31,6 +31,8 @@ EvaluationError = RunError
 
 def summary_table(samples: pd.DataFrame, spec: MetricSpec = MetricSpec()) -> pd.DataFrame:
     """Figures per model and split (:func:`~floodlib.evaluation.metrics.summarise`), indexed (model, split)."""
+    if samples.empty:
+        raise ValueError("no per-sample metrics to summarise (the splits evaluated hold no samples)")
     rows = []
     for (model, split), part in samples.groupby(["model", "split"], sort=False):
         rows.append({"model": model, "stage": part["stage"].iloc[0], "arch": part["arch"].iloc[0], "split": split,

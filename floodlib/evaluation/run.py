@@ -27,6 +27,9 @@ def evaluate_models(models: Sequence[RunModel], datasets: dict[str, PatchDataset
     """
     if not datasets:
         raise ValueError("no splits to evaluate")
+    if not any(len(dataset) for dataset in datasets.values()):
+        raise ValueError("no samples to evaluate in any split: " + "; ".join(
+            f"{name}: {dataset.summary.empty_reason()}" for name, dataset in datasets.items()))
     splits_of = dict(splits_of or {})
     for key, names in splits_of.items():
         unknown = [name for name in names if name not in datasets]
