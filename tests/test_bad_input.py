@@ -248,6 +248,9 @@ def _drop_fetch(raw, path):
      r"attentions = \[2, 3\] with layers = \[3, 8\]: Arch_04 fits at most layers - 2 = 1 attention"),
     (lambda r: r["B"].update(lr_range=[0.01, 0.001]), r"section B: lr_range = \[0.01, 0.001\]: expected \[low, high\] with 0 < low"),
     (lambda r: r["B"].update(lr_range=[-0.01, 0.001]), r"section B: lr_range = \[-0.01, 0.001\]"),
+    (lambda r: r["B"].update(layers=[3]), r"section B: layers = \[3\]: expected a pair \[low, high\]"),
+    (lambda r: r["data"]["simulate"][0].update(peak_discharge_m3s=[5, 10, 20]),
+     r"data.simulate.0.peak_discharge_m3s = \[5, 10, 20\]: expected a pair \[low, high\]"),
     (lambda r: r["B"].update(channels=[]), r"section B: channels = \[\]: .*one or more positive channel counts"),
     (lambda r: r["B"].update(channels=[0, 16]), r"section B: channels = \[0, 16\]"),
     (lambda r: r["B"].update(downsamplers=["bilinear"]), r"section B: downsamplers = \['bilinear'\]: .*unknown downsampler 'bilinear'"),
@@ -280,7 +283,7 @@ def _drop_fetch(raw, path):
     (lambda r: r["C"].update(warm_start=True, downsampler="cubic"),
      r"C.warm_start = true with C.downsampler = 'cubic' but A.downsampler = 'alternating'"),
 ], ids=["B-layers-reversed", "B-layers-zero", "B-attentions-negative", "B-attentions-beyond-layers", "B-lr-reversed",
-        "B-lr-negative", "B-channels-empty", "B-channels-zero", "B-downsampler-unknown", "B-downsamplers-empty",
+        "B-lr-negative", "B-layers-one", "discharge-three", "B-channels-empty", "B-channels-zero", "B-downsampler-unknown", "B-downsamplers-empty",
         "D-test-split-unknown", "D-splits-unknown", "D-context-splits-unknown", "A-without-Arch_04", "C-model-unknown", "DEM-missing",
         "HEC-RAS-missing", "project-twice", "project-name-a-path", "valley-field-unknown", "samples-bad", "splits-bad", "test-project-unknown",
         "A-no-previews", "C-ring-blend-above-1", "C-per-model-ring-blend-negative", "A-per-model-batch-fraction", "C-warm-start-without-A-weights", "C-warm-start-other-downsampler"])

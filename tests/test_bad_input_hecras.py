@@ -208,7 +208,16 @@ def test_the_conversion_is_recorded_in_the_store(tmp_path):
     ("LOCAL_CS[my site]", FOOT, "international foot", "assumed: the plan has a Projection that could not be read"),
 ], ids=["us-survey", "international", "metre-projection", "unreadable-projection"])
 def test_the_foot_follows_the_projection(tmp_path, projection, foot, name, why):
-    sim = read_hecras(write_plan(tmp_path / "feet.p01.hdf", units="US Customary", projection=projection))
+    plan = write_plan(tmp_path / "feet.p01.hdf", units="US Customary", projection=projection)
+    if "in 'metre'" in why:  # feet by the plan's units, metres by its projection: said, and no DEM can be placed
+        with pytest.warns(UserWarning, match=r"feet.p01.hdf: the plan's lengths are in feet \(Units System: US "
+                                             r"Customary\) but its Projection is in metres.*read as international foot"):
+            sim = read_hecras(plan)
+        with pytest.raises(SimulationFileError, match=r"feet.p01.hdf: Projection: the plan's lengths are in feet .* a DEM "
+                                                      r"cannot be placed under its cells"):
+            read_hecras(plan, terrain=write_dem(tmp_path / "dem.tif", length=1.0, crs="EPSG:32128"))
+    else:
+        sim = read_hecras(plan)
     assert sim.extra["converted_from"] == name and sim.extra["foot_m"] == foot
     assert why in sim.source
     assert sim.cell_size_m == round(CELL * foot, 6)

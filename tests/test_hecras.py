@@ -423,3 +423,15 @@ def test_a_converted_plan_exported_as_geotiff_holds_hecras_depths_at_hecras_cell
     assert_allclose(at_centres, cells["surface"][3] - cells["minimum"], rtol=0, atol=4e-5)
     # cells outside the 2D area are nodata: as many map cells hold data as the area has cells
     assert inside.sum() == MUNCIE_CELLS
+
+
+def test_a_hecras_file_where_a_dem_or_a_simulation_file_belongs_says_what_it_is(tmp_path):
+    from floodlib.data.geotiff import read_geotiff
+
+    with pytest.raises(SimulationFileError, match=r"Muncie2DOnly_SI.p01.hdf: file: holds no raster band \(GDAL reads it "
+                                                  r"as HDF5, a container of \d+ datasets\); expected a GeoTIFF DEM"):
+        read_geotiff(MUNCIE)
+    assert_fails(tmp_path, MUNCIE, "Muncie2DOnly_SI.p01.hdf: file: holds no raster band", terrain=MUNCIE)
+    with pytest.raises(SimulationFileError, match=r"terrain: dataset is missing; .* it looks like HEC-RAS plan results: "
+                                                  r"convert them first \(floodlib.data.convert_hecras"):
+        read_simulation(MUNCIE)

@@ -415,6 +415,8 @@ def test_the_cli_rolls_a_tiny_run_model_out_over_a_test_plan(tiny_run, tmp_path)
     np.testing.assert_array_equal(predicted.terrain, plan.terrain)
     assert predicted.output_interval_s == 1200.0 and predicted.extra["start_s"] == 0.0
     assert len(predicted.extra["closure_residuals_m"]) == 2 and predicted.plan.endswith("-surrogate")
+    passes = [int(line.split(" after ")[1].split(" pass")[0]) for line in done.stderr.splitlines() if " pass(es)" in line]
+    assert predicted.extra["closure_passes"] == passes and len(passes) == 2  # as the command line counted them
     assert predicted.event == plan.event and not predicted.extra["dry_start"] and predicted.extra["precision"] == "32"
     assert predicted.extra["tolerance_m"] == pytest.approx(0.001) and predicted.extra["max_iterations"] == 20
     # the plan's own edges are the boundary condition
@@ -475,6 +477,9 @@ def test_a_model_refuses_cells_of_another_size_and_another_lead_time():
     model.trained_on = {"delta_t_s": 3600.0, "cell_size_m": [10.0, 40.0]}
     with pytest.raises(PredictError, match="learnt to predict 60 min ahead .* a step of 30 min"):
         predict_plan(model, plan, start_s=0, steps=1, delta_t_s=1800.0, name="plan")
+    # without a lead time, the one the model learnt
+    model.trained_on = {"delta_t_s": 1800.0, "cell_size_m": [40.0]}
+    np.testing.assert_array_equal(predict_plan(model, plan, start_s=0, steps=2).times_s, [0.0, 1800.0, 3600.0])
 
 
 def test_the_cli_stops_on_ctrl_c_with_one_line_and_no_file(tmp_path, monkeypatch, capsys):

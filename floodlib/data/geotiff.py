@@ -155,6 +155,11 @@ def read_geotiff(path: str | Path, band: int = 1) -> Raster:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             with rasterio.open(path) as dataset:
+                if dataset.count == 0:
+                    raise SimulationFileError(
+                        f"{path}: file: holds no raster band (GDAL reads it as {dataset.driver}"
+                        + (f", a container of {len(dataset.subdatasets)} datasets" if dataset.subdatasets else "")
+                        + "); expected a GeoTIFF DEM")
                 if band < 1 or band > dataset.count:
                     raise SimulationFileError(
                         f"{path}: band: {band} is not one of the file's bands 1..{dataset.count}")

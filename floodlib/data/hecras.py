@@ -89,6 +89,7 @@ class _Foot:
     metres: float  # m per foot
     name: str  # 'US survey foot' or 'international foot'
     reason: str
+    projection_in_metres: bool = False  # the plan's Projection contradicts its units
 
 
 def list_2d_areas(plan_hdf: str | Path) -> list[str]:
@@ -223,6 +224,14 @@ def read_hecras(
             system, system_from = _plan_units(h5, path, stated_units)
             crs = _attr_text(h5, "Projection")
             foot = _foot(crs) if system == "US" else None
+            if foot is not None and foot.projection_in_metres:
+                contradiction = (f"the plan's lengths are in feet ({system_from}: US Customary) but its Projection is "
+                                 "in metres, so its coordinates cannot be in both")
+                if terrain is not None:
+                    raise field_error(path, "Projection", f"{contradiction}: a DEM cannot be placed under its cells; "
+                                      "correct the plan's units or its projection in HEC-RAS")
+                warnings.warn(f"{path}: {contradiction}; its lengths are read as {foot.name} ({foot.reason})",
+                              UserWarning, stacklevel=2)
             count = _cell_count(h5, path, area)
             centres_field = f"{AREAS_PATH}/{area}/Cells Center Coordinate"
             centres = _cell_centres(h5, path, area, count)
@@ -451,7 +460,8 @@ def _foot(crs: str | None) -> _Foot:
         return _Foot(INTERNATIONAL_FOOT_M, "international foot", f"the unit of the plan's Projection, {unit[0]!r}")
     why = "no Projection" if crs is None else (
         "a Projection that could not be read" if unit is None else f"a Projection in {unit[0]!r}, not feet")
-    return _Foot(INTERNATIONAL_FOOT_M, "international foot", f"assumed: the plan has {why}")
+    return _Foot(INTERNATIONAL_FOOT_M, "international foot", f"assumed: the plan has {why}",
+                 projection_in_metres=unit is not None and unit[1] == 1.0)
 
 
 def _fit_lattice(path: Path, field: str, centres: np.ndarray, *, unit: str = "m") -> _Lattice:

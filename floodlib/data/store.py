@@ -338,7 +338,10 @@ def read_simulation(path: str | Path, *, memory_map: bool = False, validate: boo
     with open_hdf5(path) as h5:
         for name in ("terrain", "water_depth"):
             if name not in h5 or not isinstance(h5[name], h5py.Dataset):
-                raise field_error(path, name, "dataset is missing; a simulation file needs 'terrain' and 'water_depth'")
+                hint = ("; it looks like HEC-RAS plan results: convert them first (floodlib.data.convert_hecras, or a "
+                        "profile's data.hecras)" if "Geometry/2D Flow Areas" in h5 or "Results/Unsteady" in h5 else "")
+                raise field_error(path, name, "dataset is missing; a simulation file needs 'terrain' and "
+                                  f"'water_depth'{hint}")
         attrs = {name: _read_attr(h5, path, name) for name in REQUIRED_ATTRS}
         optional = {key: _decode(h5.attrs[key]) for key in h5.attrs if key not in REQUIRED_ATTRS}
         arrays = {}

@@ -49,7 +49,7 @@ def check_trained_on(model, simulation: Simulation, *, delta_t_s: float, name: s
 
 
 def predict_plan(model, simulation: Simulation, *, start_s: float, steps: int, boundary: Boundary | None = None,
-                 depth_start: np.ndarray | None = None, delta_t_s: float = STEP_S, name: str | None = None,
+                 depth_start: np.ndarray | None = None, delta_t_s: float | None = None, name: str | None = None,
                  predictor: DomainPredictor | None = None, progress=None, **options) -> Rollout:
     """Roll ``model`` out over ``simulation`` for ``steps`` steps of ``delta_t_s`` from its frame at ``start_s``.
 
@@ -57,9 +57,12 @@ def predict_plan(model, simulation: Simulation, *, start_s: float, steps: int, b
     must end within the plan. ``options`` go to :class:`DomainPredictor` (device, precision, tolerance_m, ...);
     a ready ``predictor`` for this plan's terrain may be passed instead, to reuse its terrain features.
     ``depth_start`` (rows, cols, m) replaces the plan's own depth at ``start_s`` (e.g. a dry start under a
-    user's ``boundary``).
+    user's ``boundary``). ``delta_t_s`` defaults to the lead time the model learnt (its checkpoint's
+    ``trained_on``), else one hour (``STEP_S``).
     """
     name = name or f"plan {simulation.project}/{simulation.plan}"
+    if delta_t_s is None:
+        delta_t_s = float((getattr(model, "trained_on", None) or {}).get("delta_t_s") or STEP_S)
     check_trained_on(model, simulation, delta_t_s=delta_t_s, name=name)
     if depth_start is None:
         depth_start = np.asarray(simulation.water_depth[plan_start_frame(simulation, start_s, name=name)],
@@ -114,7 +117,7 @@ def rollout_simulation(simulation: Simulation, rollout: Rollout, *, model_name: 
             "model": model_name,
             "boundary": boundary_name,
             "predicted_from": f"{simulation.project}/{simulation.plan}",
-            "closure_iterations": [step.iterations for step in rollout.steps],
+            "closure_passes": [step.iterations + 1 for step in rollout.steps],
             "closure_residuals_m": [[float(r) for r in step.residuals] for step in rollout.steps],
             "closure_converged": [bool(step.converged) for step in rollout.steps],
             "step_seconds": [float(step.seconds) for step in rollout.steps],

@@ -458,6 +458,12 @@ def _format(error: ValidationError, where: str) -> str:
             lines.append(f"{where}: {item['msg'].removeprefix('Value error, ')}")
         elif item["type"] == "extra_forbidden":
             lines.append(f"{where}: unknown key {key!r} (value {item['input']!r})")
+        elif item["type"] in ("missing", "too_short", "too_long", "tuple_type") and \
+                isinstance(item.get("input"), (list, tuple, str)) and (item["type"] != "missing" or
+                                                                       isinstance(item["loc"][-1], int)):
+            # a pair given with one value, three, or as text: say what a pair is, not which item is missing
+            whole = ".".join(str(part) for part in item["loc"] if item["type"] != "missing" or part != item["loc"][-1])
+            lines.append(f"{where}: {whole} = {item['input']!r}: expected a pair [low, high]")
         else:
             lines.append(f"{where}: {key} = {item.get('input')!r}: {item['msg']}")
     return "\n".join(lines)
