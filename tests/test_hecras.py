@@ -199,7 +199,8 @@ def test_muncie_terrain_from_the_dem(muncie):
     # HEC-RAS's cell minimum is the lowest terrain in the cell, so the DEM at a centre is never below it.
     assert (at_centres >= cells["minimum"] - 1e-3).all()
     assert np.median(at_centres - cells["minimum"]) < 1.0
-    assert "pyhmt2d_muncie_subterrain_5m_deflate.tif" in muncie.source
+    assert "pyhmt2d_muncie_subterrain_5m_deflate.tif (5.053 m pixels) sampled bilinearly" in muncie.source
+    assert muncie.extra["dem_pixel_m"] == pytest.approx(5.0531, abs=1e-4)  # coarser than the 4 m terrain spacing
 
 
 def test_a_dem_far_from_the_plans_own_cell_elevations_is_refused(tmp_path):
@@ -237,7 +238,7 @@ def test_round_trip_through_the_store(tmp_path):
         assert getattr(stored, name) == getattr(direct, name), name
     assert stored.project == "indiana" and stored.plan == "p01"
     assert stored.extra == {"hecras_first_output": "1900-01-02 00:00:00", "source_units": "SI",
-                            "source_units_from": "Units System"}
+                            "source_units_from": "Units System", "dem_pixel_m": direct.extra["dem_pixel_m"]}
 
 
 def test_ghost_cells_are_ignored(tmp_path, backwater):

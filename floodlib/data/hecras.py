@@ -282,7 +282,8 @@ def read_hecras(
         terrain_values = _sample_dem(raster, native, ratio, at=at, value_scale=value_scale,
                                      what=f"terrain for {path.name} area {area} ({shape[0]}x{shape[1]} points "
                                           f"{spacing:g} m apart)")
-        terrain_text = f"terrain {Path(terrain).name} sampled bilinearly{dem_text}"
+        terrain_text = f"terrain {Path(terrain).name} ({raster.dx:.4g} m pixels) sampled bilinearly{dem_text}"
+        extra["dem_pixel_m"] = float(raster.dx)
         if minimum_elevation is not None:
             _check_dem_elevations(path, terrain, area, terrain_values, minimum_elevation * metres, lattice, ratio)
 
