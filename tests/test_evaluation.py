@@ -425,3 +425,26 @@ def test_splits_without_samples_are_a_clear_error_not_an_empty_table(tmp_path):
         evaluate_models([], datasets)
     with pytest.raises(ValueError, match="no per-sample metrics to summarise"):
         summary_table(pd.DataFrame())
+
+
+def test_boxplots_of_many_splits_are_drawn_in_rows_of_a_pages_proportions():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from floodlib.evaluation.figures import plot_rae_boxplots
+
+    rng = np.random.default_rng(0)
+    splits = [f"split_{k}" for k in range(11)]
+    samples = pd.DataFrame([{"model": model, "split": split, "rae": float(rng.uniform(0.3, 2.0)),
+                             "small_denominator": k == 0}
+                            for model in ("C/Arch_02", "C/Arch_03") for split in splits for k in range(6)])
+    figure = plot_rae_boxplots(samples, title="every split")
+    axes = figure.axes
+    assert [[label.get_text() for label in ax.get_xticklabels()] for ax in axes] == [splits[:4], splits[4:8], splits[8:]]
+    width, height = figure.get_size_inches()
+    assert height > width / 2 and len({ax.get_ylim() for ax in axes}) == 1  # one RAE axis for all
+    assert [text.get_text() for text in axes[0].get_legend().get_texts()] == ["C/Arch_02", "C/Arch_03",
+                                                                             "no-change baseline"]
+    assert all(ax.get_legend() is None for ax in axes[1:])
+    assert "(22 sample-model pairs with a too-small denominator are not drawn" in axes[-1].get_xlabel()
+    assert len(plot_rae_boxplots(samples, splits=splits[:5]).axes) == 1  # five side by side still fit one row

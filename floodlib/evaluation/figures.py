@@ -203,12 +203,18 @@ def figure_png(fig, *, dpi: int = 90) -> bytes:
     return buffer.getvalue()
 
 
+#: At most this many splits side by side in one row of :func:`plot_rae_boxplots`; more go into more rows.
+BOXPLOT_SPLITS_PER_ROW = 5
+
+
 def plot_rae_boxplots(samples: pd.DataFrame, *, splits: Sequence[str] | None = None, title: str = ""):
     """Per-sample RAE per split (x) and model (colour), log scale, the no-change baseline at 1.
 
     ``samples``: the per-sample rows of :func:`~floodlib.evaluation.run.evaluate_models`. Samples with a
     too-small denominator are left out of the boxes; their count per model and split is in the legend's
-    note below the plot and in the summary table.
+    note below the plot and in the summary table. More than ``BOXPLOT_SPLITS_PER_ROW`` splits are drawn in
+    rows of as many splits each (the last may hold fewer) on one shared RAE axis, so that the figure keeps a
+    page's proportions.
     """
     import matplotlib.pyplot as plt
     import seaborn as sns
@@ -216,29 +222,39 @@ def plot_rae_boxplots(samples: pd.DataFrame, *, splits: Sequence[str] | None = N
     order = list(splits) if splits is not None else list(dict.fromkeys(samples["split"]))
     shown = samples[~samples["small_denominator"].astype(bool) & samples["split"].isin(order)]
     models = list(dict.fromkeys(samples["model"]))
-    fig, ax = plt.subplots(figsize=(max(8, 1.3 * len(order) * max(1, len(models)) ** 0.5), 5), constrained_layout=True)
-    if len(order) == 1:  # one split: a box per model, named on the axis
-        sns.boxplot(data=shown, x="model", y="rae", hue="model", order=models, hue_order=models, ax=ax,
-                    palette={model: model_colour(model) for model in models},
-                    log_scale=True, fliersize=2, linewidth=0.8, legend=False)
-        xlabel = order[0]
-    else:
-        sns.boxplot(data=shown, x="split", y="rae", hue="model", order=order, hue_order=models, ax=ax,
-                    palette={model: model_colour(model) for model in models},
-                    log_scale=True, fliersize=2, linewidth=0.8)
-        xlabel = ""
-    ax.axhline(1.0, color="black", linestyle="--", linewidth=1, label="no-change baseline")
-    ax.set_ylabel("per-sample RAE against no change (log; below 1 is better)")
-    plain_log_ticks(ax.yaxis)
-    for label in ax.get_xticklabels():
-        label.set_rotation(25 if len(order) == 1 else 10)
-        label.set_horizontalalignment("right" if len(order) == 1 else "center")
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    palette = {model: model_colour(model) for model in models}
+    rows = max(1, math.ceil(len(order) / BOXPLOT_SPLITS_PER_ROW))
+    per_row = math.ceil(len(order) / rows)
+    chunks = [order[k:k + per_row] for k in range(0, len(order), per_row)]
+    width = max(8, 1.3 * per_row * max(1, len(models)) ** 0.5)
+    fig, axes = plt.subplots(rows, 1, figsize=(width, 5 if rows == 1 else 3.6 * rows), sharey=True, squeeze=False,
+                             constrained_layout=True)
+    for index, (ax, chunk) in enumerate(zip(axes[:, 0], chunks)):
+        if len(order) == 1:  # one split: a box per model, named on the axis
+            sns.boxplot(data=shown, x="model", y="rae", hue="model", order=models, hue_order=models, ax=ax,
+                        palette=palette, log_scale=True, fliersize=2, linewidth=0.8, legend=False)
+            xlabel = order[0]
+        else:
+            part = shown[shown["split"].isin(chunk)]
+            sns.boxplot(data=part, x="split", y="rae", hue="model", order=chunk, hue_order=models, ax=ax,
+                        palette=palette, log_scale=True, fliersize=2, linewidth=0.8, legend=index == 0)
+            xlabel = ""
+        ax.axhline(1.0, color="black", linestyle="--", linewidth=1, label="no-change baseline")
+        ax.set_ylabel("per-sample RAE against no change\n(log; below 1 is better)" if rows > 1 else
+                      "per-sample RAE against no change (log; below 1 is better)")
+        plain_log_ticks(ax.yaxis)
+        for label in ax.get_xticklabels():
+            label.set_rotation(25 if len(order) == 1 else 10)
+            label.set_horizontalalignment("right" if len(order) == 1 else "center")
+        if index == 0:
+            ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+        ax.set_xlabel(xlabel)
     dropped = int(samples.loc[samples["split"].isin(order), "small_denominator"].astype(bool).sum())
     if dropped:
-        xlabel += f"\n({dropped} sample-model pairs with a too-small denominator are not drawn; counted in the table)"
-    ax.set_xlabel(xlabel.strip(), fontsize=9)
-    ax.set_title(title or "RAE against the no-change baseline (1 = no better than predicting no change)")
+        note = f"({dropped} sample-model pairs with a too-small denominator are not drawn; counted in the table)"
+        last = axes[-1, 0]
+        last.set_xlabel(f"{last.get_xlabel()}\n{note}".strip(), fontsize=9)
+    fig.suptitle(title or "RAE against the no-change baseline (1 = no better than predicting no change)")
     return fig
 
 
