@@ -80,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         return fail(f"--tolerance-mm {args.tolerance_mm}: the closure's tolerance must be > 0 mm")
     if args.max_iterations < 1:
         return fail(f"--max-iterations {args.max_iterations}: the closure needs at least one pass per step")
+    wrote = False
     if args.model.is_dir():
         return fail(f"{args.model} is a folder; expected a model checkpoint, e.g. {args.model / 'model.pth'}")
     try:
@@ -124,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
                     "tolerance_m": args.tolerance_mm / 1000.0, "max_iterations": args.max_iterations}
         write_rollout(args.out, simulation, rollout, model_name=f"{model.arch} ({args.model})",
                       boundary_name=boundary_name, settings=settings)
+        wrote = True
         if args.geotiff is not None:
             # the plan's later frames are the solver's answer only when its own edges drove the prediction
             maps = export_maps(args.out, args.geotiff, every_min=step_s / 60.0, force=args.force,
@@ -131,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     except (PredictError, SimulationFileError, CheckpointError) as error:
         return fail(str(error))
     except KeyboardInterrupt:
-        print(f"\ninterrupted; nothing was written to {args.out}", file=sys.stderr)
+        print(f"\ninterrupted; {args.out} was written, the maps in {args.geotiff} not all" if wrote else
+              f"\ninterrupted; nothing was written to {args.out}", file=sys.stderr)
         return 130
     print(f"wrote {args.out}: {args.hours} step(s) of {step_s / 60:g} min from {args.start:g} min over "
           f"{simulation.grid_shape[0]} x {simulation.grid_shape[1]} cells in {time.perf_counter() - started:.2f} s")
