@@ -383,9 +383,15 @@ def test_a_model_has_its_architectures_colour_in_every_figure():
                                                              for m in comparison["model"]]
     assert [label.get_text() for label in right.get_yticklabels()] == [
         "C/Arch_03 (171 samples)", "A/Arch_03 (117 samples)", "B/Arch_04_tuned (117 samples)"]
-    assert [text.get_text() for text in left.get_legend().get_texts()] == ["stage A", "stage B", "stage C"]
     points = {to_hex(collection.get_facecolors()[0], keep_alpha=False) for collection in left.collections}
     assert points == {model_colour("C/Arch_03"), model_colour("B/Arch_04_tuned")}
+    # told apart by a legend of stages (markers) and one of architectures (colours), not by labels that overlap
+    stage_legend, arch_legend = [artist for artist in left.get_children() if isinstance(artist, matplotlib.legend.Legend)]
+    assert [text.get_text() for text in stage_legend.get_texts()] == ["stage A", "stage B", "stage C"]
+    assert [text.get_text() for text in arch_legend.get_texts()] == ["Arch_03", "Arch_04_tuned"]
+    assert [to_hex(handle.get_markerfacecolor()) for handle in arch_legend.legend_handles] == [
+        model_colour("Arch_03"), model_colour("Arch_04_tuned")]
+    assert not left.texts  # no point labels
 
 
 def test_a_maps_scale_bar_is_a_round_length_of_at_most_a_quarter_of_its_width():

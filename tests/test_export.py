@@ -127,16 +127,29 @@ def test_refusals_name_the_file_and_the_value_and_write_nothing(tmp_path):
     with pytest.raises(SimulationFileError, match=r"short.h5: times: 60 min is not one of its frames"):
         export_maps(plan, maps, against=short)
     assert not maps.exists()
-    # maps that exist are kept, all of them, unless forced
+    # maps of the file that exist are kept, all of them, unless forced; forced, they are all replaced, and those
+    # the new set lacks removed, so that no map of an earlier export is left beside the new ones
     first = export_maps(plan, maps, times_min=[0])
     before = {p: p.read_bytes() for p in first}
-    with pytest.raises(SimulationFileError, match=r"plan_depth_0min.tif: exists \(2 of the 3 maps do\); pass force"):
-        export_maps(plan, maps, times_min=[0, 20])
+    with pytest.raises(SimulationFileError, match=r"plan_depth_0min.tif: exists \(2 map\(s\) of plan in .*maps\); "
+                                                  r"pass force=True \(--force\) to replace them all"):
+        export_maps(plan, maps, times_min=[20])
     assert sorted(maps.iterdir()) == sorted(first) and all(p.read_bytes() == before[p] for p in first)
-    assert len(export_maps(plan, maps, times_min=[0, 20], force=True)) == 3
+    other = write_simulation(tmp_path / "plan_6.h5", flood())  # maps of plan_6 are not plan's, nor the other way
+    assert len(export_maps(other, maps, times_min=[0])) == 2
+    assert [p.name for p in export_maps(plan, maps, times_min=[20], max_depth=False, force=True)] == ["plan_depth_20min.tif"]
+    assert sorted(p.name for p in maps.iterdir()) == ["plan_6_depth_0min.tif", "plan_6_max_depth.tif",
+                                                      "plan_depth_20min.tif"]
     (tmp_path / "a_file").write_text("")
-    with pytest.raises(SimulationFileError, match="a_file: out: is a file; expected a folder"):
-        export_maps(plan, tmp_path / "a_file")
+    for folder in (tmp_path / "a_file", tmp_path / "a_file" / "maps"):
+        with pytest.raises(SimulationFileError, match=r"out \(the folder for the maps\): .*a_file is a file, not a folder"):
+            export_maps(plan, folder)
+    # a grid whose CRS no GeoTIFF can place in metres or feet: the simulation file is named, nothing written
+    geographic = write_simulation(tmp_path / "geographic.h5", flood(crs="EPSG:4326", origin=(-93.9, 46.5)))
+    with pytest.raises(SimulationFileError, match=r"geographic.h5: crs: EPSG:4326 is a geographic CRS \(coordinates in "
+                                                  r"degrees\).*; expected a projected CRS in metres or feet"):
+        export_maps(geographic, tmp_path / "geographic_maps")
+    assert not (tmp_path / "geographic_maps").exists()
 
 
 def test_the_command_line_writes_maps_and_refuses_a_time_in_one_line(tmp_path):
@@ -155,4 +168,21 @@ def test_the_command_line_writes_maps_and_refuses_a_time_in_one_line(tmp_path):
     assert refused.returncode == 2 and "Traceback" not in refused.stderr
     assert refused.stderr.strip().startswith("error: ") and "140 min is not one of its frames" in refused.stderr
     again = export(plan, "--out", tmp_path / "maps", "--times", 20)
-    assert again.returncode == 2 and "exists (1 of the 2 maps do)" in again.stderr
+    assert again.returncode == 2 and "exists (2 map(s) of plan in" in again.stderr
+    folder = export(tmp_path, "--out", tmp_path / "x")
+    assert folder.returncode == 2 and folder.stderr.strip() == f"error: {tmp_path}: file: is a folder; expected an HDF5 file"
+
+
+def test_a_disk_that_fills_up_leaves_no_map_and_says_so(tmp_path):
+    """A file-size limit (ulimit -f, 64 kB) stops the writes as a full disk does: libtiff only warns, and the
+    map read back whole is what tells; the command says so in one line and leaves no map and no temporary file."""
+    noisy = flood(rows=200, cols=200, frames=2)
+    noisy.water_depth[:] = np.random.default_rng(1).uniform(0, 3, noisy.water_depth.shape)  # 160 kB, incompressible
+    plan = write_simulation(tmp_path / "plan.h5", noisy)
+    out = tmp_path / "maps"
+    done = subprocess.run(["bash", "-c", f"ulimit -f 64; exec {sys.executable} -m floodlib.data.export {plan} "
+                                         f"--out {out} --times 0"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "plan_depth_0min.tif: could not be written whole" in done.stderr and "Traceback" not in done.stderr
+    assert not any(out.iterdir())

@@ -331,6 +331,22 @@ def test_a_bad_boundary_file_names_the_file_and_the_field(tmp_path, content, mes
     assert str(path) in str(error.value)
 
 
+@pytest.mark.parametrize("name, text, message", [
+    ("edges.yaml", "segments:\n  - {edge: west, from_cell: 20\n  - x\n",
+     r"not a readable JSON/YAML boundary file \(line 4, column 1: expected ',' or '\}', but got '<stream end>'\)$"),
+    ("edges.yaml", "", r"holds nothing; expected a mapping \{segments: \[\{edge: west, \.\.\.\}, \.\.\.\]\}$"),
+    ("edges.yaml", "- west\n- east\n", r"holds list \['west', 'east'\]; expected a mapping"),
+    ("edges.json", "{\"segments\": [", r"not a readable JSON/YAML boundary file \(Expecting value: line 1 column 15"),
+    ("folder", None, r"is a folder; expected a boundary file \(JSON or YAML\)$"),
+], ids=["yaml-unclosed", "empty", "a-list", "json-cut", "a-folder"])
+def test_an_unreadable_boundary_file_is_one_line_naming_where(tmp_path, name, text, message):
+    path = tmp_path / name
+    path.mkdir() if text is None else path.write_text(text)
+    with pytest.raises(PredictError, match=message) as error:
+        read_boundary(path, rows=64, cols=64)
+    assert str(error.value).startswith(f"{path}: ") and "\n" not in str(error.value)
+
+
 # -- bad inputs -----------------------------------------------------------------------------------------------
 
 class SixteenCellModel(nn.Module):
@@ -406,8 +422,8 @@ def test_the_cli_rolls_a_tiny_run_model_out_over_a_test_plan(tiny_run, tmp_path)
         assert error.transform.c == plan.origin_x and error.transform.a == plan.cell_size_m
     # maps of that name are kept unless --force, before anything is predicted; a file is no folder for them
     kept = cli(model, plan_path, "--hours", 1, "--out", tmp_path / "out.h5", "--geotiff", maps)
-    assert kept.returncode == 2 and f"{maps / 'out_depth_0min.tif'} exists (7 maps of out in {maps}); pass --force" \
-        in kept.stderr and not (tmp_path / "out.h5").exists()
+    assert kept.returncode == 2 and f"{maps / 'out_depth_0min.tif'} exists (7 map(s) of out in {maps}); pass --force " \
+        "to replace them all" in kept.stderr and not (tmp_path / "out.h5").exists()
     not_a_folder = cli(model, plan_path, "--hours", 1, "--out", tmp_path / "x.h5", "--geotiff", out)
     assert not_a_folder.returncode == 2 and f"--geotiff {out} is a file; name a folder" in not_a_folder.stderr
     assert predicted.water_depth.shape == (3, *plan.grid_shape)
@@ -446,6 +462,21 @@ def test_the_cli_rolls_a_tiny_run_model_out_over_a_test_plan(tiny_run, tmp_path)
     assert read_simulation(copy).plan == plan.plan and not (tmp_path / "x.h5").exists()
     folder = cli(model.parent, copy, "--out", tmp_path / "x.h5")
     assert folder.returncode == 2 and f"{model.parent} is a folder; expected a model checkpoint" in folder.stderr
+    # where nothing can be written, or the plan is no simulation file: one line, before anything is predicted
+    for plan_given, out_given, message in (
+            (copy, tmp_path / "plan_copy.h5" / "x.h5", f"{tmp_path / 'plan_copy.h5'}: --out's folder: "
+                                                        f"{tmp_path / 'plan_copy.h5'} is a file, not a folder"),
+            (tmp_path / "maps", tmp_path / "x.h5", f"{tmp_path / 'maps'}: file: is a folder; expected an HDF5 file"),
+            (model, tmp_path / "x.h5", f"{model}: file: is not a readable HDF5 file (it is a zip archive, as a torch "
+                                       "checkpoint (model.pth) is)")):
+        result = cli(model, plan_given, "--out", out_given)
+        assert result.returncode == 2 and result.stderr.strip() == f"error: {message}", result.stderr
+    # a checkpoint that does not record what it learnt (written before floodlib recorded it) is used, and said so
+    from floodlib.models import create_model as make
+
+    unrecorded = save_model(make("Arch_02", downsampler="cubic", layers=3, channels=4), tmp_path / "old.pth")
+    old = cli(unrecorded, plan_path, "--step-min", 20, "--out", tmp_path / "old.h5")
+    assert old.returncode == 0 and f"note: {unrecorded} does not record the lead time and cell size it learnt" in old.stderr
 
 
 def test_the_cli_takes_a_users_edge_inflow_from_a_dry_start(tiny_run, tmp_path):

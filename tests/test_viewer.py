@@ -329,3 +329,13 @@ def test_the_domain_helpers_on_a_plan_made_here():
     assert small and rae == 0.0
     rae, small = domain_rae(start, start, start)  # 0 / 0 at the start
     assert small and np.isnan(rae)
+
+
+def test_the_closure_is_told_in_passes_as_the_command_line_tells_it():
+    from floodlib.predict import StepResult
+    from floodlib.viewer.domain import closure_text
+
+    step = StepResult(depth=np.zeros((1, 1), np.float32), residuals=[0.01, 0.0004], converged=True,
+                      patches_predicted=12, seconds=0.5)
+    assert closure_text(step, tolerance_m=0.001) == ("closure: 2 pass(es), last ring change 0.4 mm (converged, "
+                                                     "tolerance 1 mm), 12 patch predictions, 0.50 s")

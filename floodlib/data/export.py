@@ -4,7 +4,8 @@ Any simulation file — a simulated plan, a converted HEC-RAS plan, or a surroga
 ``python -m floodlib.predict`` — gives, in one folder:
 
 - ``<stem>_depth_<t>min.tif``: the water depth at time t (minutes since the plan's start), m;
-- ``<stem>_max_depth.tif``: the greatest depth of each cell over all of the file's frames, m;
+- ``<stem>_max_depth.tif``: the greatest depth of each cell over all of the file's frames, m (a prediction's
+  from its start, whose depth is the plan's; the band's description and tags give the time span);
 - with a reference file (``against``, e.g. the solver's plan a prediction was made from):
   ``<stem>_error_<t>min.tif``, depth minus the reference's depth at the same time, m (positive: too wet).
 
@@ -19,13 +20,17 @@ an existing one is kept unless ``force``.
 from __future__ import annotations
 
 import argparse
+import logging
+import os
+import re
+import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from floodlib.data.store import Simulation, SimulationFileError, atomic_write, read_simulation
+from floodlib.data.store import Simulation, SimulationFileError, WriteError, atomic_write, read_simulation
 
 #: Minutes between the exported frames unless told otherwise: the surrogates' lead time.
 DEFAULT_EVERY_MIN = 60.0
@@ -49,8 +54,9 @@ class Georeference:
                    simulation.crs)
 
 
-def _crs_and_factor(where: str, crs_text: str | None):
-    """(rasterio CRS or None, metres per unit of its coordinates)."""
+def map_crs(where: str | Path, crs_text: str | None):
+    """(rasterio CRS or None, metres per unit of its coordinates) of a grid's CRS; SimulationFileError naming
+    ``where`` (the simulation file) unless it is a projected CRS in metres or feet, the grids' own units."""
     if crs_text is None:
         return None, 1.0
     from rasterio.crs import CRS
@@ -60,9 +66,11 @@ def _crs_and_factor(where: str, crs_text: str | None):
 
     try:
         crs = CRS.from_user_input(crs_text)
-    except CRSError as error:
-        raise SimulationFileError(f"{where}: crs: {crs_text[:80]!r} is not a CRS GDAL reads ({error})") from None
-    return crs, _linear_unit(Path(where), crs)[1]
+        return crs, _linear_unit(Path(where), crs)[1]
+    except (CRSError, SimulationFileError) as error:
+        reason = str(error).split(": crs: ", 1)[-1].split("; reproject", 1)[0]
+        raise SimulationFileError(f"{where}: crs: {reason}; expected a projected CRS in metres or feet, in which "
+                                  "the grid's origin and cell size are given") from None
 
 
 def write_geotiff(path: str | Path, values: np.ndarray, where: Georeference, *, description: str = "water depth",
@@ -70,30 +78,55 @@ def write_geotiff(path: str | Path, values: np.ndarray, where: Georeference, *, 
     """Write ``values`` (rows, cols; row 0 the northern edge) as a one-band float32 GeoTIFF at ``path``,
     atomically; NaN is the nodata value. The band's unit is metre; ``tags`` go into its metadata."""
     import rasterio
+    from rasterio.errors import RasterioError
     from rasterio.transform import Affine
 
     path = Path(path)
     values = np.asarray(values, dtype=np.float32)
     if values.ndim != 2:
         raise ValueError(f"{path}: values have shape {values.shape}; expected (rows, cols)")
-    crs, factor = _crs_and_factor(str(path), where.crs)
+    crs, factor = map_crs(path, where.crs)
     size = where.cell_size_m / factor
     transform = Affine(size, 0.0, where.origin_x / factor, 0.0, -size, where.origin_y / factor)
     rows, cols = values.shape
     blocked = rows >= 256 and cols >= 256  # tiles of 256 only pay on rasters at least that big
+
+    def failed(error: BaseException) -> WriteError:
+        from floodlib.data.geotiff import _reasons
+
+        return WriteError(f"{path}: could not be written whole ({_reasons(error)[:200]}), which means the disk is full "
+                          f"or the file too large; {shutil.disk_usage(path.parent).free / 1e6:.1f} MB free on its file "
+                          "system. Nothing was replaced.")
 
     def write(temporary: str) -> None:
         profile = dict(driver="GTiff", height=rows, width=cols, count=1, dtype="float32", crs=crs,
                        transform=transform, nodata=float("nan"), compress="deflate", predictor=3)
         if blocked:
             profile.update(tiled=True, blockxsize=256, blockysize=256)
-        with rasterio.open(temporary, "w", **profile) as dataset:
-            dataset.write(values, 1)
-            dataset.set_band_description(1, description)
-            dataset.set_band_unit(1, "metre")
-            dataset.update_tags(1, **{key: str(value) for key, value in (tags or {}).items()})
+        try:
+            with rasterio.open(temporary, "w", **profile) as dataset:
+                dataset.write(values, 1)
+                dataset.set_band_description(1, description)
+                dataset.set_band_unit(1, "metre")
+                dataset.update_tags(1, **{key: str(value) for key, value in (tags or {}).items()})
+            # libtiff may report a failed write (a full disk, a file-size limit) as a warning only: the file is
+            # read back whole before it replaces anything.
+            with rasterio.open(temporary) as written:
+                complete = written.read(1)
+        except RasterioError as error:
+            raise failed(error) from None
+        if not np.array_equal(complete, values, equal_nan=True):
+            raise WriteError(f"{path}: the file written does not read back as the values given; nothing was replaced")
 
-    return atomic_write(path, write)
+    # GDAL's messages about a failure go into the error, not onto the terminal as well (libtiff's own lines about
+    # a full disk still reach it).
+    logger = logging.getLogger("rasterio")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        return atomic_write(path, write)
+    finally:
+        logger.setLevel(level)
 
 
 def frame_times_s(simulation: Simulation) -> np.ndarray:
@@ -111,6 +144,28 @@ def _frame_at(where: str, times_s: np.ndarray, minutes: float) -> int:
     return int(matches[0])
 
 
+def maps_of(out_dir: str | Path, stem: str) -> list[Path]:
+    """The maps of a file named ``<stem>.h5`` that ``out_dir`` holds (its depth, error and maximum-depth maps,
+    by their exact names: ``plan_006``'s maps are not ``plan``'s)."""
+    out_dir = Path(out_dir)
+    if not out_dir.is_dir():
+        return []
+    pattern = re.compile(rf"{re.escape(stem)}_(?:(?:depth|error)_[-+0-9.e]+min|max_depth)\.tif")
+    return sorted(p for p in out_dir.iterdir() if pattern.fullmatch(p.name))
+
+
+def check_folder(folder: str | Path, what: str) -> None:
+    """SimulationFileError unless ``folder`` is, or can be made as, a folder this process writes in."""
+    folder = Path(folder)
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        raise SimulationFileError(f"{folder}: {what}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise SimulationFileError(f"{folder}: {what}: {existing} is not writable by this user")
+
+
 def export_maps(path: str | Path, out_dir: str | Path, *, times_min: list[float] | None = None,
                 every_min: float | None = None, against: str | Path | None = None, max_depth: bool = True,
                 force: bool = False) -> list[Path]:
@@ -119,14 +174,17 @@ def export_maps(path: str | Path, out_dir: str | Path, *, times_min: list[float]
     Frames: ``times_min`` (minutes since the plan's start, each one of the file's frames), else every
     ``every_min`` minutes from the file's first frame (default 60; the last frame too when it falls between).
     ``against``: a simulation file on the same grid whose frames include those times; an error map per time.
-    Returns the files written. Raises :class:`SimulationFileError` naming the file, the field and the value
-    (a time that is no frame, another grid, a file that exists without ``force``) before writing anything.
+    Maps of the file's name already in ``out_dir`` are refused unless ``force``, which replaces them all: those
+    the new set does not hold are removed once it is written, so that no map of an earlier export is left
+    beside it. Returns the files written. Raises :class:`SimulationFileError` naming the file, the field and
+    the value (a time that is no frame, another grid, a CRS that is not projected, a folder that cannot be
+    written, maps that exist without ``force``) before writing anything.
     """
     path = Path(path)
     out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise SimulationFileError(f"{out_dir}: out: is a file; expected a folder for the maps")
+    check_folder(out_dir, "out (the folder for the maps)")
     simulation = read_simulation(path, memory_map=True)
+    map_crs(path, simulation.crs)
     times_s = frame_times_s(simulation)
     if times_min is not None and every_min is not None:
         raise ValueError("give times_min or every_min, not both")
@@ -162,13 +220,14 @@ def export_maps(path: str | Path, out_dir: str | Path, *, times_min: list[float]
         planned.append((out_dir / f"{stem}_depth_{minutes}min.tif", "water depth", k, None))
         if reference is not None:
             planned.append((out_dir / f"{stem}_error_{minutes}min.tif", "depth error", k, reference_frames[i]))
+    span = f"{times_s[0] / 60:g}-{times_s[-1] / 60:g} min"
     if max_depth:
-        planned.append((out_dir / f"{stem}_max_depth.tif", "maximum water depth", None, None))
-    existing = [target for target, *_ in planned if target.exists()]
+        planned.append((out_dir / f"{stem}_max_depth.tif", f"maximum water depth, {span}", None, None))
+    existing = maps_of(out_dir, stem)
     if existing and not force:
         raise SimulationFileError(
-            f"{existing[0]}: exists ({len(existing)} of the {len(planned)} maps do); pass force=True (--force) to "
-            "replace them")
+            f"{existing[0]}: exists ({len(existing)} map(s) of {stem} in {out_dir}); pass force=True (--force) to "
+            "replace them all")
 
     where = Georeference.of(simulation)
     common = {"source_file": path.name, "project": simulation.project, "plan": simulation.plan,
@@ -177,7 +236,8 @@ def export_maps(path: str | Path, out_dir: str | Path, *, times_min: list[float]
     for target, description, k, j in planned:
         if k is None:
             values = np.fmax.reduce(np.asarray(simulation.water_depth), axis=0)
-            tags = {**common, "frames": len(times_s)}
+            tags = {**common, "frames": len(times_s), "from_min": f"{times_s[0] / 60:g}",
+                    "to_min": f"{times_s[-1] / 60:g}"}
         elif j is None:
             values = np.asarray(simulation.water_depth[k])
             tags = {**common, "time_min": f"{times_s[k] / 60:g}"}
@@ -186,6 +246,8 @@ def export_maps(path: str | Path, out_dir: str | Path, *, times_min: list[float]
             tags = {**common, "time_min": f"{times_s[k] / 60:g}", "reference_file": Path(against).name,
                     "reference": f"{reference.project}/{reference.plan}"}
         written.append(write_geotiff(target, values, where, description=description, tags=tags))
+    for stale in set(existing) - set(written):
+        stale.unlink(missing_ok=True)
     return written
 
 
@@ -214,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         written = export_maps(args.simulation, args.out, times_min=args.times, every_min=args.every_min,
                               against=args.against, max_depth=not args.no_max, force=args.force)
-    except SimulationFileError as error:
+    except (SimulationFileError, OSError) as error:  # OSError: a write that failed (WriteError), a file vanished
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
+#: The terrain's colour map in every figure: greys, dark low, light high, so that low ground is never read as
+#: the water that the depth panels beside it draw in blues.
+TERRAIN_COLOURS = "gray"
+
 
 def preview_samples(dataset, *, n: int = 4, seed: int = 0, title: str | None = None):
     """A figure of ``n`` random samples of ``dataset`` (a :class:`~floodlib.data.dataset.PatchDataset`):
@@ -29,7 +33,7 @@ def preview_samples(dataset, *, n: int = 4, seed: int = 0, title: str | None = N
     for row, (item, sample) in enumerate(zip(items, samples)):
         info = dataset.sample_info(int(item)) if hasattr(dataset, "sample_info") else {}
         panels = (
-            (sample.terrain[0].numpy(), dict(cmap="terrain")),
+            (sample.terrain[0].numpy(), dict(cmap=TERRAIN_COLOURS)),
             (sample.depths[1].numpy(), dict(cmap="Blues", vmin=0, vmax=depth_max)),
             (sample.depths[0].numpy(), dict(cmap="Blues", vmin=0, vmax=depth_max)),
             (sample.depth_change[0].numpy(), dict(cmap="RdBu", vmin=-change_max, vmax=change_max)),

@@ -319,13 +319,31 @@ def _decode(value):
     return value
 
 
+#: What a file that is no HDF5 is, by its first bytes, for the error that refuses it.
+_KNOWN_FORMATS = ((b"II*\x00", "a TIFF (GeoTIFF) image"), (b"MM\x00*", "a TIFF (GeoTIFF) image"),
+                  (b"PK\x03\x04", "a zip archive, as a torch checkpoint (model.pth) is"),
+                  (b"\x80", "a Python pickle"), (b"{", "JSON text"))
+
+
 def open_hdf5(path: Path) -> h5py.File:
+    """``path`` opened read-only by h5py; SimulationFileError in one line naming it when it is missing, a
+    folder, or not HDF5 (saying what it looks like instead)."""
     if not path.exists():
         raise field_error(path, "file", "does not exist")
+    if path.is_dir():
+        raise field_error(path, "file", "is a folder; expected an HDF5 file")
     try:
         return h5py.File(path, "r")
     except OSError as error:
-        raise field_error(path, "file", f"is not a readable HDF5 file ({error})") from None
+        try:
+            with open(path, "rb") as handle:
+                head = handle.read(8)
+        except OSError:
+            head = b""
+        what = next((name for magic, name in _KNOWN_FORMATS if head.startswith(magic)), None)
+        reason = f"it is {what}" if what else ("it is empty" if not head else
+                                              " ".join(str(error).split())[:200])
+        raise field_error(path, "file", f"is not a readable HDF5 file ({reason})") from None
 
 
 def read_simulation(path: str | Path, *, memory_map: bool = False, validate: bool = True) -> Simulation:

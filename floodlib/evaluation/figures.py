@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from floodlib.data.preview import TERRAIN_COLOURS
 from floodlib.data.samples import TRANSFORMS
 from floodlib.evaluation.metrics import MetricSpec, resolve_device, sample_metrics
 
@@ -143,7 +144,7 @@ def _limits(views: Sequence[SampleView]) -> tuple[float, float]:
 
 def _draw_row(fig, axes, view: SampleView, *, change_limit: float, depth_limit: float, titles: bool) -> None:
     styles = (
-        (view.terrain, dict(cmap="terrain")),
+        (view.terrain, dict(cmap=TERRAIN_COLOURS)),
         (view.depth_now, dict(cmap="Blues", vmin=0, vmax=depth_limit)),
         (view.truth, dict(cmap="RdBu", vmin=-change_limit, vmax=change_limit)),
         (view.prediction, dict(cmap="RdBu", vmin=-change_limit, vmax=change_limit)),
@@ -268,20 +269,31 @@ def plot_comparison(comparison: pd.DataFrame, *, accuracy: str = "median_test_ra
     and training time per epoch. ``comparison``: :func:`~floodlib.evaluation.compare.compare_models`."""
     import matplotlib.pyplot as plt
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(14, 5), constrained_layout=True)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(15, 5.5), constrained_layout=True)
     size = comparison["size_mb"].to_numpy(dtype=float)
     area = 40 + 400 * size / max(size.max(), 1e-9)
     colours = [model_colour(model) for model in comparison["model"]]
     stages = comparison["model"].astype(str).str.split("/").str[0]
-    for stage, marker in (("A", "s"), ("B", "D"), ("C", "o")):
+    from matplotlib.lines import Line2D
+
+    markers = {"A": "s", "B": "D", "C": "o"}
+    for stage, marker in markers.items():
         chosen = (stages == stage).to_numpy()
         if chosen.any():
             left.scatter(comparison["latency_cpu_ms"][chosen], comparison[accuracy][chosen], s=area[chosen],
                          c=[c for c, keep in zip(colours, chosen) if keep], marker=marker, alpha=0.7,
-                         edgecolors="black", label=f"stage {stage}")
-    left.legend(fontsize=8, title="colour: architecture", title_fontsize=8)
-    for label, x, y in zip(comparison["model"], comparison["latency_cpu_ms"], comparison[accuracy]):
-        left.annotate(label, (x, y), fontsize=8, xytext=(4, 4), textcoords="offset points")
+                         edgecolors="black")
+    # Told apart by colour (architecture) and marker (stage), not by labels, which overlap where models agree.
+    shown_stages = [stage for stage in markers if (stages == stage).any()]
+    stage_legend = left.legend(
+        [Line2D([], [], marker=markers[stage], linestyle="", markerfacecolor="lightgrey", markeredgecolor="black",
+                markersize=8) for stage in shown_stages], [f"stage {stage}" for stage in shown_stages],
+        title="marker: stage", title_fontsize=8, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    left.add_artist(stage_legend)
+    architectures = list(dict.fromkeys(comparison["model"].astype(str).str.rsplit("/", n=1).str[-1]))
+    left.legend([Line2D([], [], marker="s", linestyle="", markerfacecolor=model_colour(arch), markeredgecolor="black",
+                        markersize=8) for arch in architectures], architectures, title="colour: architecture",
+                title_fontsize=8, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 0.62))
     left.set_xscale("log")
     plain_log_ticks(left.xaxis)
     left.set_xlabel("CPU latency per sample, batch of 1 (ms, log)")
@@ -294,6 +306,6 @@ def plot_comparison(comparison: pd.DataFrame, *, accuracy: str = "median_test_ra
                 for model, n in zip(bars, comparison["train_samples"])]
     right.barh(bars, comparison["seconds_per_epoch"], color=colours)
     right.invert_yaxis()
-    right.set_xlabel("training time per epoch (s; train + validation pass over the split it trained on)")
+    right.set_xlabel("training time per epoch, s (a pass over its training and validation splits)")
     right.set_title("training cost")
     return fig

@@ -5,14 +5,13 @@ prediction as a simulation file (frame 0 the start, then one frame per hour)."""
 from __future__ import annotations
 
 import argparse
-import glob
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from floodlib.data.export import export_maps
+from floodlib.data.export import check_folder, export_maps, map_crs, maps_of
 from floodlib.data.store import SimulationFileError, read_simulation
 from floodlib.models.checkpoints import CheckpointError, load_model
 from floodlib.predict.boundary import read_boundary
@@ -65,13 +64,18 @@ def main(argv: list[str] | None = None) -> int:
         return fail(f"{args.out} exists; pass --force to replace it")
     if args.out.exists() and args.plan.exists() and args.out.resolve() == args.plan.resolve():
         return fail(f"--out {args.out} is the plan it predicts from; write the prediction to another file")
-    if args.geotiff is not None:
-        if args.geotiff.exists() and not args.geotiff.is_dir():
-            return fail(f"--geotiff {args.geotiff} is a file; name a folder for the maps")
-        existing = sorted(args.geotiff.glob(f"{glob.escape(args.out.stem)}_*.tif")) if args.geotiff.is_dir() else []
-        if existing and not args.force:
-            return fail(f"{existing[0]} exists ({len(existing)} maps of {args.out.stem} in {args.geotiff}); pass --force "
-                        "to replace them")
+    try:
+        check_folder(args.out.parent, "--out's folder")
+        if args.geotiff is not None:
+            if args.geotiff.exists() and not args.geotiff.is_dir():
+                return fail(f"--geotiff {args.geotiff} is a file; name a folder for the maps")
+            check_folder(args.geotiff, "--geotiff")
+    except SimulationFileError as error:
+        return fail(str(error))
+    existing = maps_of(args.geotiff, args.out.stem) if args.geotiff is not None else []
+    if existing and not args.force:
+        return fail(f"{existing[0]} exists ({len(existing)} map(s) of {args.out.stem} in {args.geotiff}); pass --force "
+                    "to replace them all")
     if args.hours < 1:
         return fail(f"--hours {args.hours}: predict at least one step")
     if args.step_min is not None and not args.step_min > 0:
@@ -95,7 +99,14 @@ def main(argv: list[str] | None = None) -> int:
         model = load_model(args.model, device=args.device)
         learnt = (model.trained_on or {}).get("delta_t_s")
         step_s = args.step_min * 60.0 if args.step_min is not None else float(learnt or STEP_S)
+        if not model.trained_on:
+            print(f"note: {args.model} does not record the lead time and cell size it learnt (written before floodlib "
+                  f"recorded them): stepping {step_s / 60:g} min; neither the step nor the plan's cell size can be "
+                  "checked against what it learnt",
+                  file=sys.stderr)
         simulation = read_simulation(args.plan, memory_map=True)
+        if args.geotiff is not None:
+            map_crs(args.plan, simulation.crs)  # a grid a GeoTIFF can place, before the prediction is made
         boundary, boundary_name = None, OWN_EDGES
         if args.boundary is not None:
             rows, cols = simulation.grid_shape
@@ -130,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
             # the plan's later frames are the solver's answer only when its own edges drove the prediction
             maps = export_maps(args.out, args.geotiff, every_min=step_s / 60.0, force=args.force,
                                against=args.plan if boundary is None else None)
-    except (PredictError, SimulationFileError, CheckpointError) as error:
+    except (PredictError, SimulationFileError, CheckpointError, OSError) as error:  # OSError: a failed write
         return fail(str(error))
     except KeyboardInterrupt:
         print(f"\ninterrupted; {args.out} was written, the maps in {args.geotiff} not all" if wrote else

@@ -184,13 +184,21 @@ def read_boundary(path: str | Path, *, rows: int, cols: int, cell_elevation: np.
                   cell_size_m: float = 10.0, ring: int = 2) -> EdgeBoundary:
     """An :class:`EdgeBoundary` from a JSON or YAML file ``{"segments": [{"edge": "west", ...}, ...]}``."""
     path = Path(path)
+    if path.is_dir():
+        raise PredictError(f"{path}: is a folder; expected a boundary file (JSON or YAML)")
     if not path.is_file():
         raise PredictError(f"{path}: boundary file does not exist")
     try:
         text = path.read_text()
         raw = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, yaml.YAMLError) as error:
-        raise PredictError(f"{path}: not a readable JSON/YAML boundary file ({error})") from None
+        mark = getattr(error, "problem_mark", None)  # YAML: where, and the problem, in one line
+        reason = (f"line {mark.line + 1}, column {mark.column + 1}: {getattr(error, 'problem', None) or 'unreadable'}"
+                  if mark is not None else " ".join(str(error).split()))
+        raise PredictError(f"{path}: not a readable JSON/YAML boundary file ({reason})") from None
+    if not isinstance(raw, dict):
+        raise PredictError(f"{path}: holds {'nothing' if raw is None else type(raw).__name__ + ' ' + repr(raw)[:60]}; "
+                           "expected a mapping {segments: [{edge: west, ...}, ...]}")
     try:
         parsed = BoundaryFile.model_validate(raw)
     except ValidationError as error:

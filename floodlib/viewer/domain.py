@@ -98,13 +98,13 @@ def format_domain_rae(rae: float, small_denominator: bool, *, step: int, start_s
 
 
 def closure_text(result: StepResult | None, *, tolerance_m: float) -> str:
-    """The closure of one step in words: its passes, ``iterations`` and last ring change."""
+    """The closure of one step in words: its passes (``iterations`` + 1) and last ring change."""
     if result is None:
         return "closure: none at the start"
     state = "converged" if result.converged else "NOT converged"
     if result.relaxation < 1:
         state += f", damped to {result.relaxation:.3g}"
-    return (f"closure: {len(result.residuals)} pass(es), iterations {result.iterations}, last ring change "
+    return (f"closure: {len(result.residuals)} pass(es), last ring change "
             f"{result.residuals[-1] * 1000:.3g} mm ({state}, tolerance {tolerance_m * 1000:g} mm), "
             f"{result.patches_predicted} patch predictions, {result.seconds:.2f} s")
 
