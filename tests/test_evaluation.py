@@ -454,3 +454,25 @@ def test_boxplots_of_many_splits_are_drawn_in_rows_of_a_pages_proportions():
     assert all(ax.get_legend() is None for ax in axes[1:])
     assert "(22 sample-model pairs with a too-small denominator are not drawn" in axes[-1].get_xlabel()
     assert len(plot_rae_boxplots(samples, splits=splits[:5]).axes) == 1  # five side by side still fit one row
+
+
+def test_each_split_is_scored_on_its_own_samples_a_subset_on_its_few_a_denser_cut_on_its_many(tiny_run):
+    import dataclasses
+
+    from floodlib.data import PatchDataset
+
+    run = stages.open_run(tiny_run)
+    test = stages.splits(run, ["big_test"])["big_test"]
+    model = run_models(tiny_run, ["C"], context=())[0]
+    assert len(test) >= 4
+    few = test.subset(list(range(len(test) - 1, 0, -1))[:3], name="few")  # three, in an order of their own
+    dense = PatchDataset(test.files, spec=dataclasses.replace(test.spec, patch_stride_cells=16), name="dense")
+    assert len(dense) > len(test)
+    rows = evaluate_models([model], {"big_test": test, "few": few, "dense": dense}, device="cpu", log=None)
+    assert rows.groupby("split", sort=False).size().to_dict() == {"big_test": len(test), "few": 3, "dense": len(dense)}
+    for name, dataset in (("few", few), ("dense", dense), ("big_test", test)):
+        direct = evaluate_dataset(model.model, dataset, device="cpu")
+        mine = rows[rows["split"] == name]
+        np.testing.assert_array_equal(mine["row"].to_numpy(), direct["row"].to_numpy())
+        np.testing.assert_allclose(mine["rae"].to_numpy(), direct["rae"].to_numpy(), rtol=1e-6)
+        assert mine["sample"].tolist() == list(range(len(dataset)))

@@ -15,15 +15,26 @@ from floodlib.evaluation.metrics import MetricSpec, evaluate_dataset
 from floodlib.runs import RunModel
 
 
+#: What tells a sample apart across splits cut from the same plans with the same sample definition.
+SAMPLE_KEY = ["file", "frame", "row", "col", "transform"]
+
+
+def _sample_keys(dataset: PatchDataset) -> pd.DataFrame:
+    index = dataset.index
+    return pd.DataFrame({"file": [str(dataset.files[p]) for p in index["plan"]], "frame": index["frame"],
+                         "row": index["row"], "col": index["col"], "transform": index["transform"]})
+
+
 def evaluate_models(models: Sequence[RunModel], datasets: dict[str, PatchDataset], *, spec: MetricSpec = MetricSpec(),
                     batch_size: int = 64, device: str | torch.device = "auto", log=print,
                     splits_of: Mapping[str, Sequence[str]] | None = None) -> pd.DataFrame:
     """Per-sample metrics of every model on every split: one row per (model, split, sample).
 
-    Splits are unions of plans and a plan's samples do not depend on the split, so each model predicts
-    every plan once; each split's rows are then taken from those, in the split's own sample order.
-    ``splits_of`` maps a model's key to the only splits it is evaluated on (its other splits' plans are not
-    predicted); a model it does not name gets every split.
+    Each split's rows are its own samples in its own order — a subset (``PatchDataset.subset``) gives only
+    the samples it holds, and a split cut with another sample definition its own samples. Splits of one
+    sample definition share plans, so each model predicts every sample of their plans once and each split
+    takes its rows from those. ``splits_of`` maps a model's key to the only splits it is evaluated on (its
+    other splits' plans are not predicted); a model it does not name gets every split.
     """
     if not datasets:
         raise ValueError("no splits to evaluate")
@@ -35,26 +46,40 @@ def evaluate_models(models: Sequence[RunModel], datasets: dict[str, PatchDataset
         unknown = [name for name in names if name not in datasets]
         if unknown or not names:
             raise ValueError(f"splits_of[{key!r}] = {list(names)}: expected some of the evaluated splits {list(datasets)}")
-    first = next(iter(datasets.values()))
     frames, unions = [], {}
     for entry in models:
         if entry.model is None:
             raise ValueError(f"{entry.key}: model not loaded (run_models(load=True))")
-        chosen = {name: datasets[name] for name in splits_of.get(entry.key, datasets)}
-        if tuple(chosen) not in unions:  # indexed once per set of splits
-            files = list(dict.fromkeys(f for d in chosen.values() for f in d.files))
-            unions[tuple(chosen)] = PatchDataset(files, spec=first.spec, name="plans of " + ", ".join(chosen),
-                                                 memory_map=first.memory_map)
-        union = unions[tuple(chosen)]
-        start = time.perf_counter()
-        rows = evaluate_dataset(entry.model, union, spec=spec, batch_size=batch_size, device=device)
-        if log:
-            log(f"{entry.key}: {len(rows)} samples of {len(union.files)} plans ({', '.join(chosen)}) "
-                f"in {time.perf_counter() - start:.1f} s")
-        by_file = {file: part for file, part in rows.groupby("file", sort=False)}
-        for split, dataset in chosen.items():
-            parts = [by_file[str(f)] for f in dataset.files if str(f) in by_file]
-            part = pd.concat(parts, ignore_index=True) if parts else rows.iloc[:0].copy()
+        chosen = [name for name in splits_of.get(entry.key, datasets)]
+        groups: list[list[str]] = []  # the chosen splits by sample definition
+        for name in chosen:
+            group = next((g for g in groups if datasets[g[0]].spec == datasets[name].spec), None)
+            group.append(name) if group is not None else groups.append([name])
+        rows_of: dict[str, pd.DataFrame] = {}
+        for group in groups:
+            if tuple(group) not in unions:  # indexed once per set of splits
+                first = datasets[group[0]]
+                files = list(dict.fromkeys(f for name in group for f in datasets[name].files))
+                unions[tuple(group)] = PatchDataset(files, spec=first.spec, name="plans of " + ", ".join(group),
+                                                    memory_map=first.memory_map)
+            union = unions[tuple(group)]
+            start = time.perf_counter()
+            rows = evaluate_dataset(entry.model, union, spec=spec, batch_size=batch_size, device=device)
+            if log:
+                log(f"{entry.key}: {len(rows)} samples of {len(union.files)} plans ({', '.join(group)}) "
+                    f"in {time.perf_counter() - start:.1f} s")
+            for name in group:
+                rows_of[name] = rows
+        for split in chosen:
+            dataset = datasets[split]
+            # the split's own samples, in its order (left merge keeps the left frame's order)
+            rows = rows_of[split]
+            part = _sample_keys(dataset).merge(rows, on=SAMPLE_KEY, how="left", validate="many_to_one",
+                                               indicator=True)
+            if (part.pop("_merge") != "both").any():
+                raise ValueError(f"split {split!r}: some of its samples are not among those its sample definition "
+                                 "cuts from its plans")
+            part = part[list(rows.columns)]
             part["sample"] = np.arange(len(part))
             part.insert(0, "split", split)
             part.insert(0, "arch", entry.arch)
