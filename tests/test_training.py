@@ -20,7 +20,7 @@ from floodlib.data.dataset import PatchDataset
 from floodlib.models import create_model
 from floodlib.training import (CheckpointError, NonFiniteLossError, analyse_convergence, fit, load_model,
                                no_change_loss, read_checkpoint)
-from floodlib.training.fitting import SurrogateModule, blend_rings
+from floodlib.training.fitting import PlateauSchedule, SurrogateModule, blend_rings
 
 sys.path.insert(0, str(Path(__file__).parent))
 from training_job import datasets  # noqa: E402
@@ -296,6 +296,14 @@ def test_ctrl_c_stops_fit_with_a_message_and_a_resume_needs_the_same_settings(sp
     with pytest.raises(ValueError, match=r"other settings \(config\.arch_kwargs \{'layers': 3, 'channels': 4\} there, "
                                          r"\{'layers': 3, 'channels': 8\} now\)"):
         fit(create_model("Arch_02", downsampler="cubic", layers=3, channels=8), train, val, **settings)
+    # other samples (a subset of the same split), or a learning-rate schedule it did not have
+    fewer = train.subset(range(len(train) - 2), name=train.name)
+    with pytest.raises(ValueError, match=rf"other settings \(train '{train.name}: {len(train)} samples of \d+ plans, "
+                                         rf"[0-9a-f]{{12}}' there, '{train.name}: {len(train) - 2} samples of \d+ plans, "):
+        fit(create_model("Arch_02", downsampler="cubic", layers=3, channels=4), fewer, val, **settings)
+    with pytest.raises(ValueError, match=r"other settings \(plateau None there, \{'factor': 0.5"):
+        fit(create_model("Arch_02", downsampler="cubic", layers=3, channels=4), train, val, plateau=PlateauSchedule(),
+            **settings)
     result = fit(create_model("Arch_02", downsampler="cubic", layers=3, channels=4), train, val, **settings)
     summary = json.loads(result.summary_path.read_text())
     assert summary["resumed_from_epoch"] >= 1 and len(result.history["val_loss"]) == 4

@@ -247,10 +247,13 @@ class SurrogateModule(L.LightningModule):
 
     def resume_settings(self) -> dict:
         """What a resumed run must share with the interrupted one (its checkpoint records them): the network,
-        learning rate, batch, seed and ring blending. Epochs and patience may change (training longer)."""
+        learning rate, batch, seed, ring blending, learning-rate schedule and the training and validation
+        samples. Epochs and patience may change (training longer)."""
         return {"config": json.loads(json.dumps(self.model.config)), "lr": float(self.lr),
                 "batch_size": int(self.loader.batch_size), "seed": int(self.loader.seed),
-                "ring_blend": float(self.ring_blend)}
+                "ring_blend": float(self.ring_blend),
+                "plateau": asdict(self.plateau_settings) if self.plateau_settings is not None else None,
+                "train": samples_fingerprint(self.train_split), "val": samples_fingerprint(self.val_split)}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         state = checkpoint["floodlib"]
@@ -516,6 +519,26 @@ def _set_aside_finished(name: str, out_dir: Path, paths: list[Path]) -> Path:
     return kept
 
 
+def samples_fingerprint(dataset) -> str:
+    """A split's samples in a line: ``<name>: <n> samples of <m> plans, <digest>``, the digest (SHA-256, 12
+    hex digits) of its plans' names and its sample index, so that another split, a subset or another sample
+    definition differs even with as many samples."""
+    import hashlib
+
+    summary = getattr(dataset, "summary", None)
+    index = getattr(dataset, "index", None)
+    plans = list(getattr(summary, "plans", []) or [])
+    digest = hashlib.sha256(json.dumps(plans).encode())
+    if index is not None:
+        digest.update(np.ascontiguousarray(index).tobytes())
+    return (f"{getattr(dataset, 'name', 'split')}: {len(dataset)} samples of {len(plans)} plans, "
+            f"{digest.hexdigest()[:12]}")
+
+
+#: Resume settings that checkpoints of earlier floodlib versions do not record: not compared for those.
+_ADDED_RESUME_SETTINGS = ("plateau", "train", "val")
+
+
 def _check_resume_settings(recorded: dict | None, wanted: dict, *, last_checkpoint: Path, name: str) -> None:
     """Refuse to resume an interrupted training with other settings: its optimizer state and history would
     continue under a summary that describes settings it did not train with."""
@@ -527,7 +550,8 @@ def _check_resume_settings(recorded: dict | None, wanted: dict, *, last_checkpoi
         return {**{k: v for k, v in settings.items() if k != "config"}, **{f"config.{k}": v for k, v in config.items()}}
 
     recorded, wanted = flat(recorded), flat(wanted)
-    differ = [f"{key} {recorded.get(key)!r} there, {wanted.get(key)!r} now" for key in sorted({*recorded, *wanted})
+    keys = sorted(key for key in {*recorded, *wanted} if key in recorded or key not in _ADDED_RESUME_SETTINGS)
+    differ = [f"{key} {recorded.get(key)!r} there, {wanted.get(key)!r} now" for key in keys
               if recorded.get(key) != wanted.get(key)]
     if differ:
         raise ValueError(f"{name}: {last_checkpoint} holds an interrupted training with other settings "
