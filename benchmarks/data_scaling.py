@@ -2,9 +2,9 @@
 
 The samples come from a run folder's simulations, cut as its profile says (``data.samples``): the pool is
 the run's ``big_train`` split, and nested random subsets of it (250, 1,000 and 4,000 samples by default:
-each subset holds the smaller ones) train one architecture each from the same initial weights, with the
-same number of optimizer steps — so a larger set differs only in the data it shows, not in the compute it
-gets. The weights of the epoch with the lowest validation loss (on a fixed subset of ``big_val``) are
+each subset holds the smaller ones) train one architecture each from the same initial weights, with about
+the same number of optimizer steps (at least the number asked for: whole epochs, so a few more for some
+sizes) — so a larger set differs only in the data it shows, not in the compute it gets. The weights of the epoch with the lowest validation loss (on a fixed subset of ``big_val``) are
 scored on the held-out splits: ``big_test`` (plans never seen) and ``test_projects`` (terrain never seen)
 when the profile holds projects out. RAE is the pooled relative absolute error against the no-change
 prediction (1: no better than predicting no change; 0: perfect).

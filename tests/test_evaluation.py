@@ -454,6 +454,8 @@ def test_boxplots_of_many_splits_are_drawn_in_rows_of_a_pages_proportions():
     assert all(ax.get_legend() is None for ax in axes[1:])
     assert "(22 sample-model pairs with a too-small denominator are not drawn" in axes[-1].get_xlabel()
     assert len(plot_rae_boxplots(samples, splits=splits[:5]).axes) == 1  # five side by side still fit one row
+    with pytest.raises(ValueError, match=r"split\(s\) \['nope'\]: the samples hold no such split; they hold \['split_0'"):
+        plot_rae_boxplots(samples, splits=["split_1", "nope"])
 
 
 def test_each_split_is_scored_on_its_own_samples_a_subset_on_its_few_a_denser_cut_on_its_many(tiny_run):

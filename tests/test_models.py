@@ -311,3 +311,31 @@ def test_config_rebuilds_the_same_model():
     terrain, depths = sample_inputs()
     with torch.no_grad():
         assert_allclose(rebuilt(terrain, depths).numpy(), model(terrain, depths).numpy())
+
+
+@pytest.mark.parametrize("downsampler", ["alternating", "k11s10", "cubic"])
+def test_an_empty_batch_gives_an_empty_prediction(downsampler):
+    model = create_model("Arch_02", downsampler=downsampler)
+    out = model(torch.zeros(0, 1, 321, 321), torch.zeros(0, 2, 32, 32))
+    assert out.shape == (0, 1, 32, 32)
+
+
+def test_inputs_of_another_type_are_refused_with_what_to_do():
+    import numpy as np
+
+    model = create_model("Arch_02", downsampler="cubic")
+    with pytest.raises(TypeError, match=r"terrain is a numpy.ndarray; expected a torch.Tensor \(e.g. torch.from_numpy"):
+        model(np.zeros((1, 1, 321, 321), np.float32), torch.zeros(1, 2, 32, 32))
+    with pytest.raises(TypeError, match=r"depths is torch.float64, the model's weights torch.float32; convert it"):
+        model(torch.zeros(1, 1, 321, 321), torch.zeros(1, 2, 32, 32, dtype=torch.float64))
+
+
+def test_the_k11s10_downsampler_keeps_its_kaiming_initialisation_whatever_the_models():
+    import math
+
+    # Kaiming normal for LeakyReLU(0.01) over 121 inputs: std sqrt(2 / (1 + 0.01^2)) / 11 = 0.1286
+    expected = math.sqrt(2 / (1 + 0.01 ** 2)) / 11
+    for init in (None, "xavier", "kaiming"):
+        torch.manual_seed(0)
+        weight = create_model("Arch_04", downsampler="k11s10", init=init).downsampler.layers[0].weight
+        assert abs(weight.std().item() / expected - 1) < 0.15, init

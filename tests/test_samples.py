@@ -417,3 +417,22 @@ def test_a_model_learns_the_cell_size_only_of_the_plans_that_give_it_samples(tmp
     from_coarse = np.flatnonzero(both.index["plan"] == 1)
     assert both.subset(from_coarse[:2]).trained_on()["cell_size_m"] == [40.0]  # a subset's own plans
     assert both.subset([]).trained_on()["cell_size_m"] == []
+
+
+def test_settings_a_researcher_gets_wrong_are_refused_or_made_to_work(tmp_path):
+    with pytest.raises(ValueError, match=r"SampleSpec.snapshot_every_s=True must be >= 0 s"):
+        SampleSpec(snapshot_every_s=True)
+    for project, count in (("alpha", 6), ("beta", 4)):
+        write_project(tmp_path, project, count)
+    # a project the data folder does not hold: a typo, named
+    with pytest.raises(ValueError, match=r"SampleSpec.projects: unknown project\(s\) \['alpah'\]; .* holds \['alpha', "
+                                         r"'beta'\]"):
+        load_splits(tmp_path, sample_spec=SampleSpec(projects={"alpah": {"patch_stride_cells": 4}}),
+                    split_spec=SplitSpec(small_plans=2, test_plans=1))
+    # a validation fraction that would leave no plan to train on: one plan each way
+    splits = split_plans(discover_plans(tmp_path), SplitSpec(small_plans=2, test_plans=1, val_fraction=0.9))
+    assert len(splits["small_train"]) == 1 and len(splits["small_val"]) == 1
+    assert len(splits["alpha_train_val"]) == 5 and splits["big_train"] and splits["big_val"]
+    # a subset says whose samples it chose, not the patches its parent dropped
+    dataset = PatchDataset(sorted((tmp_path / "alpha").glob("*.h5")), spec=SPEC, name="alpha")
+    assert str(dataset.subset(range(3), name="three").summary).startswith("three: 3 samples chosen from split 'alpha' over 6 plans")

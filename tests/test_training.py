@@ -261,6 +261,12 @@ def test_checkpoint_errors(tmp_path, splits):
                  epochs=1, batch_size=8, progress="none")
     with pytest.raises(CheckpointError, match=r"holds architecture 'Arch_02', expected 'Arch_05'"):
         load_model(result.model_path, expected_arch="Arch_05")
+    # the names create_model takes: reference names and aliases
+    assert load_model(result.model_path, expected_arch="nondownsampling_conv").arch == "Arch_02"
+    with pytest.raises(CheckpointError, match=r"holds architecture 'Arch_02', expected 'Arch_05 \(classic_unet\)'"):
+        load_model(result.model_path, expected_arch="classic_unet")
+    with pytest.raises(CheckpointError, match=r"expected_arch: unknown model 'Arch_99'"):
+        load_model(result.model_path, expected_arch="Arch_99")
 
 
 def test_convergence_analysis_known_curves():

@@ -55,6 +55,9 @@ class SplitSummary:
                 "32x32 by default, inside its outline)")
 
     def __str__(self) -> str:
+        if self.subset_of:  # the patches were dropped from the split it chose from, not from it
+            return (f"{self.name}: {self.samples} samples chosen from split {self.subset_of!r} over "
+                    f"{len(self.plans)} plans" + (f"; {self.drawn}" if self.drawn else ""))
         return (f"{self.name}: {len(self.plans)} plans, {self.samples} samples "
                 f"({self.dry_dropped} dry and {self.masked_dropped} out-of-area patches dropped)"
                 + (f"; {self.drawn}" if self.drawn else ""))
@@ -258,7 +261,8 @@ def discover_plans(data_dir: str | Path) -> dict[str, list[Path]]:
 
 
 def _train_val(plans: list[Path], fraction: float) -> tuple[list[Path], list[Path]]:
-    n_val = max(1, int(round(len(plans) * fraction))) if len(plans) > 1 else 0
+    # two plans or more: at least one each for training and validation, whatever the fraction
+    n_val = min(max(1, int(round(len(plans) * fraction))), len(plans) - 1) if len(plans) > 1 else 0
     return plans[:len(plans) - n_val], plans[len(plans) - n_val:]
 
 
@@ -320,7 +324,11 @@ def split_plans(projects: dict[str, list[Path]], spec: SplitSpec = SplitSpec()) 
 def load_splits(data_dir: str | Path, *, sample_spec: SampleSpec = SampleSpec(), split_spec: SplitSpec = SplitSpec(),
                 names: Sequence[str] | None = None, memory_map: bool | str = "auto") -> dict[str, PatchDataset]:
     """Datasets of the splits ``names`` (all of :func:`split_plans` by default) of a data folder."""
-    plans = split_plans(discover_plans(data_dir), split_spec)
+    projects = discover_plans(data_dir)
+    unknown = [name for name in sample_spec.projects if name not in projects]
+    if unknown:
+        raise ValueError(f"SampleSpec.projects: unknown project(s) {unknown}; {data_dir} holds {sorted(projects)}")
+    plans = split_plans(projects, split_spec)
     if names is not None:
         unknown = [n for n in names if n not in plans]
         if unknown:

@@ -109,7 +109,8 @@ class SampleSpec:
         positive_int("edge_trim_cells", 0)
         positive_int("trim_above_cells", 0)
         positive_int("patch_stride_cells", 0)
-        if not (isinstance(self.snapshot_every_s, (int, float)) and math.isfinite(self.snapshot_every_s)
+        if not (isinstance(self.snapshot_every_s, (int, float)) and not isinstance(self.snapshot_every_s, bool)
+                and math.isfinite(self.snapshot_every_s)
                 and self.snapshot_every_s >= 0):
             raise ValueError(f"SampleSpec.snapshot_every_s={self.snapshot_every_s!r} must be >= 0 s (0: off)")
         if self.snapshot_every_s > 0 and tuple(float(t) for t in self.snapshot_times_s) != REFERENCE_SNAPSHOT_TIMES_S:

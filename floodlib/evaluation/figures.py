@@ -221,6 +221,11 @@ def plot_rae_boxplots(samples: pd.DataFrame, *, splits: Sequence[str] | None = N
     import seaborn as sns
 
     order = list(splits) if splits is not None else list(dict.fromkeys(samples["split"]))
+    held = list(dict.fromkeys(samples["split"]))
+    unknown = [split for split in order if split not in held]
+    if unknown or not order:
+        raise ValueError(f"plot_rae_boxplots: split(s) {unknown or order}: the samples hold no such split; they hold "
+                         f"{held}")
     shown = samples[~samples["small_denominator"].astype(bool) & samples["split"].isin(order)]
     models = list(dict.fromkeys(samples["model"]))
     palette = {model: model_colour(model) for model in models}

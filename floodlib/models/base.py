@@ -47,8 +47,16 @@ def check_scale(name: str, value: Any) -> float:
     return float(value)
 
 
-def check_inputs(terrain: torch.Tensor, depths: torch.Tensor) -> None:
-    """Raise ValueError unless terrain is (B, 1, 321, 321) and depths (B, 2, 32, 32) with the same B."""
+def check_inputs(terrain: torch.Tensor, depths: torch.Tensor, dtype: torch.dtype | None = None) -> None:
+    """Raise TypeError unless both are torch tensors (of ``dtype``, the model's weights', when given), and
+    ValueError unless terrain is (B, 1, 321, 321) and depths (B, 2, 32, 32) with the same B."""
+    for name, value in (("terrain", terrain), ("depths", depths)):
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"{name} is a {type(value).__module__}.{type(value).__name__}; expected a torch.Tensor "
+                            f"(e.g. torch.from_numpy(array).float())")
+        if dtype is not None and value.dtype != dtype:
+            raise TypeError(f"{name} is {value.dtype}, the model's weights {dtype}; convert it ({name}.to({dtype})) "
+                            "or the model (model.to(dtype))")
     expected_terrain = (1, TERRAIN_POINTS, TERRAIN_POINTS)
     expected_depths = (DEPTH_CHANNELS, PATCH_CELLS, PATCH_CELLS)
     problems = []
@@ -121,7 +129,7 @@ class FloodModel(nn.Module):
         return change * self.change_scale
 
     def forward(self, terrain: torch.Tensor, depths: torch.Tensor) -> torch.Tensor:
-        check_inputs(terrain, depths)
+        check_inputs(terrain, depths, dtype=next(self.parameters()).dtype)
         return self.predict_change(self.terrain_features(terrain), depths)
 
     def extra_repr(self) -> str:

@@ -14,7 +14,7 @@ import torch
 import floodlib
 from floodlib.data.store import atomic_write
 from floodlib.models.base import ABSENT_KEY_VALUES, FloodModel
-from floodlib.models.registry import create_model
+from floodlib.models.registry import create_model, resolve_model_name
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> Path:
@@ -87,8 +87,14 @@ def load_model(path: str | Path, *, expected_arch: str | None = None, device: st
     """
     checkpoint = read_checkpoint(path)
     config = dict(checkpoint["config"])
-    if expected_arch is not None and config.get("arch") != expected_arch:
-        raise CheckpointError(f"{path}: holds architecture {config.get('arch')!r}, expected {expected_arch!r}")
+    if expected_arch is not None:
+        try:
+            wanted = resolve_model_name(expected_arch)  # a reference name or an alias, as create_model takes
+        except ValueError as error:
+            raise CheckpointError(f"expected_arch: {error}") from None
+        if config.get("arch") != wanted:
+            named = wanted if wanted == expected_arch else f"{wanted} ({expected_arch})"
+            raise CheckpointError(f"{path}: holds architecture {config.get('arch')!r}, expected {named!r}")
     bad = [name for name, tensor in checkpoint["state_dict"].items()
            if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and not torch.isfinite(tensor).all()]
     if bad:

@@ -14,6 +14,7 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from floodlib.models.constants import PATCH_CELLS
+from floodlib.models.init import init_weights
 from floodlib.models.layers import build_checked
 from floodlib.models.reference import BLOCK, alternating_stride_conv2d_blockwise
 
@@ -113,6 +114,8 @@ def alternating_stride_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch
     """
     batch, _, height, width = x.shape
     n, m = height // BLOCK, width // BLOCK
+    if batch == 0:  # an empty batch: an empty result of the right shape (no rows to reshape)
+        return x.new_zeros((0, weight.shape[0], 2 * n, 2 * m))
     rows = alternating_stride_rows(x, weight, bias).view(batch, n, m, 2, 2, -1)
     return rows.permute(0, 5, 1, 3, 2, 4).reshape(batch, -1, 2 * n, 2 * m)
 
@@ -171,7 +174,7 @@ class AlternatingDownsampler(nn.Module):
         )
 
     def forward(self, terrain: torch.Tensor) -> torch.Tensor:
-        if self.layers[2].reference:
+        if self.layers[2].reference or terrain.shape[0] == 0:  # the fused path has no rows to reshape when empty
             return self.layers(terrain)
         if terrain.device.type != "cpu":
             return self._fused(terrain)
@@ -238,6 +241,7 @@ class K11S10Downsampler(nn.Module):
             nn.Conv2d(c2, 1, kernel_size=1),
             make(),
         )
+        init_weights(self, self.init_scheme)  # its own, also in a model built with init=None
 
     def forward(self, terrain: torch.Tensor) -> torch.Tensor:
         return self.layers(terrain)

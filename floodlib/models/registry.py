@@ -114,6 +114,13 @@ def create_model(
     -------
     FloodModel mapping ``(terrain (B,1,321,321) m, depths (B,2,32,32) m)`` to the depth change
     ``(B,1,32,32)`` in m; ``model.config`` holds everything needed to rebuild it.
+
+    Notes
+    -----
+    Building a model turns on ``torch.set_flush_denormal(True)`` for the process (on CPUs that support it):
+    floats below 1.2e-38 become 0, which spares the softmax and tanh tails the many-fold slowdown of
+    denormal arithmetic and changes no result that matters — but it applies to all of the process's torch
+    computations; ``torch.set_flush_denormal(False)`` after building restores IEEE behaviour.
     """
     arch = resolve_model_name(name)
     downsampler = resolve_downsampler_name(downsampler)
