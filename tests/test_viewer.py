@@ -218,7 +218,7 @@ def test_the_domain_mode_shows_solver_surrogate_and_error_with_the_domain_rae(ti
             assert np.isfinite(expected) and frame.rae == pytest.approx(expected, rel=1e-9)
             assert f"RAE {expected:.4g} over the whole domain" in viewer.rae_label.value
             closure = rollout.rollout.steps[step - 1]
-            assert f"iterations {closure.iterations}," in viewer.details.value
+            assert f"closure: {closure.iterations + 1} pass(es)," in viewer.details.value
             assert f"last ring change {closure.residuals[-1] * 1000:.3g} mm" in viewer.details.value
         else:  # the start: the surrogate's depth is the solver's, and there is nothing to score
             np.testing.assert_array_equal(frame.surrogate, simulation.water_depth[0])
