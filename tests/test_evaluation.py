@@ -97,6 +97,17 @@ def test_batched_evaluation_matches_one_sample_at_a_time(tiny_run):
         flipped = {1: "anti-diagonal reflection", 2: "reverse rows", 3: "reverse columns"}.get(info["transform"])
         assert (f"shown with {flipped}" in view.label()) if flipped else ("shown with" not in view.label())
     assert {test.sample_info(item)["transform"] for item in range(len(test))} - {0}  # some are flipped
+    # a scale bar on the depth panel: 32 cells of 10 m, 50 m
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from mpl_toolkits.axes_grid1.anchored_artists import AnchoredSizeBar
+
+    from floodlib.evaluation.figures import sample_figure
+
+    assert view.cell_size_m == 10.0
+    bars = [a for a in sample_figure(view).axes[1].artists if isinstance(a, AnchoredSizeBar)]
+    assert [bar.txt_label.get_text() for bar in bars] == ["50 m"]
 
 
 def test_splits_taken_from_one_pass_over_all_plans_equal_each_split_evaluated_alone(tiny_run):

@@ -84,7 +84,8 @@ class SampleView:
 
     ``terrain`` (T, T), m; ``depth_now``, ``truth``, ``prediction`` (P, P), m; ``rae`` and
     ``small_denominator`` as in :func:`~floodlib.evaluation.metrics.sample_metrics`; ``info`` where the
-    sample comes from (:meth:`~floodlib.data.dataset.PatchDataset.sample_info`).
+    sample comes from (:meth:`~floodlib.data.dataset.PatchDataset.sample_info`); ``cell_size_m`` its plan's
+    cells, for the scale bar (None: none drawn).
     """
 
     terrain: np.ndarray
@@ -97,6 +98,7 @@ class SampleView:
     split: str = ""
     item: int = 0
     info: dict = field(default_factory=dict)
+    cell_size_m: float | None = None
 
     @property
     def error(self) -> np.ndarray:
@@ -132,7 +134,8 @@ def view_sample(model: torch.nn.Module, dataset, item: int, *, name: str = "", s
     metrics = sample_metrics(prediction[None], truth[None], depth_now[None], spec=spec)
     return SampleView(terrain=sample.terrain[0].numpy(), depth_now=depth_now, truth=truth, prediction=prediction,
                       rae=float(metrics["rae"][0]), small_denominator=bool(metrics["small_denominator"][0]),
-                      model=name, split=dataset.name, item=int(item), info=dataset.sample_info(item))
+                      model=name, split=dataset.name, item=int(item), info=dataset.sample_info(item),
+                      cell_size_m=float(dataset.cell_sizes_m[int(dataset.index[item]["plan"])]))
 
 
 def _limits(views: Sequence[SampleView]) -> tuple[float, float]:
@@ -157,6 +160,8 @@ def _draw_row(fig, axes, view: SampleView, *, change_limit: float, depth_limit: 
         ax.set_yticks([])
         if titles:
             ax.set_title(title, fontsize=10)
+    if view.cell_size_m is not None:  # on the depth at n: every panel shows the same patch
+        scale_bar(axes[1], cell_size_m=view.cell_size_m, cells_across=view.depth_now.shape[1])
 
 
 def sample_figure(view: SampleView):
