@@ -85,17 +85,6 @@ TARGET_SIZE = 96
 MIN_CELLS = 32  # one whole patch
 
 
-def cpu_name() -> str:
-    """The CPU's model name (``platform.processor()`` is often only the architecture on Linux)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown CPU"
-
-
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -352,6 +341,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"note: {args.model} learnt to predict {learnt / 60:g} min ahead; it is stepped an hour for the "
               "timings, so the RAE below means nothing")
         model.trained_on = None
+    from floodlib.environment import cpu_name
+
     processor = cpu_name()
     accelerator = torch.cuda.get_device_name(device) if device.type == "cuda" else processor
     threads = torch.get_num_threads()

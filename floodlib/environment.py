@@ -21,7 +21,8 @@ import floodlib
 LIBRARIES = ("torch", "lightning", "numpy", "h5py", "rasterio", "landlab", "optuna", "pandas")
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
+    """The CPU's model name (``platform.processor()`` is often only the architecture on Linux)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -57,7 +58,7 @@ def environment() -> dict[str, Any]:
     commit = git_commit()
     if commit:
         record["git_commit"] = commit
-    record.update(python=platform.python_version(), platform=platform.platform(), cpu=_cpu_name(),
+    record.update(python=platform.python_version(), platform=platform.platform(), cpu=cpu_name(),
                   cpu_count=os.cpu_count())
     for name in LIBRARIES:
         try:

@@ -293,15 +293,20 @@ def test_parameters_from_namespace():
         parameters_from_namespace("C", {**namespace, "lr": -1.0})
 
 
-def test_an_interrupted_search_continues(tiny_run, tmp_path):
-    import optuna
-
-    # A copy of the run with B's search started but cut short: one trial done, one left RUNNING by a kill.
+def _run_sharing_data(tiny_run: Path, tmp_path: Path):
+    """A fresh run folder with the tiny run's profile and (linked) data, and its Run."""
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     (run_dir / "data").symlink_to(tiny_run / "data", target_is_directory=True)
     (run_dir / "params.yaml").write_text((tiny_run / "params.yaml").read_text())
-    run = stages.open_run(run_dir)
+    return run_dir, stages.open_run(run_dir)
+
+
+def test_an_interrupted_search_continues(tiny_run, tmp_path):
+    import optuna
+
+    # A copy of the run with B's search started but cut short: one trial done, one left RUNNING by a kill.
+    run_dir, run = _run_sharing_data(tiny_run, tmp_path)
     config = parameters_from_namespace("B", {**load_profile(run_dir / "params.yaml").B, "run_dir": str(run_dir),
                                              "trials": 1})
     data = stages.splits(run, ["small_train", "small_val"])
@@ -333,11 +338,7 @@ def test_a_pruned_trial_leaves_neither_weights_nor_a_resume_checkpoint(tiny_run,
     import optuna
     from lightning.pytorch.callbacks import Callback
 
-    run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    (run_dir / "data").symlink_to(tiny_run / "data", target_is_directory=True)
-    (run_dir / "params.yaml").write_text((tiny_run / "params.yaml").read_text())
-    run = stages.open_run(run_dir)
+    run_dir, run = _run_sharing_data(tiny_run, tmp_path)
     config = parameters_from_namespace("B", {**load_profile(run_dir / "params.yaml").B, "run_dir": str(run_dir),
                                              "trials": 2, "trial_epochs": 3})
     seen = {}
