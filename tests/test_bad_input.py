@@ -72,6 +72,26 @@ def test_forcing_a_stage_over_changed_earlier_stages_is_refused(run_copy, tmp_pa
     assert snapshot(run_copy) == before
 
 
+def test_stages_made_with_other_settings_stay_changed_after_an_earlier_stage_is_redone(run_copy, tmp_path):
+    """New splits, A redone alone (`--only A --force`): B, C and D were made from the old A *and* with other
+    settings. They are "changed", not merely stale, so `--only D` cannot score C's models on plans they trained
+    on, with or without --force."""
+    from floodlib.runs import Run, write_summary
+
+    edited = profile_with(run_copy, tmp_path, lambda raw: raw["data"]["splits"].update(test_plans=1))
+    profile = load_profile(edited)
+    redone = read_summary(run_copy, "A")
+    write_summary(Run(run_dir=run_copy, profile=profile), redone.model_copy(update={"splits": {"small_train": {}}}))
+    assert stage_state(run_copy, "A", profile)[0] == "complete" and stale_upstream(run_copy, "C") == ["A"]
+    assert [stage_state(run_copy, stage, profile)[0] for stage in "BC"] == ["changed", "changed"]
+    before = snapshot(run_copy)
+    with pytest.raises(ProfileError, match=r"holds stage\(s\) B, C made with other settings"):
+        run_pipeline(edited, stages=["D"], run_dir=run_copy)
+    with pytest.raises(ProfileError, match=r"--force redoes stage D, but stage\(s\) B, C of run folder"):
+        run_pipeline(edited, stages=["D"], force=True, run_dir=run_copy)
+    assert snapshot(run_copy) == before
+
+
 def test_a_default_spelled_out_is_not_a_change(run_copy, tmp_path):
     default_patience = load_profile(run_copy / "params.yaml")  # the tiny profile leaves C's patience at its default
     edited = profile_with(run_copy, tmp_path, lambda raw: raw["C"].update(patience=30))

@@ -151,8 +151,8 @@ STAGE_STATES = ("missing", "complete", "invalid", "stale", "changed")
 
 def stage_state(run_dir: str | Path, stage: str, profile: Profile | None = None) -> tuple[str, str]:
     """Whether ``stage`` of the run is complete, and if not why: ("missing", ""), ("complete", ""),
-    ("invalid", what is wrong with its summary), ("stale", which earlier results changed since) or
-    ("changed", ...) when ``profile``'s settings for it differ from those it was made with."""
+    ("invalid", what is wrong with its summary), ("changed", ...) when ``profile``'s settings for it differ
+    from those it was made with, else ("stale", which earlier results changed since)."""
     run_dir = Path(run_dir)
     path = run_dir / stage / SUMMARY_FILE
     if not path.exists():
@@ -162,10 +162,12 @@ def stage_state(run_dir: str | Path, stage: str, profile: Profile | None = None)
         stale = stale_upstream(run_dir, stage)
     except RunError as error:
         return "invalid", str(error)
-    if stale:
-        return "stale", f"made from earlier results of stage {', '.join(stale)}"
+    # Other settings first: a stage both made with other settings and from earlier results since redone (a
+    # changed split, A redone alone) must not pass for merely stale, which a run redoes without --force.
     if profile is not None and summary.settings and summary.settings != profile.settings_digest(stage):
         return "changed", f"made with other settings (data or {stage} section of the profile)"
+    if stale:
+        return "stale", f"made from earlier results of stage {', '.join(stale)}"
     return "complete", ""
 
 
