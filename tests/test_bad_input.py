@@ -579,3 +579,22 @@ def test_a_preview_of_no_samples_is_a_clear_error(tmp_path):
     train, _ = datasets(tmp_path)
     with pytest.raises(ValueError, match="preview_samples: n=0; a figure needs at least one sample"):
         preview_samples(train, n=0)
+
+
+def test_an_interrupted_stage_is_continued_in_its_folder_and_its_search_goes_on(run_copy):
+    """Stage B cut short (no summary yet; its study and trained models there): the same command continues it in
+    its folder — the study's finished trials count toward its total, none is run again — and --force would
+    start it afresh."""
+    import optuna
+
+    summary = run_copy / "B" / "summary.json"
+    summary.unlink()
+    storage = f"sqlite:///{run_copy / 'B' / 'study.db'}"
+    before = [(t.number, t.datetime_start) for t in optuna.load_study(study_name="Arch_04", storage=storage).trials]
+    assert before
+    run_pipeline(run_copy / "params.yaml", stages=["B"], run_dir=run_copy)
+    log = (run_copy / "pipeline.log").read_text()
+    assert "stage B: not complete, continued in its folder (--force starts it afresh)" in log
+    assert not list(run_copy.glob("B.replaced-*")) and summary.exists()
+    after = optuna.load_study(study_name="Arch_04", storage=storage).trials
+    assert [(t.number, t.datetime_start) for t in after] == before  # enough trials already: none was run again

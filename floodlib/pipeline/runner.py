@@ -193,11 +193,17 @@ def run_pipeline(profile_path: str | Path, *, stages: list[str] | None = None, f
             if state == "complete" and not force:
                 _log(log_file, f"[{index}/{len(wanted)}] stage {stage}: complete already, skipped (--force redoes it)")
                 continue
-            if (run_dir / stage).exists():
+            continued = (run_dir / stage).exists() and state == "missing" and not force
+            if continued:
+                # Interrupted (no summary yet): go on in its folder, where its trainings resume from their last
+                # epoch and its search from its study; --force starts it afresh instead.
+                _log(log_file, f"[{index}/{len(wanted)}] stage {stage}: not complete, continued in its folder "
+                               "(--force starts it afresh)")
+            elif (run_dir / stage).exists():
                 # Redo from scratch, but keep what was there: the old stage folder is renamed, not deleted.
                 kept = run_dir / f"{stage}.replaced-{time.strftime('%Y%m%d-%H%M%S')}"
                 (run_dir / stage).rename(kept)
-                why = "--force" if state == "complete" else (reason if state != "missing" else "not complete")
+                why = "--force" if state in ("complete", "missing") else reason
                 _log(log_file, f"[{index}/{len(wanted)}] stage {stage}: {why}, previous results kept in {kept}")
             start = time.perf_counter()
             _log(log_file, f"[{index}/{len(wanted)}] stage {stage}: running {NOTEBOOKS[stage]}")
@@ -208,12 +214,15 @@ def run_pipeline(profile_path: str | Path, *, stages: list[str] | None = None, f
             except StageFailed as error:
                 _log(log_file, f"[{index}/{len(wanted)}] stage {stage}: FAILED after {time.perf_counter() - start:.0f} s")
                 _log(log_file, str(error))
+                if continued:
+                    _log(log_file, f"stage {stage} was continued in its folder from an interrupted run; if that run had "
+                                   "other settings, --force starts it afresh")
                 raise
             except KeyboardInterrupt as error:
                 happened, by, _ = _stop(error)
                 _log(log_file, f"[{index}/{len(wanted)}] stage {stage}: {happened} ({by}) after "
                                f"{time.perf_counter() - start:.0f} s; the stages completed before it are kept, and "
-                               f"the same command redoes stage {stage} (its partial folder is kept beside)")
+                               f"the same command continues stage {stage} in its folder (--force starts it afresh)")
                 raise Interrupted(f"{happened} during stage {stage}; completed stages are kept in {run_dir}, "
                                   f"and the same command continues from stage {stage} (log: {log_file})") from error
             _log(log_file, f"[{index}/{len(wanted)}] stage {stage}: done in {time.perf_counter() - start:.0f} s -> {output}")
