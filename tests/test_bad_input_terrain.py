@@ -123,7 +123,8 @@ TOO_SMALL_FOR_THE_GRID = {
     "just_short_for_a_larger_grid": (dict(crs="EPSG:26915"), (80, 200), (20, 20),
                                      ["size: 80x200 pixels", "20x20-cell grid", "201x201 terrain points"]),
     "feet_pixels_of_1_us_survey_foot": (dict(crs="EPSG:2236", pixel=1.0), (100, 100), (8, 8),
-                                        ["pixel width: 0.3048006", "(1 US survey foot)", "needs a DEM at 1 m"]),
+                                        ["pixel width: 0.3048006", "(1 US survey foot)", "needs a DEM at 1 m",
+                                         "gdalwarp -tr 3.28083 3.28083 in the CRS's unit, the US survey foot"]),
     "metre_pixels_of_2_m": (dict(crs="EPSG:26915", pixel=2.0), (100, 100), (8, 8),
                             ["pixel width: 2.0 m", "needs a DEM at 1 m"]),
 }

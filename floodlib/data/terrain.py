@@ -291,9 +291,13 @@ def check_dem(raster, *, rows: int, cols: int) -> None:
     for name, value in (("pixel width", raster.dx), ("pixel height", raster.dy)):
         if abs(value - TERRAIN_SPACING_M) > 1e-6 * TERRAIN_SPACING_M:
             as_read = "" if raster.units_factor == 1.0 else f" ({value / raster.units_factor:g} {raster.source_units})"
+            # gdalwarp's -tr is in the CRS's own unit: in feet, 1 m is 1 / (m per foot) of them
+            step = f"{TERRAIN_SPACING_M / raster.units_factor:.6g}"
             raise SimulationFileError(f"{path}: {name}: {value} m{as_read}; the built-in simulator needs a DEM at "
-                                      f"{TERRAIN_SPACING_M:g} m (resample it first, e.g. gdalwarp -tr "
-                                      f"{TERRAIN_SPACING_M:g} {TERRAIN_SPACING_M:g})")
+                                      f"{TERRAIN_SPACING_M:g} m (resample it first, e.g. gdalwarp -tr {step} {step}"
+                                      + (f" in the CRS's unit, the {raster.source_units}" if raster.units_factor != 1.0
+                                         else "")
+                                      + ")")
     dem_rows, dem_cols = raster.values.shape
     if min(dem_rows, dem_cols) < MIN_DEM_POINTS:
         raise SimulationFileError(
