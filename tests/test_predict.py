@@ -422,8 +422,8 @@ def test_the_cli_rolls_a_tiny_run_model_out_over_a_test_plan(tiny_run, tmp_path)
         assert error.transform.c == plan.origin_x and error.transform.a == plan.cell_size_m
     # maps of that name are kept unless --force, before anything is predicted; a file is no folder for them
     kept = cli(model, plan_path, "--hours", 1, "--out", tmp_path / "out.h5", "--geotiff", maps)
-    assert kept.returncode == 2 and f"{maps / 'out_depth_0min.tif'} exists (7 map(s) of out in {maps}); pass --force " \
-        "to replace them all" in kept.stderr and not (tmp_path / "out.h5").exists()
+    assert kept.returncode == 2 and f"{maps / 'out_depth_0min.tif'}: exists (7 map(s) of out in {maps}); pass " \
+        "force=True (--force) to replace them all" in kept.stderr and not (tmp_path / "out.h5").exists()
     not_a_folder = cli(model, plan_path, "--hours", 1, "--out", tmp_path / "x.h5", "--geotiff", out)
     assert not_a_folder.returncode == 2 and f"--geotiff {out} is a file; name a folder" in not_a_folder.stderr
     assert predicted.water_depth.shape == (3, *plan.grid_shape)

@@ -154,6 +154,15 @@ def maps_of(out_dir: str | Path, stem: str) -> list[Path]:
     return sorted(p for p in out_dir.iterdir() if pattern.fullmatch(p.name))
 
 
+def refuse_existing(out_dir: str | Path, stem: str) -> None:
+    """SimulationFileError when ``out_dir`` holds maps of a file named ``<stem>.h5`` (see :func:`maps_of`)."""
+    existing = maps_of(out_dir, stem)
+    if existing:
+        raise SimulationFileError(
+            f"{existing[0]}: exists ({len(existing)} map(s) of {stem} in {out_dir}); pass force=True (--force) to "
+            "replace them all")
+
+
 def check_folder(folder: str | Path, what: str) -> None:
     """SimulationFileError unless ``folder`` is, or can be made as, a folder this process writes in."""
     folder = Path(folder)
@@ -224,10 +233,8 @@ def export_maps(path: str | Path, out_dir: str | Path, *, times_min: list[float]
     if max_depth:
         planned.append((out_dir / f"{stem}_max_depth.tif", f"maximum water depth, {span}", None, None))
     existing = maps_of(out_dir, stem)
-    if existing and not force:
-        raise SimulationFileError(
-            f"{existing[0]}: exists ({len(existing)} map(s) of {stem} in {out_dir}); pass force=True (--force) to "
-            "replace them all")
+    if not force:
+        refuse_existing(out_dir, stem)
 
     where = Georeference.of(simulation)
     common = {"source_file": path.name, "project": simulation.project, "plan": simulation.plan,

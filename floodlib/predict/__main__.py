@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from floodlib.data.export import check_folder, export_maps, map_crs, maps_of
+from floodlib.data.export import check_folder, export_maps, map_crs, refuse_existing
 from floodlib.data.store import SimulationFileError, read_simulation
 from floodlib.models.checkpoints import CheckpointError, load_model
 from floodlib.predict.boundary import read_boundary
@@ -70,12 +70,10 @@ def main(argv: list[str] | None = None) -> int:
             if args.geotiff.exists() and not args.geotiff.is_dir():
                 return fail(f"--geotiff {args.geotiff} is a file; name a folder for the maps")
             check_folder(args.geotiff, "--geotiff")
+            if not args.force:  # before the prediction is made
+                refuse_existing(args.geotiff, args.out.stem)
     except SimulationFileError as error:
         return fail(str(error))
-    existing = maps_of(args.geotiff, args.out.stem) if args.geotiff is not None else []
-    if existing and not args.force:
-        return fail(f"{existing[0]} exists ({len(existing)} map(s) of {args.out.stem} in {args.geotiff}); pass --force "
-                    "to replace them all")
     if args.hours < 1:
         return fail(f"--hours {args.hours}: predict at least one step")
     if args.step_min is not None and not args.step_min > 0:
