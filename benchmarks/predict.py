@@ -27,6 +27,15 @@ over 1 m terrain, with frames every ``gcd(--start-min, 60)`` minutes.
     python benchmarks/predict.py --sizes 96                # the small domain alone, under a minute
     python benchmarks/predict.py --device cuda --json predict.json   # the surrogate on a GPU (solver on CPU)
 
+A GPU node often lacks landlab (or should not spend its hours on a one-thread solver): record the solver's
+runs on a CPU machine, then replay them beside the GPU. The record (HDF5, a few MB) holds the timings and
+the depth frames; the 1 m terrain is rebuilt from the plan's seed and checked against the recorded one (its
+SHA-256, or its cells within 1 mm where another numpy or CPU rounds the terrain's FFT differently). The
+solver's figures are then those of the recording CPU, which the output names:
+
+    python benchmarks/predict.py --save-solver solver.h5                             # on the CPU machine
+    python benchmarks/predict.py --solver-from solver.h5 --device cuda --json gpu.json   # on the GPU node
+
 The surrogate's rollout is timed ``--repeats`` times (3) and the fastest kept: with torch's threads on
 every core, its time swings with other work on the machine far more than the one-thread solver's. The
 solver's pair of runs is timed once; for 512 x 512 cells (5.12 km square, 28 times the cells of 96 x 96
@@ -42,8 +51,29 @@ channels, 3 attention blocks, alternating downsampler):
 
 and with the medium profile's tuned Arch_04 (2 attention blocks; ``--model
 outputs/medium/C/models/Arch_04_tuned/model.pth --sizes 96``): 2.17 s against 0.15 s (3 passes, 82 patch
-predictions), 14.2x, RAE 0.865. The CPU target at 96 x 96 cells, >= 10x, is met; on a GPU (>= 100x) it
-is not measured yet. The same script on 2026-11-26 (another smoke run's tuned Arch_04 of the same shape,
+predictions), 14.2x, RAE 0.865. The same machine on 2026-11-28 ran the solver faster (1.21 s/h at 96 x 96,
+47.7 at 512 x 512) and the surrogate as before (0.12-0.13 s, 0.25-0.27 s): 9.5-10.8x at 96 x 96 over four
+runs, so the CPU target (>= 10x) holds only on some days of this shared machine; 187-190x at 512 x 512.
+
+On a GPU, 2026-11-28: one NVIDIA H100 80GB HBM3 (torch 2.11.0+cu130) against those solver runs of the same
+day on one core of the AMD EPYC (``--save-solver`` there, ``--solver-from`` on the GPU node), the same
+model, tolerance and plans (terrain rebuilt bit for bit), network forwards replayed from CUDA graphs:
+
+    precision  cells      solver s/h  surrogate s/h  features s     ratio  with features  graphs vs eager
+    float32    96 x 96        1.21        0.010         0.105      121.3x       10.5x         2.47x
+    float32    512 x 512     47.70        0.019         0.509     2545x         90.3x         1.54x
+    bf16       96 x 96        1.21        0.006         0.169      210.7x        6.9x         3.44x
+    bf16       512 x 512     47.70        0.010         0.492     4753x         95.0x         2.23x
+
+The same closures, passes, patch predictions and RAE as on the CPU (0.953 and 0.987); the graphs' depths
+differ from the eager forward's by at most 0.001 mm. The GPU target at 96 x 96 cells (>= 100x the solver
+on CPU) is met, in float32 as in bf16. "features s" there includes capturing the graphs (one per batch
+size, once per domain). Before the graphs, each kernel launched on its own, the same H100 took 0.019 s
+(float32, 65x) and 0.022 s (bf16, 54x) at 96 x 96: the hour's 8 grid updates of a few patches each are
+kernel launches, not arithmetic. The surrogate on that node's 16-core Xeon CPU took 0.049 s and 0.077 s
+(24.8x and 623x the EPYC core's solver).
+
+The same script on 2026-11-26 (another smoke run's tuned Arch_04 of the same shape,
 on a machine of the same name that ran torch about twice as slowly and the solver faster) gave 1.64 s
 against 0.32 s at 96 x 96 (3 passes, 59 patch predictions, 5.1x) and 73.9 s against 0.85 s at 512 x 512:
 the ratio depends on the machine as much as on the model, so compare figures from one run only. With
@@ -63,6 +93,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
+import json
 import math
 import os
 import platform
@@ -83,6 +115,11 @@ HOUR_S = 3600.0
 TARGET_RATIO = {"cpu": 10.0, "cuda": 100.0}  # the issue's, at 96 x 96 cells; on a GPU against the solver on CPU
 TARGET_SIZE = 96
 MIN_CELLS = 32  # one whole patch
+RECORD_FORMAT = "floodlib predict benchmark solver runs 1"  # --save-solver's files
+# What a recorded run keeps of its Simulation besides the arrays (the terrain is rebuilt, the depths stored).
+RECORDED_FIELDS = ("project", "plan", "cell_size_m", "terrain_spacing_m", "output_interval_s", "source", "origin_x",
+                   "origin_y", "crs", "event", "extra")
+TERRAIN_TOLERANCE_M = 1e-3  # a rebuilt terrain's cells may differ from the recorded ones by rounding, not more
 
 
 def synchronize(device: torch.device) -> None:
@@ -184,7 +221,22 @@ def time_surrogate(model, simulation, *, start_s: float, hours: int, device: tor
         walls.append(time.perf_counter() - started)
         if best is None or walls[-1] < min(walls[:-1]):
             best = rollout
-    return {"rollout": best, "feature_seconds": feature_s, "seconds": min(walls), "repeat_seconds": walls}
+    figures = {"rollout": best, "feature_seconds": feature_s, "seconds": min(walls), "repeat_seconds": walls}
+    if device.type == "cuda":
+        # The same rollouts without CUDA graphs: what the graphs save, and that they change nothing.
+        eager = DomainPredictor(model, simulation.terrain, mask=np.isnan(depth_start),
+                                terrain_ratio=simulation.terrain_ratio, device=str(device), precision=precision,
+                                tolerance_m=tolerance_m, max_iterations=max_iterations, static_batches=False)
+        eager_walls = []
+        for _ in range(repeats):
+            synchronize(device)
+            started = time.perf_counter()
+            rollout = predict_plan(model, simulation, start_s=start_s, steps=hours, delta_t_s=HOUR_S, predictor=eager)
+            synchronize(device)
+            eager_walls.append(time.perf_counter() - started)
+        figures["eager_seconds"] = min(eager_walls)
+        figures["eager_max_difference_m"] = float(np.nanmax(np.abs(rollout.depths - best.depths)))
+    return figures
 
 
 def hour_rae(predicted: np.ndarray, truth: np.ndarray, truth_start: np.ndarray) -> float:
@@ -195,14 +247,122 @@ def hour_rae(predicted: np.ndarray, truth: np.ndarray, truth_start: np.ndarray) 
     return float(error / change) if change > 0 else math.inf
 
 
-def measure(size: int, model, args, device: torch.device) -> dict:
-    start_s, end_s = args.start_min * 60.0, args.start_min * 60.0 + args.hours * HOUR_S
-    spec = valley_plan(size, seed=args.seed, start_s=start_s, end_s=end_s)
+def measured_span(args) -> tuple[float, float]:
+    """The measured hours' start and end, s."""
+    return args.start_min * 60.0, args.start_min * 60.0 + args.hours * HOUR_S
+
+
+def solve(size: int, args) -> dict:
+    """:func:`time_solver` on the benchmark's plan of ``size`` x ``size`` cells."""
+    start_s, end_s = measured_span(args)
     print(f"{size} x {size} cells: solver ...", end=" ", flush=True)
-    solver = time_solver(spec, start_s=start_s, end_s=end_s)
+    solver = time_solver(valley_plan(size, seed=args.seed, start_s=start_s, end_s=end_s), start_s=start_s, end_s=end_s)
+    print(f"{solver['seconds_to_start']:.1f} s to the start, {solver['seconds_to_end']:.1f} s to the end", flush=True)
+    return solver
+
+
+class RecordError(ValueError):
+    """A file of recorded solver runs (``--solver-from``) that cannot stand in for the solver's runs here."""
+
+
+def save_solver_runs(path: Path, runs: dict[int, dict], args) -> None:
+    """Write the solver's runs of every size to ``path`` (HDF5, atomically) for ``--solver-from``: their
+    timings, the plan's depth frames (compressed) and what the terrain must be rebuilt to — its SHA-256 and
+    its cell elevations — but not the 1 m terrain itself (105 MB at 512 x 512 cells), which the plan's spec
+    and seed rebuild exactly."""
+    import h5py
+    import landlab
+
+    from floodlib.data.store import atomic_write
+    from floodlib.data.terrain import cell_elevation
+    from floodlib.environment import environment
+
+    def write(temporary: str) -> None:
+        with h5py.File(temporary, "w") as h5:
+            h5.attrs.update({"format": RECORD_FORMAT, "seed": args.seed, "start_min": args.start_min,
+                             "hours": args.hours, "landlab": landlab.__version__,
+                             "recorded": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                             "environment": json.dumps(environment())})
+            for size, solver in sorted(runs.items()):
+                simulation = solver["simulation"]
+                group = h5.create_group(str(size))
+                group.create_dataset("water_depth", data=np.asarray(simulation.water_depth, dtype=np.float32),
+                                     compression="gzip", shuffle=True)
+                group.create_dataset("cell_elevation",
+                                     data=cell_elevation(simulation.terrain).astype(np.float32))
+                meta = {name: getattr(simulation, name) for name in RECORDED_FIELDS}
+                figures = {key: value for key, value in solver.items() if key != "simulation"}
+                group.attrs.update({"simulation": json.dumps(meta), "solver": json.dumps(figures),
+                                    "terrain_sha256": terrain_digest(simulation.terrain)})
+
+    atomic_write(path, write)
+
+
+def terrain_digest(terrain: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(terrain, dtype=np.float32).tobytes()).hexdigest()
+
+
+def read_solver_runs(path: Path, args) -> tuple[dict[int, dict], dict]:
+    """The solver's runs recorded in ``path`` by ``--save-solver`` for every size of ``args.sizes``, each
+    with its plan rebuilt as a :class:`Simulation` (the terrain made again from the plan's spec and checked
+    against the recorded one), and the file's description of where they ran. RecordError names what does not
+    match this run's arguments or floodlib's plan."""
+    import h5py
+
+    from floodlib.data.store import Simulation
+    from floodlib.data.terrain import cell_elevation, make_terrain
+
+    start_s, end_s = measured_span(args)
+    try:
+        h5 = h5py.File(path, "r")
+    except OSError as error:
+        raise RecordError(f"{path}: cannot be read as solver runs recorded by --save-solver ({error})") from None
+    with h5:
+        attrs = dict(h5.attrs)
+        if attrs.get("format") != RECORD_FORMAT:
+            raise RecordError(f"{path}: format: {attrs.get('format')!r}; expected {RECORD_FORMAT!r}, a file "
+                              "written by this script's --save-solver")
+        for name in ("seed", "start_min", "hours"):
+            if int(attrs[name]) != getattr(args, name):
+                raise RecordError(f"{path}: {name}: {int(attrs[name])} recorded, but --{name.replace('_', '-')} "
+                                  f"{getattr(args, name)} asked; pass --{name.replace('_', '-')} {int(attrs[name])} "
+                                  "or record the runs again")
+        missing = sorted(set(args.sizes) - {int(size) for size in h5})
+        if missing:
+            raise RecordError(f"{path}: no runs of {', '.join(map(str, missing))} cells a side; it holds "
+                              f"{', '.join(sorted(h5, key=int)) or 'none'} (pass those to --sizes)")
+        runs = {}
+        for size in sorted(set(args.sizes)):
+            group = h5[str(size)]
+            spec = valley_plan(size, seed=args.seed, start_s=start_s, end_s=end_s)
+            meta = json.loads(group.attrs["simulation"])
+            if json.dumps(meta["extra"].get("plan_spec"), sort_keys=True) != json.dumps(spec.to_dict(), sort_keys=True):
+                raise RecordError(f"{path}: {size}/plan_spec: the recorded plan is not the one this floodlib makes for "
+                                  f"seed {args.seed}; record the runs again with this floodlib")
+            print(f"{size} x {size} cells: terrain ...", end=" ", flush=True)
+            terrain = make_terrain(spec.terrain, rows=spec.rows, cols=spec.cols, seed=spec.terrain_seed).elevation
+            if terrain_digest(terrain) == group.attrs["terrain_sha256"]:
+                print("rebuilt, identical to the solver's", flush=True)
+            else:  # another numpy, scipy or CPU may round the terrain's FFT differently in the last bit
+                gap = float(np.max(np.abs(cell_elevation(terrain) - group["cell_elevation"][()])))
+                if not gap <= TERRAIN_TOLERANCE_M:
+                    raise RecordError(f"{path}: {size}/cell_elevation: the rebuilt terrain's cells lie up to "
+                                      f"{gap:.3g} m from the solver's; expected within {TERRAIN_TOLERANCE_M * 1000:g} mm")
+                print(f"rebuilt, its cells within {gap * 1000:.2g} mm of the solver's (not bit for bit)", flush=True)
+            solver = json.loads(group.attrs["solver"])
+            solver["simulation"] = Simulation(terrain=terrain, water_depth=group["water_depth"][()], **meta)
+            runs[size] = solver
+    described = json.loads(attrs["environment"])
+    return runs, {"cpu": described.get("cpu", "?"), "landlab": str(attrs["landlab"]),
+                  "recorded": str(attrs["recorded"]), "environment": described}
+
+
+def measure(size: int, model, args, device: torch.device, solver: dict) -> dict:
+    start_s, end_s = measured_span(args)
+    spec = valley_plan(size, seed=args.seed, start_s=start_s, end_s=end_s)
+    solver = dict(solver)
     simulation, frame0 = solver.pop("simulation"), solver.pop("start_frame")
-    print(f"{solver['seconds_to_start']:.1f} s to the start, {solver['seconds_to_end']:.1f} s to the end; "
-          "surrogate ...", end=" ", flush=True)
+    print(f"{size} x {size} cells: surrogate ...", end=" ", flush=True)
     surrogate = time_surrogate(model, simulation, start_s=start_s, hours=args.hours, device=device,
                                precision=args.precision, tolerance_m=args.tolerance_mm / 1000.0,
                                max_iterations=args.max_iterations, repeats=args.repeats)
@@ -251,8 +411,8 @@ def print_table(rows: list[dict], device_type: str) -> None:
         passes = np.mean([hour["closure_passes"] for hour in hours])
         patches = np.mean([hour["patches_predicted"] for hour in hours])
         cells = f"{row['size']} x {row['size']}"
-        print(f"{cells:>9} {row['solver']['seconds_per_hour']:11.2f} {row['surrogate']['seconds_per_hour']:14.2f} "
-              f"{row['surrogate']['feature_seconds']:11.2f} {row['ratio']:7.2f}x {row['ratio_with_features']:13.2f}x "
+        print(f"{cells:>9} {row['solver']['seconds_per_hour']:11.2f} {row['surrogate']['seconds_per_hour']:14.3f} "
+              f"{row['surrogate']['feature_seconds']:11.3f} {row['ratio']:7.2f}x {row['ratio_with_features']:13.2f}x "
               f"{passes:7.3g} {patches:12,.0f} {hours[-1]['rae']:6.3f} {100 * hours[-1]['wet_fraction']:6.1f}")
     if len(rows[0]["surrogate"]["per_hour"]) > 1:
         print("(passes and patch predictions: means per hour; RAE and wet cells: the last hour)")
@@ -264,12 +424,17 @@ def print_table(rows: list[dict], device_type: str) -> None:
               f"{solver['seconds_to_end']:.1f} s to the end; "
               f"start depths of both runs {'identical' if solver['identical_start'] else 'DIFFERENT'}; mass balance "
               f"{solver['mass_balance_relative_error']:+.3%}); surrogate rollouts "
-              + ", ".join(f"{s:.2f}" for s in row["surrogate"]["repeat_seconds"]) + " s")
+              + ", ".join(f"{s:.3f}" for s in row["surrogate"]["repeat_seconds"]) + " s")
+        if "eager_seconds" in row["surrogate"]:
+            eager = row["surrogate"]["eager_seconds"]
+            print(f"  without CUDA graphs (each kernel launched on its own): {eager:.3f} s, so the graphs' rollout is "
+                  f"{eager / row['surrogate']['seconds']:.2f}x faster; their depths differ by at most "
+                  f"{1000 * row['surrogate']['eager_max_difference_m']:.3g} mm")
         for hour in row["surrogate"]["per_hour"]:
             state = "converged" if hour["converged"] else "NOT converged"
             if hour["relaxation"] < 1:
                 state += f", damped to {hour['relaxation']:.2g}"
-            print(f"  hour {hour['hour']}: {hour['seconds']:.2f} s, {hour['closure_passes']} closure pass(es) "
+            print(f"  hour {hour['hour']}: {hour['seconds']:.3f} s, {hour['closure_passes']} closure pass(es) "
                   f"({state}, last ring change {1000 * hour['last_ring_change_m']:.3g} mm), "
                   f"{hour['patches_predicted']:,} patch predictions, RAE {hour['rae']:.3f}, "
                   f"{100 * hour['wet_fraction']:.1f} % of cells wet")
@@ -303,7 +468,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-iterations", type=int, default=20, help="closure passes per hour at most (default 20)")
     parser.add_argument("--repeats", type=int, default=3, help="surrogate rollouts timed; the fastest is kept (3)")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    parser.add_argument("--save-solver", type=Path, metavar="FILE.h5",
+                        help="also write the solver's runs (timings and depths) to this file, for --solver-from")
+    parser.add_argument("--solver-from", type=Path, metavar="FILE.h5",
+                        help="take the solver's runs from a file of --save-solver instead of running the solver "
+                             "(a machine without landlab, e.g. a GPU node: the solver's figures stay those of the "
+                             "CPU that recorded them)")
     args = parser.parse_args(argv)
+    if args.save_solver and args.solver_from:
+        parser.error("--save-solver and --solver-from: the runs are either made here and saved, or read")
 
     if min(args.sizes) < MIN_CELLS:
         parser.error(f"--sizes {' '.join(map(str, args.sizes))}: a domain needs at least {MIN_CELLS} cells a side "
@@ -326,7 +499,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --device {args.device}: expected cpu or cuda[:N]", file=sys.stderr)
         return 2
 
-    import landlab
+    recorded, solver_machine = {}, None
+    if args.solver_from is not None:
+        try:
+            recorded, solver_machine = read_solver_runs(args.solver_from, args)
+        except RecordError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        landlab_version = solver_machine["landlab"]
+    else:
+        import landlab
+
+        landlab_version = landlab.__version__
 
     from floodlib.models.checkpoints import CheckpointError, load_model
 
@@ -346,10 +530,15 @@ def main(argv: list[str] | None = None) -> int:
     processor = cpu_name()
     accelerator = torch.cuda.get_device_name(device) if device.type == "cuda" else processor
     threads = torch.get_num_threads()
-    print("floodlib full-domain prediction benchmark: the surrogate against floodlib's solver, same plan, same machine")
+    solver_cpu = solver_machine["cpu"] if solver_machine else processor
+    print("floodlib full-domain prediction benchmark: the surrogate against floodlib's solver, same plan, "
+          + (f"the solver's runs recorded on {solver_machine['recorded']} ({args.solver_from})" if solver_machine
+             else "same machine"))
     print(f"CPU: {processor} ({platform.machine()}, {os.cpu_count()} logical cores)")
-    print(f"solver: landlab {landlab.__version__} OverlandFlow on CPU, 1 thread (a process of its own with "
-          "OMP_NUM_THREADS=1, as the simulator runs its plans)")
+    print(f"solver: landlab {landlab_version} OverlandFlow on CPU, 1 thread (a process of its own with "
+          "OMP_NUM_THREADS=1, as the simulator runs its plans)"
+          + (f", on {solver_cpu} ({solver_machine['environment'].get('cpu_count', '?')} logical cores)"
+             if solver_machine else ""))
     print(f"surrogate: {model.arch} from {args.model} on {device} ({accelerator}), precision {args.precision}, "
           f"torch {torch.__version__} with {threads} CPU threads (its default); closure tolerance "
           f"{args.tolerance_mm:g} mm, at most {args.max_iterations} passes")
@@ -360,21 +549,27 @@ def main(argv: list[str] | None = None) -> int:
 
     from floodlib.data.simulate import SimulationFailedError
 
-    rows = []
+    rows, runs = [], {}
     for size in sorted(set(args.sizes)):
         try:
-            rows.append(measure(size, model, args, device))
+            runs[size] = recorded[size] if recorded else solve(size, args)
         except SimulationFailedError as error:  # one size's plan failing its mass balance leaves the others
             print(f"\n{size} x {size} cells skipped: the solver failed: {error}", flush=True)
+            continue
+        rows.append(measure(size, model, args, device, runs[size]))
     if not rows:
         print("error: no size was measured; try another --seed or --start-min", file=sys.stderr)
         return 1
     print_table(rows, device.type)
+    if args.save_solver:
+        save_solver_runs(args.save_solver, runs, args)
+        print(f"the solver's runs written to {args.save_solver} (--solver-from reads them)")
     if args.json:
         from floodlib.data.store import atomic_json
 
         atomic_json({"cpu": processor, "device": str(device), "device_name": accelerator,
-                     "precision": args.precision, "torch": torch.__version__, "landlab": landlab.__version__,
+                     "precision": args.precision, "torch": torch.__version__, "landlab": landlab_version,
+                     "solver_cpu": solver_cpu, "solver_recorded": solver_machine["recorded"] if solver_machine else None,
                      "solver_threads": 1, "surrogate_threads": threads, "model": str(args.model), "arch": model.arch,
                      "seed": args.seed, "start_min": args.start_min, "hours": args.hours,
                      "tolerance_mm": args.tolerance_mm, "max_iterations": args.max_iterations,
@@ -382,7 +577,6 @@ def main(argv: list[str] | None = None) -> int:
                      "sizes": rows}, args.json)
         print(f"figures written to {args.json}")
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

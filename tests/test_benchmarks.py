@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -137,11 +138,13 @@ def test_predict_benchmark_times_the_surrogate_against_the_solver_with_its_accur
     model = tiny_run / "C" / "models" / "Arch_04_tuned" / "model.pth"
     if not model.exists():  # tiny's stage C keeps its best four; stage B always trains the tuned Arch_04
         model = tiny_run / "B" / "models" / "Arch_04_tuned" / "model.pth"
-    figures = tmp_path / "predict.json"
+    figures, record = tmp_path / "predict.json", tmp_path / "solver.h5"
     result = subprocess.run(
         [sys.executable, "benchmarks/predict.py", "--sizes", "32", "--start-min", "10", "--model", str(model),
-         "--json", str(figures)], cwd=ROOT, capture_output=True, text=True, timeout=600, check=True)
+         "--json", str(figures), "--save-solver", str(record)], cwd=ROOT, capture_output=True, text=True, timeout=600,
+        check=True)
     report = json.loads(figures.read_text())
+    assert report["solver_cpu"] == report["cpu"] and report["solver_recorded"] is None
     assert report["arch"] == "Arch_04" and report["solver_threads"] == 1 and report["surrogate_threads"] >= 1
     (row,) = report["sizes"]
     assert (row["size"], row["hours"], row["start_s"]) == (32, 1, 600.0)
@@ -170,6 +173,34 @@ def test_predict_benchmark_times_the_surrogate_against_the_solver_with_its_accur
     assert abs(ratio - row["ratio"]) <= 0.005 + 1e-9
     assert abs(with_features - row["ratio_with_features"]) <= 0.005 + 1e-9
     assert "1 thread" in result.stdout and f"{report['surrogate_threads']} CPU threads" in result.stdout
+
+    # On a machine without landlab (a GPU node) the recorded runs stand in for the solver's: the same plan,
+    # its terrain rebuilt bit for bit, the same depths, hence the same solver figures and the same accuracy.
+    no_landlab = tmp_path / "no_landlab"
+    (no_landlab / "landlab").mkdir(parents=True)
+    (no_landlab / "landlab" / "__init__.py").write_text("raise ImportError('landlab is not installed here')\n")
+    replayed_figures = tmp_path / "replayed.json"
+    replayed = subprocess.run(
+        [sys.executable, "benchmarks/predict.py", "--sizes", "32", "--start-min", "10", "--model", str(model),
+         "--repeats", "1", "--json", str(replayed_figures), "--solver-from", str(record)], cwd=ROOT,
+        capture_output=True, text=True, timeout=300, check=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(no_landlab), os.environ.get("PYTHONPATH")]))})
+    assert "32 x 32 cells: terrain ... rebuilt, identical to the solver's" in replayed.stdout
+    again = json.loads(replayed_figures.read_text())
+    assert again["solver_recorded"] and again["landlab"] == report["landlab"] and again["solver_cpu"] == report["cpu"]
+    (row_again,) = again["sizes"]
+    assert row_again["solver"] == solver
+    assert row_again["surrogate"]["per_hour"][0]["rae"] == pytest.approx(hour["rae"], rel=1e-5)
+    # A record of another plan is refused, naming the file, the field and both values.
+    refused = subprocess.run(
+        [sys.executable, "benchmarks/predict.py", "--sizes", "32", "--start-min", "20", "--model", str(model),
+         "--solver-from", str(record)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2
+    assert refused.stderr.strip() == (f"error: {record}: start_min: 10 recorded, but --start-min 20 asked; pass "
+                                      "--start-min 10 or record the runs again")
+    refused = subprocess.run(
+        [sys.executable, "benchmarks/predict.py", "--sizes", "32", "48", "--start-min", "10", "--model", str(model),
+         "--solver-from", str(record)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2 and "no runs of 48 cells a side; it holds 32" in refused.stderr
 
 
 def test_predict_benchmark_names_a_missing_model_and_the_command_that_makes_it(tmp_path):

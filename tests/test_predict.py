@@ -234,6 +234,28 @@ def test_bf16_autocast_gives_nearly_the_float32_answer_on_cpu():
     assert np.abs(brain.depth - exact.depth).max() < 0.05
 
 
+@pytest.mark.parametrize("precision", ["32", "bf16"])
+def test_static_padded_batches_give_the_plain_forward_answer(precision):
+    """The batches a GPU replays from CUDA graphs, run eagerly: patches copied into buffers of a power-of-two
+    size (here up to 8, so a grid of 9 to 16 patches takes a full batch and a padded one) give the same depths,
+    residuals and patch counts as the plain forward."""
+    from floodlib.predict.closure import StaticBatches
+
+    torch.manual_seed(2)
+    terrain, now, later = valley_like()
+    model = create_model("Arch_04", downsampler="cubic")
+    results = [DomainPredictor(model, terrain, max_iterations=4, batch_size=8, precision=precision,
+                               static_batches=static).step(now, outer_ring_of(later)) for static in (False, True)]
+    plain, static = results
+    assert static.patches_predicted == plain.patches_predicted > 8
+    np.testing.assert_allclose(static.residuals, plain.residuals, atol=1e-5)
+    np.testing.assert_allclose(static.depth, plain.depth, atol=1e-5)
+    batches = StaticBatches(model, device=torch.device("cpu"), batch_size=12, precision="32", graphs=False)
+    assert batches.sizes == (1, 2, 4, 8, 12) and [batches.size_for(n) for n in (1, 3, 8, 9, 12)] == [1, 4, 8, 12, 12]
+    with pytest.raises(PredictError, match="CUDA graphs need a CUDA device, not 'cpu'"):
+        StaticBatches(model, device=torch.device("cpu"), batch_size=8, precision="32", graphs=True)
+
+
 def test_cells_outside_the_area_stay_nan_and_are_dry_to_the_model():
     now, later, terrain = dyadic_flood(64, 64, seed=5)
     mask = np.zeros(now.shape, dtype=bool)
@@ -355,6 +377,28 @@ class SixteenCellModel(nn.Module):
 
     def predict_change(self, features, depths):
         return torch.zeros(depths.shape[0], 1, 16, 16)
+
+
+class NaNWhereMarked(nn.Module):
+    """No change, except NaN for the patches whose terrain features are marked -7."""
+
+    def terrain_features(self, terrain):
+        return torch.zeros(terrain.shape[0], 1, 32, 32)
+
+    def predict_change(self, features, depths):
+        change = torch.zeros(depths.shape[0], 1, 32, 32)
+        change[features[:, 0, 0, 0] == -7] = float("nan")
+        return change
+
+
+def test_a_model_predicting_nan_is_an_error_naming_the_grid_and_no_depth_is_returned():
+    terrain, now, later = valley_like()
+    predictor = DomainPredictor(NaNWhereMarked(), terrain, pass_order=("dual", "standard"))
+    predictor._features["dual"][:, 0, 0, 0] = -7
+    with pytest.raises(PredictError, match="non-finite depth changes on the dual grid; its weights or inputs are broken"):
+        predictor.step(now, outer_ring_of(later))
+    healthy = DomainPredictor(NaNWhereMarked(), terrain, pass_order=("dual", "standard")).step(now, outer_ring_of(later))
+    assert np.isfinite(healthy.depth).all()
 
 
 def test_bad_models_and_inputs_are_clear_errors():

@@ -27,6 +27,11 @@ prediction stands).
 
 Terrain features (the downsampler's output) are computed once per patch when the predictor is built and
 reused for every pass and every step.
+
+On a GPU a closure pass over a small domain is a few dozen small patch batches, and launching the network's
+kernels one by one costs far more than running them. There the network's forward is captured once per batch
+size in a CUDA graph (:class:`StaticBatches`; sizes are powers of two up to ``batch_size``, a batch padded to
+the next one) and replayed: one launch per batch. The answer is the eager forward's.
 """
 
 from __future__ import annotations
@@ -86,6 +91,77 @@ class Rollout:
         return float(sum(step.seconds for step in self.steps))
 
 
+class StaticBatches:
+    """``model.predict_change`` on batches of fixed sizes — the powers of two up to ``batch_size``, and
+    ``batch_size`` — whose inputs are copied into buffers of that size (the rows past the batch keep whatever
+    they held, and their outputs are dropped). With ``graphs`` (CUDA only) each size's forward is captured in
+    a CUDA graph the first time it is needed and replayed from then on: a batch costs one launch instead of one
+    per kernel. Without, the padded buffers go through the eager forward (what a CPU runs, and what the tests
+    compare with the plain forward).
+
+    The tensor returned by a call is a view of the size's output buffer, valid until the next call."""
+
+    def __init__(self, model, *, device: torch.device, batch_size: int, precision: str, graphs: bool):
+        if graphs and device.type != "cuda":
+            raise PredictError(f"CUDA graphs need a CUDA device, not {str(device)!r}")
+        self.model, self.device, self.precision, self.graphs = model, device, precision, graphs
+        sizes, size = {batch_size}, 1
+        while size < batch_size:
+            sizes.add(size)
+            size *= 2
+        self.sizes = tuple(sorted(sizes))
+        self._slots: dict[int, tuple] = {}
+
+    def size_for(self, n: int) -> int:
+        """The smallest batch size that holds ``n`` patches."""
+        return next(size for size in self.sizes if size >= n)
+
+    def prepare(self, n: int) -> None:
+        """Make (on CUDA: capture) every size a batch of up to ``n`` patches can need."""
+        for size in self.sizes:
+            self._slot(size)
+            if size >= n:
+                break
+
+    def _forward(self, features: torch.Tensor, depths: torch.Tensor) -> torch.Tensor:
+        # Autocast's cache of cast weights must be off while a graph is captured (it would hold tensors made
+        # outside the graph's memory); without a graph it changes nothing but a cast per call.
+        autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16, cache_enabled=False)
+                    if self.precision == "bf16" else nullcontext())
+        with autocast:
+            return self.model.predict_change(features, depths)
+
+    def _slot(self, size: int) -> tuple:
+        if size not in self._slots:
+            features = torch.zeros((size, 1, PATCH_CELLS, PATCH_CELLS), device=self.device)
+            depths = torch.zeros((size, 2, PATCH_CELLS, PATCH_CELLS), device=self.device)
+            graph = output = None
+            if self.graphs:
+                # Warm-up on a side stream (kernels chosen, workspaces allocated), then the capture.
+                stream = torch.cuda.Stream(self.device)
+                stream.wait_stream(torch.cuda.current_stream(self.device))
+                with torch.cuda.stream(stream):
+                    for _ in range(2):
+                        self._forward(features, depths)
+                torch.cuda.current_stream(self.device).wait_stream(stream)
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph):
+                    output = self._forward(features, depths)
+            self._slots[size] = (features, depths, graph, output)
+        return self._slots[size]
+
+    def __call__(self, features: torch.Tensor, depths: torch.Tensor) -> torch.Tensor:
+        n = len(features)
+        static_features, static_depths, graph, output = self._slot(self.size_for(n))
+        static_features[:n].copy_(features)
+        static_depths[:n].copy_(depths)
+        if graph is None:
+            output = self._forward(static_features, static_depths)
+        else:
+            graph.replay()
+        return output[:n]
+
+
 def _check_model(model) -> None:
     if not (hasattr(model, "terrain_features") and hasattr(model, "predict_change")):
         raise PredictError(f"{type(model).__name__} cannot predict a domain: it needs terrain_features(terrain) and "
@@ -106,12 +182,16 @@ class DomainPredictor:
     tolerance_m, max_iterations : the closure's stopping rule.
     batch_size : patches per forward call.
     dry_depth_m : a patch with no cell deeper than this at n nor on its ring is predicted unchanged.
+    static_batches : run the network on padded batches of fixed sizes (:class:`StaticBatches`), replayed from
+        CUDA graphs on a GPU. Default: on CUDA for floodlib's models, off on a CPU (where padding only adds
+        work) and for other models (which may not be capturable).
     """
 
     def __init__(self, model, terrain: np.ndarray, *, mask: np.ndarray | None = None, terrain_ratio: int = 10,
                  device: str | torch.device = "cpu", precision: str = "32", tolerance_m: float = 1e-3,
                  max_iterations: int = 20, batch_size: int = 64, dry_depth_m: float = 1e-3,
-                 pass_order: tuple[str, ...] = PASS_ORDER, relaxation: float = 1.0):
+                 pass_order: tuple[str, ...] = PASS_ORDER, relaxation: float = 1.0,
+                 static_batches: bool | None = None):
         _check_model(model)
         if precision not in PRECISIONS:
             raise PredictError(f"precision={precision!r}: expected one of {PRECISIONS}")
@@ -166,6 +246,16 @@ class DomainPredictor:
         self.cell_elevation = terrain[:-1, :-1].reshape(rows, terrain_ratio, cols, terrain_ratio).mean(axis=(1, 3))
         started = time.perf_counter()
         self._features = self._terrain_features(t.pad_terrain(terrain, terrain_ratio), terrain_ratio)
+        if static_batches is None:
+            from floodlib.models.base import FloodModel
+
+            static_batches = self.device.type == "cuda" and isinstance(model, FloodModel)
+        self._batches = None
+        if static_batches:
+            self._batches = StaticBatches(model, device=self.device, batch_size=self.batch_size, precision=precision,
+                                          graphs=self.device.type == "cuda")
+            # Every size a pass can need, captured now: set-up, like the terrain features, not a step's time.
+            self._batches.prepare(max(len(cells) for cells in self._cells.values()))
         self.feature_seconds = time.perf_counter() - started
 
     @property
@@ -250,13 +340,25 @@ class DomainPredictor:
         state[free] = state[free_source]
         writable = self._inside & ~torch.as_tensor(fixed, device=self.device)
         watched = torch.as_tensor(np.flatnonzero(self._some_ring & ~fixed), device=self.device)
+        # Where each grid's interiors may write (not outside the area, not on prescribed cells): the same for
+        # every pass of this step, so found once (on a GPU each boolean selection waits for the device).
+        targets = {}
+        for grid in self.pass_order:
+            keep = torch.nonzero(writable[self._interior[grid]].flatten()).flatten()
+            targets[grid] = (self._interior[grid].flatten()[keep], keep)
         residuals, predicted, memory = [], 0, {}
         weight = self.relaxation
         for _ in range(self.max_iterations):
             previous = state.clone()
+            finite = {}
             for grid in self.pass_order:
-                predicted += self._update(grid, now, state, writable, memory)
+                count, finite[grid] = self._update(grid, now, state, targets[grid], memory)
+                predicted += count
                 state[free] = state[free_source]
+            if not bool(torch.stack(list(finite.values())).all()):
+                grid = next(grid for grid, ok in finite.items() if not bool(ok))
+                raise PredictError(f"the model predicted non-finite depth changes on the {grid} grid; its weights or "
+                                   "inputs are broken")
             # how far the pass moved the ring cells: the distance between the guess and what the grids predict
             residual = float((state[watched] - previous[watched]).abs().max()) if len(watched) else 0.0
             if residuals and residual >= residuals[-1]:  # not shrinking: an oscillation through the rings; damp it
@@ -272,9 +374,11 @@ class DomainPredictor:
                           patches_predicted=predicted, seconds=time.perf_counter() - started,
                           relaxation=weight)
 
-    def _update(self, grid: str, now: torch.Tensor, state: torch.Tensor, writable: torch.Tensor,
-                memory: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> int:
-        """Predict ``grid``'s patches and write their interiors into ``state``; returns how many the model saw.
+    def _update(self, grid: str, now: torch.Tensor, state: torch.Tensor, target: tuple[torch.Tensor, torch.Tensor],
+                memory: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> tuple[int, torch.Tensor]:
+        """Predict ``grid``'s patches and write their interiors into ``state`` at ``target`` (the cells of
+        ``state`` and the places in the grid's flattened interiors they take); returns how many patches the
+        model saw and whether all its predictions were finite (a tensor, read once per pass).
 
         ``memory[grid]`` holds the rings each patch was last predicted with and the result, within one step:
         a patch whose ring has not moved by ``tolerance_m`` since is not predicted again, its last interior is
@@ -293,24 +397,24 @@ class DomainPredictor:
         active = torch.nonzero(wet & moved).flatten()
         last_ring[active] = ring[active]
         memory[grid] = (last_ring, new)
+        finite = torch.ones((), dtype=torch.bool, device=self.device)
         for start in range(0, len(active), self.batch_size):
             chosen = active[start:start + self.batch_size]
             depths = torch.stack([ring[chosen], depth_now[chosen]], dim=1)
-            with self._autocast():
-                change = self.model.predict_change(self._features[grid][chosen], depths)
+            if self._batches is not None:
+                change = self._batches(self._features[grid][chosen], depths)
+            else:
+                with self._autocast():
+                    change = self.model.predict_change(self._features[grid][chosen], depths)
             if tuple(change.shape) != (len(chosen), 1, PATCH_CELLS, PATCH_CELLS):
                 raise PredictError(f"the model predicted shape {tuple(change.shape)} for {len(chosen)} patches; "
                                    f"expected {(len(chosen), 1, PATCH_CELLS, PATCH_CELLS)}")
             change = change[:, 0].float()
-            if not torch.isfinite(change).all():
-                raise PredictError(f"the model predicted non-finite depth changes on the {grid} grid; its weights or "
-                                   "inputs are broken")
+            finite &= torch.isfinite(change).all()
             new[chosen] = torch.clamp(depth_now[chosen] + change, min=0.0)
-        interior = self._interior[grid]
-        values = new[:, RING_CELLS:-RING_CELLS, RING_CELLS:-RING_CELLS].reshape(len(cells), -1)
-        keep = writable[interior]
-        state[interior[keep]] = values[keep]
-        return len(active)
+        cells_at, taken = target
+        state[cells_at] = new[:, RING_CELLS:-RING_CELLS, RING_CELLS:-RING_CELLS].flatten()[taken]
+        return len(active), finite
 
     def rollout(self, depth_start: np.ndarray, boundary: Boundary, *, start_s: float, steps: int,
                 delta_t_s: float = 3600.0, progress=None) -> Rollout:
