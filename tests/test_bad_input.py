@@ -3,6 +3,7 @@ field or value, and that nothing already saved is lost or changed."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -59,6 +60,46 @@ def test_a_profile_changed_after_the_run_is_refused_and_nothing_is_touched(run_c
                                            "other settings.*nothing was run or changed.*--force"):
         run_pipeline(edited, stages=["D"], run_dir=run_copy)
     assert snapshot(run_copy) == before  # params.yaml included: the folder still describes its results
+
+
+def test_the_refusal_names_the_settings_that_differ_with_both_values(run_copy, tmp_path):
+    edited = profile_with(run_copy, tmp_path, lambda raw: (raw["data"]["splits"].update(test_plans=1),
+                                                           raw["A"].update(epochs=3)))
+    recorded = load_profile(run_copy / "params.yaml").data.splits["test_plans"]
+    profile = load_profile(edited)
+    state, why = stage_state(run_copy, "A", profile)
+    assert state == "changed"
+    assert why == f"made with other settings: A.epochs: {load_profile(run_copy / 'params.yaml').A['epochs']} -> 3; " \
+                  f"data.splits.test_plans: {recorded} -> 1"
+    assert stage_state(run_copy, "B", profile)[1] == f"made with other settings: data.splits.test_plans: {recorded} -> 1"
+    with pytest.raises(ProfileError, match=re.escape(f"(stage A made with other settings: A.epochs: ")):
+        run_pipeline(edited, stages=["D"], run_dir=run_copy)
+
+
+@pytest.mark.parametrize("change", [lambda raw: raw["data"].update(workers=7),
+                                    lambda raw: raw["A"].update(progress="none"),
+                                    lambda raw: raw["C"].update(progress="bar")])
+def test_settings_that_change_no_result_leave_the_run_complete(run_copy, tmp_path, change):
+    """More simulation workers on another machine, or no progress bars in a batch job: the same results."""
+    profile = load_profile(profile_with(run_copy, tmp_path, change))
+    assert [stage_state(run_copy, stage, profile)[0] for stage in "ABC"] == ["complete"] * 3
+
+
+def test_a_run_recorded_before_settings_were_split_from_non_results_stays_complete(run_copy):
+    """Summaries written before: their digest covered data.workers and progress, and no record of the values."""
+    from floodlib.runs.folder import SUMMARY_FILE
+
+    profile = load_profile(run_copy / "params.yaml")
+    path = run_copy / "C" / SUMMARY_FILE  # the last stage of the copy: no later summary records its digest
+    raw = json.loads(path.read_text())
+    raw.pop("settings_record")
+    raw["settings"] = profile.settings_digest("C", with_non_results=True)
+    path.write_text(json.dumps(raw))
+    assert profile.settings_digest("C", with_non_results=True) != profile.settings_digest("C")
+    assert [stage_state(run_copy, stage, profile)[0] for stage in "ABC"] == ["complete"] * 3
+    # ... and one changed since is still found, without the values to name
+    other = profile.model_copy(update={"C": {**profile.C, "epochs": 99}})
+    assert stage_state(run_copy, "C", other) == ("changed", "made with other settings (data or C section of the profile)")
 
 
 def test_forcing_a_stage_over_changed_earlier_stages_is_refused(run_copy, tmp_path):

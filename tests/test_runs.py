@@ -31,7 +31,12 @@ def test_a_summary_round_trips_and_records_the_summaries_it_was_made_from(run):
     path_a = write_summary(run, a)
     recorded = read_summary(run, "A")
     assert recorded == a.model_copy(update={"upstream": {}, "settings": run.profile.settings_digest("A"),
+                                            "settings_record": run.profile.settings_record("A"),
                                             "environment": recorded.environment})
+    # the settings themselves, results-bearing only: A's epochs and the splits, not the workers or progress
+    assert recorded.settings_record["A"]["epochs"] == run.profile.A["epochs"]
+    assert recorded.settings_record["data"]["splits"] == run.profile.data.splits
+    assert "workers" not in recorded.settings_record["data"] and "progress" not in recorded.settings_record["A"]
     # what the stage ran with
     import platform
 

@@ -171,7 +171,8 @@ def run_pipeline(profile_path: str | Path, *, stages: list[str] | None = None, f
         if changed and not force:
             raise ProfileError(
                 f"{profile_path}: run folder {run_dir} holds stage(s) {', '.join(changed)} made with other settings "
-                f"(the data section or their own) than this profile's; its results would no longer describe how they "
+                f"(the data section or their own) than this profile's (stage {next(iter(changed))} "
+                f"{next(iter(changed.values()))}); its results would no longer describe how they "
                 f"were made, so nothing was run or changed. Start a new run folder (--run-dir, or another `name:`), "
                 f"or pass --force to redo the stages (their previous results are kept beside them).")
         run_dir.mkdir(parents=True, exist_ok=True)

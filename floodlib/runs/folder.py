@@ -10,6 +10,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 from pydantic import ValidationError
@@ -129,6 +130,7 @@ def write_summary(run: Run, summary: StageSummary) -> Path:
     upstream = {earlier: _digest(run.stage_dir(earlier) / SUMMARY_FILE) for earlier in order[:order.index(stage)]
                 if (run.stage_dir(earlier) / SUMMARY_FILE).exists()}
     record = summary.model_copy(update={"upstream": upstream, "settings": run.profile.settings_digest(stage),
+                                        "settings_record": run.profile.settings_record(stage),
                                         "environment": environment()})
     return atomic_json(record.model_dump(mode="json"), run.stage_dir(stage) / SUMMARY_FILE)
 
@@ -143,6 +145,33 @@ def stale_upstream(run_dir: str | Path, stage: str) -> list[str]:
     recorded = read_summary(run_dir, stage).upstream
     return [earlier for earlier, digest in recorded.items()
             if not (run_dir / earlier / SUMMARY_FILE).exists() or _digest(run_dir / earlier / SUMMARY_FILE) != digest]
+
+
+def settings_differences(recorded: dict[str, Any], current: dict[str, Any], *, most: int = 4) -> list[str]:
+    """``key: recorded value -> current value`` for each setting that differs, keys dotted (``data.splits.
+    test_plans``); at most ``most`` of them, then how many more. [] when nothing was recorded."""
+    if not recorded:
+        return []
+    differing: list[str] = []
+
+    def shown(value: Any) -> str:
+        text = json.dumps(value, default=str)
+        return text if len(text) <= 60 else text[:57] + "..."
+
+    def walk(before: Any, after: Any, key: str) -> None:
+        if isinstance(before, dict) and isinstance(after, dict):
+            for name in sorted(set(before) | set(after)):
+                walk(before.get(name, "(unset)"), after.get(name, "(unset)"), f"{key}.{name}" if key else name)
+        elif isinstance(before, list) and isinstance(after, list) and len(before) == len(after):
+            for index, (one, other) in enumerate(zip(before, after)):
+                walk(one, other, f"{key}[{index}]")
+        elif isinstance(before, list) and isinstance(after, list):
+            differing.append(f"{key}: {len(before)} entries -> {len(after)}")
+        elif before != after:
+            differing.append(f"{key}: {shown(before)} -> {shown(after)}")
+
+    walk(recorded, current, "")
+    return differing[:most] + ([f"and {len(differing) - most} more"] if len(differing) > most else [])
 
 
 #: What :func:`stage_state` finds a stage to be.
@@ -164,8 +193,11 @@ def stage_state(run_dir: str | Path, stage: str, profile: Profile | None = None)
         return "invalid", str(error)
     # Other settings first: a stage both made with other settings and from earlier results since redone (a
     # changed split, A redone alone) must not pass for merely stale, which a run redoes without --force.
-    if profile is not None and summary.settings and summary.settings != profile.settings_digest(stage):
-        return "changed", f"made with other settings (data or {stage} section of the profile)"
+    if profile is not None and summary.settings and summary.settings not in (
+            profile.settings_digest(stage), profile.settings_digest(stage, with_non_results=True)):
+        differing = settings_differences(summary.settings_record, profile.settings_record(stage))
+        return "changed", ("made with other settings: " + "; ".join(differing) if differing
+                           else f"made with other settings (data or {stage} section of the profile)")
     if stale:
         return "stale", f"made from earlier results of stage {', '.join(stale)}"
     return "complete", ""

@@ -38,6 +38,9 @@ TUNED_MODEL = "Arch_04_tuned"
 #: a setting is left out of its stage's digest (so those runs stay complete), and a model summary written
 #: without it means that value.
 SETTINGS_ADDED_LATER: dict[str, Any] = {"ring_blend": 0.0}
+#: Settings that change how a stage runs but none of its results: left out of the settings a stage records,
+#: so a run made with 2 simulation workers is continued with 4, or without progress bars.
+NOT_RESULTS: dict[str, tuple[str, ...]] = {"data": ("workers",), "stage": ("progress",)}
 
 
 def _check_models(names: list[str]) -> list[str]:
@@ -427,9 +430,10 @@ class Profile(Strict):
     def _folder_name(cls, value: str) -> str:
         return folder_name(value)
 
-    def settings_digest(self, stage: str) -> str:
-        """A digest of what ``stage``'s results depend on in this profile: the data section and the stage's
-        own settings with their defaults filled in (where the run folder lives is not a setting)."""
+    def settings_record(self, stage: str, *, with_non_results: bool = False) -> dict[str, Any]:
+        """What ``stage``'s results depend on in this profile, as JSON values: the data section and the stage's
+        own settings with their defaults filled in — not where the run folder lives, nor the settings of
+        :data:`NOT_RESULTS` (``with_non_results``: those too, as digests written before they were left out)."""
         settings = validate_stage(stage, {**getattr(self, stage), "run_dir": ""},
                                   where=f"profile {self.name!r}, section {stage}").model_dump(mode="json")
         settings.pop("run_dir", None)
@@ -437,7 +441,17 @@ class Profile(Strict):
         for key, before in SETTINGS_ADDED_LATER.items():
             if key in settings and settings[key] == before:
                 settings.pop(key)
-        text = json.dumps({"data": self.data.model_dump(mode="json"), stage: settings}, sort_keys=True, default=str)
+        data = self.data.model_dump(mode="json")
+        if not with_non_results:
+            for key in NOT_RESULTS["data"]:
+                data.pop(key, None)
+            for key in NOT_RESULTS["stage"]:
+                settings.pop(key, None)
+        return json.loads(json.dumps({"data": data, stage: settings}, default=str))
+
+    def settings_digest(self, stage: str, *, with_non_results: bool = False) -> str:
+        """A digest of :meth:`settings_record`."""
+        text = json.dumps(self.settings_record(stage, with_non_results=with_non_results), sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()
 
     def stage_parameters(self, stage: str, run_dir: str | Path) -> dict[str, Any]:

@@ -50,13 +50,15 @@ class StageSummary(Contract):
     """What every stage summary records besides its own results: the stage, the digests of the earlier
     stages' summaries it was made from (``upstream``) and of the profile settings it was made with
     (``settings``: the data section and the stage's own; empty in summaries written before it was recorded),
-    both filled in by ``write_summary``, as is ``environment``: what the stage ran with (floodlib's version and
-    commit, Python, the libraries, CPU and GPU: :func:`floodlib.environment.environment`; empty in summaries
-    written before it was recorded)."""
+    both filled in by ``write_summary``, as are those settings themselves (``settings_record``, so a profile
+    that differs is told which keys; empty in summaries written before it was recorded) and ``environment``:
+    what the stage ran with (floodlib's version and commit, Python, the libraries, CPU and GPU:
+    :func:`floodlib.environment.environment`; empty in summaries written before it was recorded)."""
 
     stage: str
     upstream: dict[str, str] = Field(default_factory=dict)
     settings: str = ""
+    settings_record: dict[str, Any] = Field(default_factory=dict)
     environment: dict[str, Any] = Field(default_factory=dict)
 
 

@@ -4,6 +4,7 @@ outflow (:class:`PlanSpec`), and a family of plans drawn from one seed (:class:`
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
@@ -299,6 +300,11 @@ def plan_specs(project: ProjectSpec) -> list[PlanSpec]:
         raster = read_geotiff(project.terrain.path, band=project.terrain.band)
         check_dem(raster, rows=project.rows, cols=project.cols)  # once, not once per plan
         dem_shape = raster.values.shape
+        if raster.crs is None:
+            warnings.warn(f"{raster.path}: no CRS: its coordinates are taken to be metres and its pixels 1 m apart, "
+                          f"and the maps made from project {project.name!r} carry no CRS; if it is in feet, or to "
+                          f"georeference the maps, give it its CRS first (gdal_edit.py -a_srs EPSG:<code> "
+                          f"{raster.path})", UserWarning, stacklevel=2)
     specs = []
     for _ in range(project.n_plans):
         terrain_seed = int(rng.integers(0, 2**31 - 1))
