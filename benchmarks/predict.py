@@ -51,9 +51,11 @@ channels, 3 attention blocks, alternating downsampler):
 
 and with the medium profile's tuned Arch_04 (2 attention blocks; ``--model
 outputs/medium/C/models/Arch_04_tuned/model.pth --sizes 96``): 2.17 s against 0.15 s (3 passes, 82 patch
-predictions), 14.2x, RAE 0.865. The same machine on 2026-11-28 ran the solver faster (1.21 s/h at 96 x 96,
-47.7 at 512 x 512) and the surrogate as before (0.12-0.13 s, 0.25-0.27 s): 9.5-10.8x at 96 x 96 over four
-runs, so the CPU target (>= 10x) holds only on some days of this shared machine; 187-190x at 512 x 512.
+predictions), 14.2x, RAE 0.865. The same machine on 2026-11-28 ran the solver faster (1.21-1.70 s/h at
+96 x 96 over three recordings, 47.7 at 512 x 512) and the surrogate as before (0.11-0.13 s, 0.25-0.27 s):
+9.1-13.5x at 96 x 96 over seven runs (median 9.8x), so on this shared machine the CPU target (>= 10x) holds
+in some runs only; 187-190x at 512 x 512. The surrogate's time there is 80 % the attention blocks' fused
+kernel (``scaled_dot_product_attention`` over 1,024 positions, near this CPU's float32 peak).
 
 On a GPU, 2026-11-28: one NVIDIA H100 80GB HBM3 (torch 2.11.0+cu130) against those solver runs of the same
 day on one core of the AMD EPYC (``--save-solver`` there, ``--solver-from`` on the GPU node), the same
