@@ -240,6 +240,29 @@ def test_held_out_projects_and_sampling_are_checked_when_the_profile_loads(tmp_p
     assert not (tmp_path / "outputs").exists()
 
 
+@pytest.mark.parametrize(("change", "pattern"), [
+    (lambda data: data["simulate"][0].update(n_plans=3),
+     r"data.splits: project 'valley' has 3 plans; SplitSpec.test_plans=2 held out for testing needs at least 4 .*"
+     r"\(the profile's projects: valley 3 plan\(s\), valley_steep 2 plan\(s\)\)"),
+    (lambda data: data["splits"].update(test_plans=5),
+     r"project 'valley' has 6 plans; SplitSpec.test_plans=5 held out for testing needs at least 7"),
+    (lambda data: data["samples"].update(snapshot_times_s=[0, 1800]),
+     r"data.simulate.0.duration_s = 2400: project 'valley''s samples need plans of at least 3000 s \(the last "
+     r"snapshot, 1800 s, plus delta_t_s = 1200 s, data.samples\); lengthen the plans or take earlier snapshots"),
+    (lambda data: (data["samples"].pop("snapshot_times_s"), data["samples"].update(snapshot_every_s=600, delta_t_s=3000)),
+     r"data.simulate.0.duration_s = 2400: project 'valley''s plans end before the first sample's target"),
+])
+def test_plans_too_few_or_too_short_are_refused_before_any_is_simulated(tmp_path, change, pattern):
+    """Found when the profile loads, not after minutes of simulation."""
+    profile = yaml.safe_load(TINY.read_text())
+    change(profile["data"])
+    path = tmp_path / "short.yaml"
+    path.write_text(yaml.safe_dump(profile))
+    with pytest.raises(ProfileError, match=pattern):
+        run_pipeline(path, outputs=tmp_path / "outputs")
+    assert not (tmp_path / "outputs").exists()
+
+
 @pytest.mark.parametrize("name", ["smoke", "medium", "paper", "tiny"])
 def test_every_shipped_profile_loads_and_holds_a_project_out(name):
     data = load_profile(ROOT / "params" / f"{name}.yaml").data

@@ -658,3 +658,39 @@ def check_data(data: DataConfig, *, where: str) -> None:
     unknown = [name for name in data.sample_spec().projects if name not in names]
     if unknown:
         raise ProfileError(f"{where}: data.samples.projects: unknown project(s) {unknown}; the projects are {names}")
+    _check_plans_suffice(data, where=where)
+
+
+def _check_plans_suffice(data: DataConfig, *, where: str) -> None:
+    """Refuse, before any plan is simulated, simulated plans too short for the samples' snapshots and projects
+    with too few plans for the splits (both would otherwise be found after the simulation)."""
+    from floodlib.data.dataset import split_plans
+    from floodlib.data.hecras import project_name_from_file
+
+    samples = data.sample_spec()
+    for index, project in enumerate(data.simulate):
+        own = samples.for_project(project.name)
+        field = f"{where}: data.simulate.{index}.duration_s = {project.duration_s:g}"
+        if own.snapshot_every_s > 0:
+            if project.duration_s < own.delta_t_s:
+                raise ProfileError(f"{field}: project {project.name!r}'s plans end before the first sample's target "
+                                   f"(delta_t_s = {own.delta_t_s:g} s after the start); expected at least "
+                                   f"{own.delta_t_s:g} s")
+            continue
+        latest = max(own.snapshot_times_s)
+        if latest + own.delta_t_s > project.duration_s + 1e-6:
+            raise ProfileError(f"{field}: project {project.name!r}'s samples need plans of at least "
+                               f"{latest + own.delta_t_s:g} s (the last snapshot, {latest:g} s, plus delta_t_s = "
+                               f"{own.delta_t_s:g} s, data.samples); lengthen the plans or take earlier snapshots")
+    counts: dict[str, int] = {}
+    for project in data.simulate:
+        counts[project.name] = project.n_plans
+    for plan in data.hecras:
+        name = plan.project or project_name_from_file(plan.file)
+        counts[name] = counts.get(name, 0) + 1
+    try:
+        split_plans({name: [Path(name) / f"plan_{i:03d}" for i in range(n)] for name, n in counts.items()},
+                    data.split_spec())
+    except ValueError as error:
+        raise ProfileError(f"{where}: data.splits: {error} (the profile's projects: "
+                           + ", ".join(f"{name} {n} plan(s)" for name, n in counts.items()) + ")") from None
