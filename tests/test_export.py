@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -171,6 +172,11 @@ def test_the_command_line_writes_maps_and_refuses_a_time_in_one_line(tmp_path):
     assert again.returncode == 2 and "exists (2 map(s) of plan in" in again.stderr
     folder = export(tmp_path, "--out", tmp_path / "x")
     assert folder.returncode == 2 and folder.stderr.strip() == f"error: {tmp_path}: file: is a folder; expected an HDF5 file"
+    # "~" that the shell left as it is (after "=", or quoted) is the home folder, not a folder named "~"
+    home = subprocess.run([sys.executable, "-m", "floodlib.data.export", "~/plan.h5", "--out=~/home_maps", "--times", "20"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120, env={**os.environ, "HOME": str(tmp_path)})
+    assert home.returncode == 0, home.stderr
+    assert (tmp_path / "home_maps" / "plan_depth_20min.tif").is_file() and not (ROOT / "~").exists()
 
 
 def test_a_disk_that_fills_up_leaves_no_map_and_says_so(tmp_path):

@@ -263,6 +263,19 @@ def test_plans_too_few_or_too_short_are_refused_before_any_is_simulated(tmp_path
     assert not (tmp_path / "outputs").exists()
 
 
+def test_a_path_from_home_in_a_profile_is_read_from_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    (tmp_path / "home" / "dems").mkdir(parents=True)
+    (tmp_path / "home" / "dems" / "tile.tif").write_bytes(b"")  # only where it lies counts here
+    profile = yaml.safe_load(TINY.read_text())
+    profile["data"]["simulate"][0]["terrain"] = {"kind": "dem", "path": "~/dems/tile.tif"}
+    path = tmp_path / "profiles" / "home.yaml"
+    path.parent.mkdir()
+    path.write_text(yaml.safe_dump(profile))
+    loaded = load_profile(path)
+    assert loaded.data.simulate[0].terrain.path == str(tmp_path / "home" / "dems" / "tile.tif")
+
+
 @pytest.mark.parametrize("name", ["smoke", "medium", "paper", "tiny"])
 def test_every_shipped_profile_loads_and_holds_a_project_out(name):
     data = load_profile(ROOT / "params" / f"{name}.yaml").data

@@ -30,7 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from floodlib.data.store import Simulation, SimulationFileError, WriteError, atomic_write, read_simulation
+from floodlib.data.store import (Simulation, SimulationFileError, WriteError, atomic_write, read_simulation,
+                                 user_path)
 
 #: Minutes between the exported frames unless told otherwise: the surrogates' lead time.
 DEFAULT_EVERY_MIN = 60.0
@@ -264,14 +265,14 @@ def parser() -> argparse.ArgumentParser:
         description="Write a simulation file's depth maps (a plan, a converted HEC-RAS plan or a surrogate's "
                     "prediction) as GeoTIFFs for a GIS: depth at chosen times, the maximum depth, and with "
                     "--against the error against another file at the same times.")
-    p.add_argument("simulation", type=Path, help="a simulation file (.h5)")
-    p.add_argument("--out", type=Path, required=True, help="the folder for the GeoTIFFs (made if missing)")
+    p.add_argument("simulation", type=user_path, help="a simulation file (.h5)")
+    p.add_argument("--out", type=user_path, required=True, help="the folder for the GeoTIFFs (made if missing)")
     when = p.add_mutually_exclusive_group()
     when.add_argument("--times", type=float, nargs="+", metavar="MIN",
                       help="minutes since the plan's start, each one of the file's frames")
     when.add_argument("--every-min", type=float, default=None,
                       help=f"a map every so many minutes from the first frame, and the last (default {DEFAULT_EVERY_MIN:g})")
-    p.add_argument("--against", type=Path, help="a simulation file on the same grid (e.g. the solver's plan a "
+    p.add_argument("--against", type=user_path, help="a simulation file on the same grid (e.g. the solver's plan a "
                                                 "prediction came from): error maps, depth minus its depth")
     p.add_argument("--no-max", action="store_true", help="leave out the maximum-depth map")
     p.add_argument("--force", action="store_true", help="replace maps that exist")

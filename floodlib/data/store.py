@@ -155,6 +155,11 @@ def validate_arrays(
                         "finite and >= 0 m")
 
 
+def user_path(text: str) -> Path:
+    """A path given on a command line, "~" expanded (the shell leaves it in ``--out=~/x`` or in quotes)."""
+    return Path(text).expanduser()
+
+
 def atomic_write(path: str | Path, write: Callable[[str], Any]) -> Path:
     """Call ``write(temporary_path)`` and rename the result to ``path``: readers see the old file or the
     complete new one, never a partial one. The temporary file sits beside ``path`` (same file system, so the

@@ -137,12 +137,12 @@ def run_pipeline(profile_path: str | Path, *, stages: list[str] | None = None, f
         raise ProfileError(f"the pipeline runs as one process, but this is one of {os.environ['WORLD_SIZE']} "
                            "(torchrun or SLURM): start it with plain python; `devices` and `strategy: ddp` in the "
                            "profile's stage sections start a training process per device on this machine")
-    profile = load_profile(profile_path)
+    profile = load_profile(Path(profile_path).expanduser())
     # Absolute from here on: papermill runs each notebook from the notebooks' folder, where a relative run
-    # folder would name another place.
-    outputs = Path(outputs).absolute()
-    run_dir = Path(run_dir).absolute() if run_dir else outputs / profile.name
-    notebooks = Path(notebooks).absolute()
+    # folder would name another place. A "~" the shell left (--outputs=~/runs) is the user's home.
+    outputs = Path(outputs).expanduser().absolute()
+    run_dir = Path(run_dir).expanduser().absolute() if run_dir else outputs / profile.name
+    notebooks = Path(notebooks).expanduser().absolute()
     if not notebooks.is_dir():
         raise ProfileError(f"--notebooks {notebooks}: not a folder of stage notebooks "
                            f"({', '.join(NOTEBOOKS.values())})")

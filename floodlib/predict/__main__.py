@@ -7,12 +7,11 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
 from floodlib.data.export import check_folder, export_maps, map_crs, refuse_existing
-from floodlib.data.store import SimulationFileError, read_simulation
+from floodlib.data.store import SimulationFileError, read_simulation, user_path
 from floodlib.models.checkpoints import CheckpointError, load_model
 from floodlib.predict.boundary import read_boundary
 from floodlib.predict.plan import OWN_EDGES, STEP_S, predict_plan, write_rollout
@@ -27,8 +26,8 @@ def parser() -> argparse.ArgumentParser:
                "{segments: [{edge: west, from_cell: 40, to_cell: 56, times_min: [...], depth_m or "
                "discharge_m3s: [...]}]}) the plan supplies only terrain and the start's depth, and edge cells on "
                "no segment follow the depth just inside them.")
-    p.add_argument("model", type=Path, help="a model checkpoint (model.pth) written by floodlib")
-    p.add_argument("plan", type=Path, help="a simulation file (.h5): terrain, and the depth at the start")
+    p.add_argument("model", type=user_path, help="a model checkpoint (model.pth) written by floodlib")
+    p.add_argument("plan", type=user_path, help="a simulation file (.h5): terrain, and the depth at the start")
     p.add_argument("--start", type=float, default=0.0, help="start time, minutes since the plan's start (default 0)")
     p.add_argument("--hours", type=int, default=1,
                    help="steps to predict, one closed step of the model's lead time each (default 1; an hour each "
@@ -36,15 +35,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--step-min", type=float, default=None,
                    help="the model's lead time, minutes (default: the samples' delta_t its checkpoint records, else "
                         "60); another is refused, as the model knows only its own")
-    p.add_argument("--out", type=Path, required=True, help="the prediction's simulation file (.h5)")
-    p.add_argument("--boundary", type=Path, help="edge depth or inflow series (JSON/YAML) instead of the plan's edges")
+    p.add_argument("--out", type=user_path, required=True, help="the prediction's simulation file (.h5)")
+    p.add_argument("--boundary", type=user_path, help="edge depth or inflow series (JSON/YAML) instead of the plan's edges")
     p.add_argument("--dry-start", action="store_true", help="start from a dry domain instead of the plan's depth")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
     p.add_argument("--precision", choices=("32", "bf16"), default="32",
                    help="the network body's precision (bf16 pays on a GPU; on most CPUs it is slower)")
     p.add_argument("--tolerance-mm", type=float, default=1.0, help="closure stops below this ring change (default 1 mm)")
     p.add_argument("--max-iterations", type=int, default=20, help="closure passes per step at most (default 20)")
-    p.add_argument("--geotiff", type=Path, metavar="DIR",
+    p.add_argument("--geotiff", type=user_path, metavar="DIR",
                    help="also write the prediction's depth maps as GeoTIFFs into DIR (each step, the maximum, and "
                         "without --boundary the error against the plan's solver; see python -m floodlib.data.export)")
     p.add_argument("--force", action="store_true", help="replace --out (and the GeoTIFFs) if they exist")

@@ -496,9 +496,13 @@ def validate_stage(stage: str, parameters: dict[str, Any], *, where: str) -> Bas
 
 
 def _resolve_paths(raw: dict, base: Path) -> None:
-    """Make the profile's file paths absolute, relative to the profile's own folder."""
+    """Make the profile's file paths absolute: "~" is the user's home, a relative path is read from the
+    profile's own folder."""
     def resolve(value):
-        return str((base / value).resolve()) if isinstance(value, str) and value and not Path(value).is_absolute() else value
+        if not isinstance(value, str) or not value:
+            return value
+        path = Path(value).expanduser()
+        return str(path if path.is_absolute() else (base / path).resolve())
 
     data = raw.get("data")
     if not isinstance(data, dict):

@@ -75,7 +75,7 @@ def serve(run_dir: str | Path, *, port: int = 8866, ip: str = "127.0.0.1", brows
     """
     import nbformat
 
-    run_dir = Path(run_dir).resolve()
+    run_dir = Path(run_dir).expanduser().resolve()
     if not (run_dir / PROFILE_FILE).exists():
         print(f"floodlib viewer: {run_dir} is not a floodlib run folder (no params.yaml)", file=sys.stderr)
         return 1
