@@ -133,11 +133,16 @@ def test_warm_start_continues_stage_c_from_the_weights_of_stages_a_and_b(own_tin
 
 def test_a_rerun_skips_finished_stages(own_tiny_run):
     tiny_run = own_tiny_run
+    # Stopped after B wrote its summary but before its HTML copy: the rerun makes the copy, and redoes nothing.
+    (tiny_run / "B" / "B_tune.html").unlink()
     before = {p: p.stat().st_mtime_ns for p in tiny_run.glob("*/summary.json")}
     run_pipeline(TINY, outputs=tiny_run.parent)
     assert {p: p.stat().st_mtime_ns for p in tiny_run.glob("*/summary.json")} == before
     log = (tiny_run / "pipeline.log").read_text()
     assert log.count("complete already, skipped") == 4
+    assert f"stage B: its HTML copy was missing, made now: {tiny_run / 'B' / 'B_tune.html'}" in log
+    assert (tiny_run / "B" / "B_tune.html").stat().st_size > 10_000 and "its HTML copy" not in log.replace(
+        "stage B: its HTML copy", "")
 
 
 def test_force_redoes_a_stage_and_keeps_the_old_results(own_tiny_run):

@@ -193,6 +193,13 @@ def run_pipeline(profile_path: str | Path, *, stages: list[str] | None = None, f
             state, reason = stage_state(run_dir, stage, profile)
             if state == "complete" and not force:
                 _log(log_file, f"[{index}/{len(wanted)}] stage {stage}: complete already, skipped (--force redoes it)")
+                executed = run_dir / stage / NOTEBOOKS[stage]
+                if executed.exists() and not executed.with_suffix(".html").exists():
+                    # Stopped after the stage wrote its summary but before its HTML copy was made: make it now.
+                    try:
+                        _log(log_file, f"stage {stage}: its HTML copy was missing, made now: {export_html(executed)}")
+                    except Exception as error:  # as after a stage: a convenience, never in the way of the run
+                        _log(log_file, f"stage {stage}: HTML export failed ({error})")
                 continue
             continued = (run_dir / stage).exists() and state == "missing" and not force
             if continued:
