@@ -5,6 +5,8 @@ Small grids (24-40 cells) and short durations keep the whole file to a few tens 
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -353,3 +355,22 @@ def test_failing_plan_is_named_and_others_are_kept(tmp_path):
         assert name in message
     written = {path.stem for path in (tmp_path / "partial").glob("*.h5")}
     assert written == {f"plan_{i:03d}" for i in range(4)} - failing
+
+
+def test_a_script_without_a_main_guard_is_told_why_its_workers_stopped(tmp_path):
+    """Each worker is a new Python that imports the calling script: unguarded, the script starts the simulation
+    again there and the pool breaks. One message says why and what to do, not one line per plan."""
+    script = tmp_path / "simulate_unguarded.py"
+    script.write_text(
+        "from floodlib.data.simulate import ProjectSpec, simulate_project\n"
+        "from floodlib.data.terrain import ValleyParams\n"
+        "project = ProjectSpec(name='tiny', terrain=ValleyParams(channel_width_m=30.0, meander_amplitude_m=30.0),\n"
+        "                      n_plans=3, seed=11, rows=24, cols=24, duration_s=900.0)\n"
+        f"simulate_project(project, {str(tmp_path / 'out')!r}, workers=2, progress=False)\n")
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("floodlib.data.simulate.project.PlanFailedError: project 'tiny': the simulation's worker "
+                           "processes stopped, 3 of 3 plans unfinished.")
+    assert 'under `if __name__ == "__main__":`' in last and "workers=1 simulates in this process" in last
+    assert last.count("BrokenProcessPool") == 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -132,6 +133,16 @@ def simulate_project(project: ProjectSpec, out_dir: str | Path, *, workers: int 
                     if error is not None:
                         failures.append((futures[future], error))
                     bar.update()
+    broken = [name for name, error in failures if isinstance(error, BrokenProcessPool)]
+    if broken:
+        others = [name for name, error in failures if not isinstance(error, BrokenProcessPool)]
+        raise PlanFailedError(
+            f"project {project.name!r}: the simulation's worker processes stopped, {len(broken)} of {len(todo)} plans "
+            f"unfinished{f' (and {len(others)} failed: {others})' if others else ''}. Either a worker was killed "
+            "(out of memory, or by a signal), or simulate_project was called from a script whose code is not "
+            "under `if __name__ == \"__main__\":` — each worker starts a new Python that imports the script, "
+            "which must not start the simulation again. workers=1 simulates in this process. Finished plans are "
+            f"kept in {folder}.") from next(error for _, error in failures if isinstance(error, BrokenProcessPool))
     if failures:
         failures.sort(key=lambda item: item[0])
         listing = "; ".join(f"{name}: {type(error).__name__}: {error}" for name, error in failures)
