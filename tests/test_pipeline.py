@@ -184,6 +184,13 @@ def test_a_misspelt_profile_key_is_refused_before_anything_runs(tmp_path):
     path.write_text(yaml.safe_dump(profile))
     with pytest.raises(ProfileError, match=r"per_model\['Arch_02'\]: unknown setting 'learning_rate'"):
         load_profile(path)
+    # A required key misspelt: one line, the key given and the one it resembles (not "Field required" first)
+    profile = yaml.safe_load(TINY.read_text())
+    profile["data"]["simulate"][1]["n_plan"] = profile["data"]["simulate"][1].pop("n_plans")
+    path.write_text(yaml.safe_dump(profile))
+    with pytest.raises(ProfileError) as caught:
+        load_profile(path)
+    assert str(caught.value) == f"{path}: unknown key 'data.simulate.1.n_plan' (value 2); did you mean 'n_plans'?"
 
 
 @pytest.mark.parametrize(("valley", "pattern"), [

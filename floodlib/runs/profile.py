@@ -7,6 +7,7 @@ stage notebook's parameters. Unknown keys and ill-typed values are refused with 
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 
@@ -465,13 +466,30 @@ class Profile(Strict):
 
 
 def _format(error: ValidationError, where: str) -> str:
+    items = error.errors()
+    # A misspelt key is two errors: the key it should be is missing, the one given is unknown. Say it once,
+    # as the unknown key with the one it resembles, and first.
+    missing = {tuple(item["loc"]): item for item in items if item["type"] == "missing"}
+    paired: dict[tuple, str] = {}
+    for item in items:
+        if item["type"] == "extra_forbidden":
+            parent, name = tuple(item["loc"][:-1]), str(item["loc"][-1])
+            candidates = {str(loc[-1]): loc for loc in missing if loc[:-1] == parent and loc not in paired.values()}
+            close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
+            if close:
+                paired[tuple(item["loc"])] = candidates[close[0]]
+    items = sorted(items, key=lambda item: item["type"] != "extra_forbidden")
     lines = []
-    for item in error.errors():
+    for item in items:
         key = ".".join(str(part) for part in item["loc"])
+        if tuple(item["loc"]) in paired.values() and item["type"] == "missing":
+            continue  # said with the misspelt key
         if not key:  # a check across fields: its message names them and their values
             lines.append(f"{where}: {item['msg'].removeprefix('Value error, ')}")
         elif item["type"] == "extra_forbidden":
-            lines.append(f"{where}: unknown key {key!r} (value {item['input']!r})")
+            meant = paired.get(tuple(item["loc"]))
+            lines.append(f"{where}: unknown key {key!r} (value {item['input']!r})"
+                         + (f"; did you mean {str(meant[-1])!r}?" if meant else ""))
         elif item["type"] in ("missing", "too_short", "too_long", "tuple_type") and \
                 isinstance(item.get("input"), (list, tuple, str)) and (item["type"] != "missing" or
                                                                        isinstance(item["loc"][-1], int)):
