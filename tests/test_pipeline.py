@@ -556,3 +556,19 @@ def test_the_committed_notebooks_are_valid_nbformat_with_cell_ids():
         nbformat.validate(notebook)
         assert all(cell.get("id") for cell in notebook.cells), f"{path.name}: a cell has no id"
         assert len({cell.id for cell in notebook.cells}) == len(notebook.cells), f"{path.name}: repeated cell ids"
+
+
+def test_data_files_a_stage_set_aside_are_named_for_the_log(tmp_path):
+    from floodlib.data.store import set_aside
+    from floodlib.pipeline.runner import set_aside_files, set_aside_report
+
+    data = tmp_path / "data"
+    for name in ("valley/plan_000.h5", "valley/plan_001.h5", "old/plan_000.h5"):
+        (data / name).parent.mkdir(parents=True, exist_ok=True)
+        (data / name).write_bytes(b"a plan")
+    before = set_aside_files(tmp_path)
+    kept = set_aside([data / "valley" / "plan_001.h5", data / "old" / "plan_000.h5"], data)
+    (line,) = set_aside_report(tmp_path, before, stage="A")
+    assert line == (f"stage A set aside 2 data file(s) made otherwise than the profile says (other settings, or a "
+                    f"project or plan it no longer lists) in {kept}: old/plan_000.h5, valley/plan_001.h5")
+    assert set_aside_report(tmp_path, set_aside_files(tmp_path), stage="A") == []  # nothing new since

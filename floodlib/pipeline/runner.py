@@ -121,6 +121,22 @@ def run_stage(stage: str, parameters: dict, *, run_dir: Path, notebooks: Path, t
     return output
 
 
+def set_aside_files(run_dir: Path) -> set[Path]:
+    """The data files set aside beside the run's data folder (``data.replaced-<time>/<project>/<file>``)."""
+    return {path for path in run_dir.glob("data.replaced-*/**/*") if path.is_file()}
+
+
+def set_aside_report(run_dir: Path, before: set[Path], *, stage: str) -> list[str]:
+    """A line for the log per folder into which ``stage`` set data files aside (those not in ``before``)."""
+    new: dict[Path, list[str]] = {}
+    for path in sorted(set_aside_files(run_dir) - before):
+        folder = next(parent for parent in path.parents if parent.parent == run_dir)
+        new.setdefault(folder, []).append(path.relative_to(folder).as_posix())
+    return [f"stage {stage} set aside {len(files)} data file(s) made otherwise than the profile says (other settings, "
+            f"or a project or plan it no longer lists) in {folder}: " + ", ".join(files[:6])
+            + (f" and {len(files) - 6} more" if len(files) > 6 else "") for folder, files in new.items()]
+
+
 def run_pipeline(profile_path: str | Path, *, stages: list[str] | None = None, force: bool = False,
                  outputs: str | Path = DEFAULT_OUTPUTS, notebooks: str | Path = DEFAULT_NOTEBOOKS,
                  run_dir: str | Path | None = None, timeout_s: int | None = None) -> Path:
@@ -216,6 +232,7 @@ def run_pipeline(profile_path: str | Path, *, stages: list[str] | None = None, f
             start = time.perf_counter()
             _log(log_file, f"[{index}/{len(wanted)}] stage {stage}: running {NOTEBOOKS[stage]}")
             parameters = profile.stage_parameters(stage, run_dir.resolve())
+            set_aside_before = set_aside_files(run_dir)
             try:
                 output = run_stage(stage, parameters, run_dir=run_dir, notebooks=notebooks, timeout_s=timeout_s,
                                    log_file=log_file)
@@ -234,6 +251,8 @@ def run_pipeline(profile_path: str | Path, *, stages: list[str] | None = None, f
                 raise Interrupted(f"{happened} during stage {stage}; completed stages are kept in {run_dir}, "
                                   f"and the same command continues from stage {stage} (log: {log_file})") from error
             _log(log_file, f"[{index}/{len(wanted)}] stage {stage}: done in {time.perf_counter() - start:.0f} s -> {output}")
+            for line in set_aside_report(run_dir, set_aside_before, stage=stage):
+                _log(log_file, line)
         _log(log_file, f"run {profile.name} finished in {time.perf_counter() - total:.0f} s")
         for stage in STAGES:
             state, reason = stage_state(run_dir, stage, profile) if stage not in wanted else ("", "")
