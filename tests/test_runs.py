@@ -104,3 +104,38 @@ def test_a_ranked_model_comes_from_the_summary_fit_writes():
                "analysis": {"best_val_loss": 0.02, "baseline_val_loss": 0.04, "skill": 0.5, "beats_baseline": True,
                             "best_epoch": 3, "epochs_run": 5, "converged": True}}
     assert RankedModel.from_training(summary).model_dump() == ROW
+
+
+def test_a_dem_edited_in_place_makes_the_stages_made_from_it_changed(tmp_path):
+    """The same path with other contents is other data: the stages are "changed", naming the DEM's checksum. A
+    file only touched (same bytes, newer time) is not."""
+    import os
+
+    import numpy as np
+    import rasterio
+    import yaml
+    from rasterio.transform import Affine
+
+    from floodlib.runs import stage_state
+
+    def write_dem(values):
+        with rasterio.open(tmp_path / "dem.tif", "w", driver="GTiff", height=100, width=100, count=1, dtype="float32",
+                           crs="EPSG:26915", transform=Affine(1.0, 0.0, 5000.0, 0.0, -1.0, 9000.0)) as out:
+            out.write(np.full((100, 100), values, dtype=np.float32), 1)
+
+    write_dem(380.0)
+    profile_path = tmp_path / "dem.yaml"
+    profile_path.write_text(yaml.safe_dump({"name": "dem", "data": {"simulate": [{
+        "name": "tile", "n_plans": 1, "rows": 8, "cols": 8, "duration_s": 600,
+        "terrain": {"kind": "dem", "path": "dem.tif"}}]}}))
+    run = Run(run_dir=tmp_path / "run", profile=load_profile(profile_path))
+    write_summary(run, StageASummary(ranking=[ROW], splits={"small_train": {"samples": 12}}))
+    recorded = read_summary(run.run_dir, "A").settings_record["data"]["simulate"][0]["terrain"]["sha256"]
+    assert recorded == hashlib.sha256((tmp_path / "dem.tif").read_bytes()).hexdigest()
+    assert stage_state(run.run_dir, "A", load_profile(profile_path)) == ("complete", "")
+    later = (tmp_path / "dem.tif").stat().st_mtime_ns + 5_000_000_000
+    os.utime(tmp_path / "dem.tif", ns=(later, later))
+    assert stage_state(run.run_dir, "A", load_profile(profile_path)) == ("complete", "")
+    write_dem(381.0)
+    state, why = stage_state(run.run_dir, "A", load_profile(profile_path))
+    assert state == "changed" and why.startswith(f"made with other settings: data.simulate[0].terrain.sha256: \"{recorded[:10]}")

@@ -8,6 +8,7 @@ stage notebook's parameters. Unknown keys and ill-typed values are refused with 
 from __future__ import annotations
 
 import difflib
+import functools
 import hashlib
 import json
 
@@ -42,6 +43,23 @@ SETTINGS_ADDED_LATER: dict[str, Any] = {"ring_blend": 0.0}
 #: Settings that change how a stage runs but none of its results: left out of the settings a stage records,
 #: so a run made with 2 simulation workers is continued with 4, or without progress bars.
 NOT_RESULTS: dict[str, tuple[str, ...]] = {"data": ("workers",), "stage": ("progress",)}
+
+
+@functools.lru_cache(maxsize=256)
+def _sha256_of(path: str, size: int, mtime_ns: int) -> str:
+    from floodlib.data.fetch import file_sha256
+
+    return file_sha256(path)
+
+
+def content_sha256(path: str | Path) -> str:
+    """The SHA-256 of a file's bytes, computed once per process while its size and modification time stay the
+    same; "missing" for a file that is not there (a run's profile whose input has gone)."""
+    try:
+        stat = Path(path).stat()
+    except OSError:
+        return "missing"
+    return _sha256_of(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
 
 
 def _check_models(names: list[str]) -> list[str]:
@@ -448,6 +466,15 @@ class Profile(Strict):
                 data.pop(key, None)
             for key in NOT_RESULTS["stage"]:
                 settings.pop(key, None)
+            # What the input files hold, not only where they lie: a DEM or HEC-RAS file edited in place changes
+            # the results as much as another path would.
+            for project in data["simulate"]:
+                if project["terrain"].get("path"):
+                    project["terrain"]["sha256"] = content_sha256(project["terrain"]["path"])
+            for plan in data["hecras"]:
+                for key in ("file", "terrain"):
+                    if plan.get(key):
+                        plan[f"{key}_sha256"] = content_sha256(plan[key])
         return json.loads(json.dumps({"data": data, stage: settings}, default=str))
 
     def settings_digest(self, stage: str, *, with_non_results: bool = False) -> str:
@@ -577,10 +604,13 @@ def load_profile(path: str | Path) -> Profile:
 
 
 def check_stages(profile: Profile, *, where: str, stages: tuple[str, ...] | list[str] = ()) -> None:
-    """Refuse, before anything runs, stage settings that only a later stage would find wrong: stage D naming a
+    """Refuse, before anything runs, stage settings that only a later stage would find wrong: when ``stages``
+    (those about to run) are given, plans too few for the splits or too short for the samples; stage D naming a
     split the data section does not make; when ``stages`` (those about to run) include B, stage A without
     Arch_04 (B compares its tuned Arch_04 with A's); when they include C with ``warm_start``, a C model that
     stage A does not train or a downsampler other than A's."""
+    if stages:  # every stage reads the splits' samples; stage A would find these only after simulating
+        _check_plans_suffice(profile.data, where=where)
     a = validate_stage("A", {**profile.A, "run_dir": ""}, where=where)
     if "B" in stages and "Arch_04" not in a.models:
         raise ProfileError(f"{where}: A.models = {a.models}: stage B tunes Arch_04 and compares it with stage A's "
@@ -680,7 +710,6 @@ def check_data(data: DataConfig, *, where: str) -> None:
     unknown = [name for name in data.sample_spec().projects if name not in names]
     if unknown:
         raise ProfileError(f"{where}: data.samples.projects: unknown project(s) {unknown}; the projects are {names}")
-    _check_plans_suffice(data, where=where)
 
 
 def _check_plans_suffice(data: DataConfig, *, where: str) -> None:
