@@ -497,7 +497,7 @@ def _format(error: ValidationError, where: str) -> str:
     # A misspelt key is two errors: the key it should be is missing, the one given is unknown. Say it once,
     # as the unknown key with the one it resembles, and first.
     missing = {tuple(item["loc"]): item for item in items if item["type"] == "missing"}
-    paired: dict[tuple, str] = {}
+    paired: dict[tuple, tuple] = {}
     for item in items:
         if item["type"] == "extra_forbidden":
             parent, name = tuple(item["loc"][:-1]), str(item["loc"][-1])
