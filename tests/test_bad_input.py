@@ -76,6 +76,23 @@ def test_the_refusal_names_the_settings_that_differ_with_both_values(run_copy, t
         run_pipeline(edited, stages=["D"], run_dir=run_copy)
 
 
+def test_the_same_samples_written_otherwise_are_not_a_change(run_copy, tmp_path):
+    """1200 or 1200.0, a default written out: the same SampleSpec, the same results."""
+    def rewrite(raw):
+        samples = raw["data"]["samples"]
+        samples.update(delta_t_s=float(samples["delta_t_s"]), snapshot_every_s=0,
+                       snapshot_times_s=[float(t) for t in samples["snapshot_times_s"]])
+
+    profile = load_profile(profile_with(run_copy, tmp_path, rewrite))
+    assert [stage_state(run_copy, stage, profile)[0] for stage in "ABC"] == ["complete"] * 3
+    # ... while a list that changes is shown with both values
+    other = load_profile(profile_with(run_copy, tmp_path, lambda raw: raw["A"].update(models=["Arch_02"])))
+    state, why = stage_state(run_copy, "A", other)
+    assert state == "changed" and '; A.models: ["Arch_02", "Arch_03", ' not in why and \
+        why.startswith('made with other settings: A.models: ["Arch_02", "Arch_03", "Arch_04", ') and \
+        why.endswith('-> ["Arch_02"]')
+
+
 @pytest.mark.parametrize("change", [lambda raw: raw["data"].update(workers=7),
                                     lambda raw: raw["A"].update(progress="none"),
                                     lambda raw: raw["C"].update(progress="bar")])
@@ -99,7 +116,9 @@ def test_a_run_recorded_before_settings_were_split_from_non_results_stays_comple
     assert [stage_state(run_copy, stage, profile)[0] for stage in "ABC"] == ["complete"] * 3
     # ... and one changed since is still found, without the values to name
     other = profile.model_copy(update={"C": {**profile.C, "epochs": 99}})
-    assert stage_state(run_copy, "C", other) == ("changed", "made with other settings (data or C section of the profile)")
+    assert stage_state(run_copy, "C", other) == (
+        "changed", "made with other settings (data or C section of the profile; the stage was made before stages "
+                   "recorded their settings, so which cannot be said, and data.workers and progress count too)")
 
 
 def test_forcing_a_stage_over_changed_earlier_stages_is_refused(run_copy, tmp_path):

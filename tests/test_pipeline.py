@@ -254,15 +254,22 @@ def test_held_out_projects_and_sampling_are_checked_when_the_profile_loads(tmp_p
 
 @pytest.mark.parametrize(("change", "pattern"), [
     (lambda data: data["simulate"][0].update(n_plans=3),
-     r"data.splits: project 'valley' has 3 plans; SplitSpec.test_plans=2 held out for testing needs at least 4 .*"
+     r"data.splits: project 'valley' has 3 plan\(s\); SplitSpec.test_plans=2 held out for testing needs at least 4 .*"
      r"\(the profile's projects: valley 3 plan\(s\), valley_steep 2 plan\(s\)\)"),
     (lambda data: data["splits"].update(test_plans=5),
-     r"project 'valley' has 6 plans; SplitSpec.test_plans=5 held out for testing needs at least 7"),
+     r"project 'valley' has 6 plan\(s\); SplitSpec.test_plans=5 held out for testing needs at least 7"),
     (lambda data: data["samples"].update(snapshot_times_s=[0, 1800]),
-     r"data.simulate.0.duration_s = 2400: project 'valley''s samples need plans of at least 3000 s \(the last "
+     r"data.simulate.0.duration_s = 2400: the samples of project 'valley' need plans of at least 3000 s \(the last "
      r"snapshot, 1800 s, plus delta_t_s = 1200 s, data.samples\); lengthen the plans or take earlier snapshots"),
     (lambda data: (data["samples"].pop("snapshot_times_s"), data["samples"].update(snapshot_every_s=600, delta_t_s=3000)),
-     r"data.simulate.0.duration_s = 2400: project 'valley''s plans end before the first sample's target"),
+     r"data.simulate.0.duration_s = 2400: the plans of project 'valley' end before the first sample's target"),
+    (lambda data: data["simulate"][0].update(duration_s=2430),
+     r"data.simulate.0.duration_s = 2430: not a whole number of the simulator's output interval \(60 s\)"),
+    (lambda data: data["samples"].update(snapshot_times_s=[0, 1170]),
+     r"data.samples.snapshot_times_s: 1170 s is not a multiple of the output interval \(60 s\) of simulated project "
+     r"'valley', whose frames are the only times a sample can take"),
+    (lambda data: data["samples"].update(projects={"valley_steep": {"snapshot_every_s": 90}}),
+     r"data.samples.projects.valley_steep.snapshot_every_s: 90 s is not a multiple"),
 ])
 def test_plans_too_few_or_too_short_are_refused_before_any_is_simulated(tmp_path, change, pattern):
     """Found when the profile loads, not after minutes of simulation."""

@@ -136,6 +136,13 @@ def test_a_dem_edited_in_place_makes_the_stages_made_from_it_changed(tmp_path):
     later = (tmp_path / "dem.tif").stat().st_mtime_ns + 5_000_000_000
     os.utime(tmp_path / "dem.tif", ns=(later, later))
     assert stage_state(run.run_dir, "A", load_profile(profile_path)) == ("complete", "")
+    # the same bytes elsewhere are the same data
+    (tmp_path / "copy").mkdir()
+    (tmp_path / "copy" / "dem.tif").write_bytes((tmp_path / "dem.tif").read_bytes())
+    moved = tmp_path / "moved.yaml"
+    moved.write_text(profile_path.read_text().replace("path: dem.tif", "path: copy/dem.tif"))
+    assert load_profile(moved).data.simulate[0].terrain.path == str(tmp_path / "copy" / "dem.tif")
+    assert stage_state(run.run_dir, "A", load_profile(moved)) == ("complete", "")
     write_dem(381.0)
     state, why = stage_state(run.run_dir, "A", load_profile(profile_path))
     assert state == "changed" and why.startswith(f"made with other settings: data.simulate[0].terrain.sha256: \"{recorded[:10]}")

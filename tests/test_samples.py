@@ -283,7 +283,7 @@ def test_splits_are_by_plan_and_never_leak(tmp_path):
     assert len(splits["big_train"]) + len(splits["big_val"]) == 9 + 7
     with pytest.raises(ValueError, match=r"small_plans=10 would take test plans of project 'alpha'"):
         split_plans(discover_plans(tmp_path), SplitSpec(small_plans=10, test_plans=3))
-    with pytest.raises(ValueError, match=r"project 'beta' has 10 plans; SplitSpec.test_plans=9"):
+    with pytest.raises(ValueError, match=r"project 'beta' has 10 plan\(s\); SplitSpec.test_plans=9"):
         split_plans(discover_plans(tmp_path), SplitSpec(small_plans=2, test_plans=9))
 
 
@@ -303,7 +303,7 @@ def test_projects_held_out_whole_are_in_no_training_split(tmp_path):
         "alpha/plan_006", "alpha/plan_007", "gamma/plan_004", "gamma/plan_005"]
     assert len(splits["big_train"]) + len(splits["big_val"]) == 6 + 4
     # beta has too few plans to train (3 < test_plans + 2), which only matters when it trains.
-    with pytest.raises(ValueError, match=r"project 'beta' has 3 plans; SplitSpec.test_plans=2"):
+    with pytest.raises(ValueError, match=r"project 'beta' has 3 plan\(s\); SplitSpec.test_plans=2"):
         split_plans(discover_plans(tmp_path), SplitSpec(small_plans=3, test_plans=2))
     # The small split comes from small_project, else the first training project by name.
     assert {p.parent.name for p in split_plans(discover_plans(tmp_path), SplitSpec(

@@ -298,7 +298,7 @@ def split_plans(projects: dict[str, list[Path]], spec: SplitSpec = SplitSpec()) 
     for project, plans in training.items():
         if len(plans) < spec.test_plans + 2:
             raise ValueError(
-                f"project {project!r} has {len(plans)} plans; SplitSpec.test_plans={spec.test_plans} held out for "
+                f"project {project!r} has {len(plans)} plan(s); SplitSpec.test_plans={spec.test_plans} held out for "
                 f"testing needs at least {spec.test_plans + 2} (two more for training and validation)")
         train_val, test = plans[:-spec.test_plans], plans[-spec.test_plans:]
         train, val = _train_val(train_val, spec.val_fraction)

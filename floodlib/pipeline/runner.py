@@ -17,6 +17,7 @@ from pathlib import Path
 
 from floodlib.pipeline.config import NOTEBOOKS, STAGES, ProfileError, check_stages, load_profile
 from floodlib.data.locks import FolderBusyError, hold_folder
+from floodlib.data.store import atomic_write
 from floodlib.environment import describe, environment
 from floodlib.runs import SUMMARY_FILE, stage_state, write_profile
 
@@ -62,9 +63,7 @@ def export_html(notebook: Path) -> Path:
     from nbconvert import HTMLExporter
 
     body, _ = HTMLExporter().from_notebook_node(nbformat.read(notebook, as_version=4))
-    target = notebook.with_suffix(".html")
-    target.write_text(body, encoding="utf-8")
-    return target
+    return atomic_write(notebook.with_suffix(".html"), lambda temporary: Path(temporary).write_text(body, encoding="utf-8"))
 
 
 KERNEL_LOG = "kernel.log"
@@ -238,6 +237,8 @@ def run_pipeline(profile_path: str | Path, *, stages: list[str] | None = None, f
                                    log_file=log_file)
             except StageFailed as error:
                 _log(log_file, f"[{index}/{len(wanted)}] stage {stage}: FAILED after {time.perf_counter() - start:.0f} s")
+                for line in set_aside_report(run_dir, set_aside_before, stage=stage):
+                    _log(log_file, line)
                 _log(log_file, str(error))
                 if continued:
                     _log(log_file, f"stage {stage} was continued in its folder from an interrupted run; if that run had "
@@ -245,6 +246,8 @@ def run_pipeline(profile_path: str | Path, *, stages: list[str] | None = None, f
                 raise
             except KeyboardInterrupt as error:
                 happened, by, _ = _stop(error)
+                for line in set_aside_report(run_dir, set_aside_before, stage=stage):
+                    _log(log_file, line)
                 _log(log_file, f"[{index}/{len(wanted)}] stage {stage}: {happened} ({by}) after "
                                f"{time.perf_counter() - start:.0f} s; the stages completed before it are kept, and "
                                f"the same command continues stage {stage} in its folder (--force starts it afresh)")

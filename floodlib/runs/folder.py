@@ -70,7 +70,7 @@ def write_profile(profile: Profile, run_dir: str | Path) -> Path:
 
 def open_run(run_dir: str | Path, profile: str | Path = "") -> Run:
     """The run at ``run_dir``; a new one is started from ``profile`` when the folder has no params.yaml."""
-    run_dir = Path(run_dir)
+    run_dir = Path(run_dir).expanduser()
     params = run_dir / PROFILE_FILE
     if not params.exists():
         if not profile:
@@ -166,7 +166,7 @@ def settings_differences(recorded: dict[str, Any], current: dict[str, Any], *, m
             for index, (one, other) in enumerate(zip(before, after)):
                 walk(one, other, f"{key}[{index}]")
         elif isinstance(before, list) and isinstance(after, list):
-            differing.append(f"{key}: {len(before)} entries -> {len(after)}")
+            differing.append(f"{key}: {shown(before)} -> {shown(after)}")
         elif before != after:
             differing.append(f"{key}: {shown(before)} -> {shown(after)}")
 
@@ -197,7 +197,9 @@ def stage_state(run_dir: str | Path, stage: str, profile: Profile | None = None)
             profile.settings_digest(stage), profile.settings_digest(stage, with_non_results=True)):
         differing = settings_differences(summary.settings_record, profile.settings_record(stage))
         return "changed", ("made with other settings: " + "; ".join(differing) if differing
-                           else f"made with other settings (data or {stage} section of the profile)")
+                           else f"made with other settings (data or {stage} section of the profile; the stage was "
+                                "made before stages recorded their settings, so which cannot be said, and "
+                                "data.workers and progress count too)")
     if stale:
         return "stale", f"made from earlier results of stage {', '.join(stale)}"
     return "complete", ""

@@ -7,6 +7,7 @@ stage notebook's parameters. Unknown keys and ill-typed values are refused with 
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import functools
 import hashlib
@@ -43,6 +44,21 @@ SETTINGS_ADDED_LATER: dict[str, Any] = {"ring_blend": 0.0}
 #: Settings that change how a stage runs but none of its results: left out of the settings a stage records,
 #: so a run made with 2 simulation workers is continued with 4, or without progress bars.
 NOT_RESULTS: dict[str, tuple[str, ...]] = {"data": ("workers",), "stage": ("progress",)}
+
+
+def _spec_values(spec) -> dict[str, Any]:
+    """A SampleSpec's or SplitSpec's fields as JSON values, numbers of float fields as floats (a YAML 1200 and
+    1200.0 make the same spec, and must make the same record)."""
+    values = {}
+    for item in dataclasses.fields(spec):
+        value = getattr(spec, item.name)
+        kind = str(item.type)
+        if kind == "float":
+            value = float(value)
+        elif kind.startswith("tuple[float"):
+            value = [float(v) for v in value]
+        values[item.name] = value
+    return values
 
 
 @functools.lru_cache(maxsize=256)
@@ -468,13 +484,20 @@ class Profile(Strict):
                 settings.pop(key, None)
             # What the input files hold, not only where they lie: a DEM or HEC-RAS file edited in place changes
             # the results as much as another path would.
+            # What the input files hold, not where they lie (a copy elsewhere gives the same results; a HEC-RAS
+            # file's name stays, as it names the project).
             for project in data["simulate"]:
                 if project["terrain"].get("path"):
-                    project["terrain"]["sha256"] = content_sha256(project["terrain"]["path"])
+                    project["terrain"]["sha256"] = content_sha256(project["terrain"].pop("path"))
             for plan in data["hecras"]:
                 for key in ("file", "terrain"):
                     if plan.get(key):
                         plan[f"{key}_sha256"] = content_sha256(plan[key])
+                        plan[key] = Path(plan[key]).name if key == "file" else None
+            # The samples and splits as the specs they make: 1200 and 1200.0, or a default written out, are
+            # the same settings.
+            data["samples"] = _spec_values(self.data.sample_spec())
+            data["splits"] = _spec_values(self.data.split_spec())
         return json.loads(json.dumps({"data": data, stage: settings}, default=str))
 
     def settings_digest(self, stage: str, *, with_non_results: bool = False) -> str:
@@ -547,7 +570,7 @@ def _resolve_paths(raw: dict, base: Path) -> None:
         if not isinstance(value, str) or not value:
             return value
         path = Path(value).expanduser()
-        return str(path if path.is_absolute() else (base / path).resolve())
+        return str((path if path.is_absolute() else base / path).resolve())
 
     data = raw.get("data")
     if not isinstance(data, dict):
@@ -579,7 +602,7 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
 def load_profile(path: str | Path) -> Profile:
     """Read and validate a profile; every stage section is checked against its notebook's parameters."""
-    path = Path(path)
+    path = Path(path).expanduser()
     if not path.exists():
         raise ProfileError(f"{path}: profile does not exist")
     try:
@@ -718,19 +741,38 @@ def _check_plans_suffice(data: DataConfig, *, where: str) -> None:
     from floodlib.data.dataset import split_plans
     from floodlib.data.hecras import project_name_from_file
 
+    from floodlib.data.simulate.spec import DEFAULT_OUTPUT_INTERVAL_S as interval
+
+    def off_grid(value: float) -> bool:
+        return abs(value / interval - round(value / interval)) > 1e-9
+
     samples = data.sample_spec()
     for index, project in enumerate(data.simulate):
         own = samples.for_project(project.name)
         field = f"{where}: data.simulate.{index}.duration_s = {project.duration_s:g}"
+        if off_grid(project.duration_s):
+            raise ProfileError(f"{field}: not a whole number of the simulator's output interval ({interval:g} s); "
+                               f"expected a multiple of {interval:g} s")
+        section = f"data.samples.projects.{project.name}" if project.name in samples.projects else "data.samples"
+        times = {"delta_t_s": [own.delta_t_s]}
+        times.update({"snapshot_every_s": [own.snapshot_every_s]} if own.snapshot_every_s > 0
+                     else {"snapshot_times_s": list(own.snapshot_times_s)})
+        for key, values in times.items():
+            bad = [value for value in values if off_grid(value)]
+            if bad:
+                key_section = "data.samples" if key == "delta_t_s" else section
+                raise ProfileError(f"{where}: {key_section}.{key}: {bad[0]:g} s is not a multiple of the output interval "
+                                   f"({interval:g} s) of simulated project {project.name!r}, whose frames are the only "
+                                   "times a sample can take")
         if own.snapshot_every_s > 0:
             if project.duration_s < own.delta_t_s:
-                raise ProfileError(f"{field}: project {project.name!r}'s plans end before the first sample's target "
-                                   f"(delta_t_s = {own.delta_t_s:g} s after the start); expected at least "
+                raise ProfileError(f"{field}: the plans of project {project.name!r} end before the first sample's "
+                                   f"target (delta_t_s = {own.delta_t_s:g} s after the start); expected at least "
                                    f"{own.delta_t_s:g} s")
             continue
         latest = max(own.snapshot_times_s)
         if latest + own.delta_t_s > project.duration_s + 1e-6:
-            raise ProfileError(f"{field}: project {project.name!r}'s samples need plans of at least "
+            raise ProfileError(f"{field}: the samples of project {project.name!r} need plans of at least "
                                f"{latest + own.delta_t_s:g} s (the last snapshot, {latest:g} s, plus delta_t_s = "
                                f"{own.delta_t_s:g} s, data.samples); lengthen the plans or take earlier snapshots")
     counts: dict[str, int] = {}

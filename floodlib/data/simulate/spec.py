@@ -304,7 +304,8 @@ def plan_specs(project: ProjectSpec) -> list[PlanSpec]:
             warnings.warn(f"{raster.path}: no CRS: its coordinates are taken to be metres and its pixels 1 m apart, "
                           f"and the maps made from project {project.name!r} carry no CRS; if it is in feet, or to "
                           f"georeference the maps, give it its CRS first (gdal_edit.py -a_srs EPSG:<code> "
-                          f"{raster.path})", UserWarning, stacklevel=2)
+                          f"{raster.path}; a run made from it then counts it as changed, and --force redoes its "
+                          "stages)", UserWarning, stacklevel=2)
     specs = []
     for _ in range(project.n_plans):
         terrain_seed = int(rng.integers(0, 2**31 - 1))
