@@ -178,7 +178,7 @@ def test_a_profile_whose_checksum_differs_stops_before_simulating(tmp_path, whee
     ({"kind": "valley", "fetch": {"requirement": "lidar==0.8.4", "member": "lidar/data/dem.tif", "sha256": "0" * 64}},
      r"path and fetch name a DEM: they need kind 'dem'"),
     ({"kind": "dem", "fetch": {"requirement": "lidar==0.8.4", "member": "lidar/data/dem.tif"}},
-     r"data.simulate.0.terrain.fetch.sha256 = .*: Field required"),
+     r"data.simulate.0.terrain.fetch.sha256: required, and not given"),
     ({"kind": "dem", "fetch": {"requirement": "lidar", "member": "lidar/data/dem.tif", "sha256": "0" * 64}},
      r"terrain.fetch = .*requirement: 'lidar' must pin one release"),
 ])

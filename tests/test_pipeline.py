@@ -191,6 +191,23 @@ def test_a_misspelt_profile_key_is_refused_before_anything_runs(tmp_path):
     with pytest.raises(ProfileError) as caught:
         load_profile(path)
     assert str(caught.value) == f"{path}: unknown key 'data.simulate.1.n_plan' (value 2); did you mean 'n_plans'?"
+    # ... and one with a default, by the fields of where it was written; one resembling nothing is not guessed at
+    profile = yaml.safe_load(TINY.read_text())
+    profile["data"]["simulate"][0]["sed"] = 4
+    profile["A"]["modles"] = ["Arch_02"]
+    profile["data"]["simulate"][1]["zzqq"] = profile["data"]["simulate"][1].pop("n_plans")
+    path.write_text(yaml.safe_dump(profile))
+    with pytest.raises(ProfileError) as caught:
+        load_profile(path)
+    assert str(caught.value).splitlines() == [
+        f"{path}: unknown key 'data.simulate.0.sed' (value 4); did you mean 'seed'?",
+        f"{path}: unknown key 'data.simulate.1.zzqq' (value 2)",
+        f"{path}: data.simulate.1.n_plans: required, and not given"]
+    del profile["data"]["simulate"][0]["sed"]
+    profile["data"]["simulate"][1]["n_plans"] = profile["data"]["simulate"][1].pop("zzqq")
+    path.write_text(yaml.safe_dump(profile))
+    with pytest.raises(ProfileError, match=r"section A: unknown key 'modles' \(value \['Arch_02'\]\); did you mean 'models'\?"):
+        load_profile(path)
 
 
 @pytest.mark.parametrize(("valley", "pattern"), [

@@ -12,6 +12,8 @@ import difflib
 import functools
 import hashlib
 import json
+import types
+import typing
 
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -515,7 +517,25 @@ class Profile(Strict):
         return parameters
 
 
-def _format(error: ValidationError, where: str) -> str:
+def _fields_at(model: type[BaseModel] | None, loc: tuple) -> list[str]:
+    """The field names of the model that ``loc`` (a pydantic error location, without its last part) reaches
+    from ``model``: through nested models, lists and optionals; [] where it reaches no model."""
+    kind: Any = model
+    for part in loc:
+        while typing.get_origin(kind) in (typing.Union, types.UnionType, typing.Annotated):
+            kind = next((arg for arg in typing.get_args(kind) if arg is not type(None)), None)
+        if isinstance(part, int) and typing.get_origin(kind) in (list, tuple):
+            kind = typing.get_args(kind)[0]
+        elif isinstance(kind, type) and issubclass(kind, BaseModel) and part in kind.model_fields:
+            kind = kind.model_fields[part].annotation
+        else:
+            return []
+    while typing.get_origin(kind) in (typing.Union, types.UnionType):
+        kind = next((arg for arg in typing.get_args(kind) if arg is not type(None)), None)
+    return list(kind.model_fields) if isinstance(kind, type) and issubclass(kind, BaseModel) else []
+
+
+def _format(error: ValidationError, where: str, model: type[BaseModel] | None = None) -> str:
     items = error.errors()
     # A misspelt key is two errors: the key it should be is missing, the one given is unknown. Say it once,
     # as the unknown key with the one it resembles, and first.
@@ -528,6 +548,12 @@ def _format(error: ValidationError, where: str) -> str:
             close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
             if close:
                 paired[tuple(item["loc"])] = candidates[close[0]]
+                continue
+            # else a key with a default, misspelt: the model's own fields say which it resembles
+            known = [field for field in _fields_at(model, parent) if field != name]
+            close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+            if close:
+                paired[tuple(item["loc"])] = (*parent, close[0])
     items = sorted(items, key=lambda item: item["type"] != "extra_forbidden")
     lines = []
     for item in items:
@@ -546,6 +572,8 @@ def _format(error: ValidationError, where: str) -> str:
             # a pair given with one value, three, or as text: say what a pair is, not which item is missing
             whole = ".".join(str(part) for part in item["loc"] if item["type"] != "missing" or part != item["loc"][-1])
             lines.append(f"{where}: {whole} = {item['input']!r}: expected a pair [low, high]")
+        elif item["type"] == "missing":  # its input is the whole mapping that lacks it: not worth repeating
+            lines.append(f"{where}: {key}: required, and not given")
         else:
             lines.append(f"{where}: {key} = {item.get('input')!r}: {item['msg']}")
     return "\n".join(lines)
@@ -558,7 +586,7 @@ def validate_stage(stage: str, parameters: dict[str, Any], *, where: str) -> Bas
     try:
         return STAGES[stage](**parameters)
     except ValidationError as error:
-        raise ProfileError(_format(error, where)) from None
+        raise ProfileError(_format(error, where, STAGES[stage])) from None
     except ValueError as error:  # e.g. an unknown model name
         raise ProfileError(f"{where}: {error}") from None
 
@@ -615,7 +643,7 @@ def load_profile(path: str | Path) -> Profile:
     try:
         profile = Profile(**raw)
     except ValidationError as error:
-        raise ProfileError(_format(error, str(path))) from None
+        raise ProfileError(_format(error, str(path), Profile)) from None
     check_data(profile.data, where=str(path))
     for stage in STAGES:
         try:
