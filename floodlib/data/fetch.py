@@ -17,6 +17,7 @@ machine without a network (``PIP_NO_INDEX=1 PIP_FIND_LINKS=/path/to/wheels``) wo
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import subprocess
@@ -79,7 +80,15 @@ class WheelMember:
 
 
 def file_sha256(path: str | Path) -> str:
-    """The SHA-256 of a file's bytes, as 64 lowercase hex digits."""
+    """The SHA-256 of a file's bytes, as 64 lowercase hex digits; read once per process while the file's size
+    and modification time stay the same (a run's settings, its data preparation and its simulation all ask
+    for the same DEMs' and HEC-RAS files' checksums, which may be gigabytes)."""
+    stat = Path(path).stat()
+    return _sha256_of(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=256)
+def _sha256_of(path: str, size: int, mtime_ns: int) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for chunk in iter(lambda: handle.read(_CHUNK_BYTES), b""):

@@ -237,8 +237,6 @@ def run_pipeline(profile_path: str | Path, *, stages: list[str] | None = None, f
                                    log_file=log_file)
             except StageFailed as error:
                 _log(log_file, f"[{index}/{len(wanted)}] stage {stage}: FAILED after {time.perf_counter() - start:.0f} s")
-                for line in set_aside_report(run_dir, set_aside_before, stage=stage):
-                    _log(log_file, line)
                 _log(log_file, str(error))
                 if continued:
                     _log(log_file, f"stage {stage} was continued in its folder from an interrupted run; if that run had "
@@ -246,16 +244,15 @@ def run_pipeline(profile_path: str | Path, *, stages: list[str] | None = None, f
                 raise
             except KeyboardInterrupt as error:
                 happened, by, _ = _stop(error)
-                for line in set_aside_report(run_dir, set_aside_before, stage=stage):
-                    _log(log_file, line)
                 _log(log_file, f"[{index}/{len(wanted)}] stage {stage}: {happened} ({by}) after "
                                f"{time.perf_counter() - start:.0f} s; the stages completed before it are kept, and "
                                f"the same command continues stage {stage} in its folder (--force starts it afresh)")
                 raise Interrupted(f"{happened} during stage {stage}; completed stages are kept in {run_dir}, "
                                   f"and the same command continues from stage {stage} (log: {log_file})") from error
+            finally:  # done, failed or stopped: the data files it moved aside are said
+                for line in set_aside_report(run_dir, set_aside_before, stage=stage):
+                    _log(log_file, line)
             _log(log_file, f"[{index}/{len(wanted)}] stage {stage}: done in {time.perf_counter() - start:.0f} s -> {output}")
-            for line in set_aside_report(run_dir, set_aside_before, stage=stage):
-                _log(log_file, line)
         _log(log_file, f"run {profile.name} finished in {time.perf_counter() - total:.0f} s")
         for stage in STAGES:
             state, reason = stage_state(run_dir, stage, profile) if stage not in wanted else ("", "")

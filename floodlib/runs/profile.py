@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import functools
 import hashlib
 import json
 import types
@@ -51,33 +50,27 @@ NOT_RESULTS: dict[str, tuple[str, ...]] = {"data": ("workers",), "stage": ("prog
 def _spec_values(spec) -> dict[str, Any]:
     """A SampleSpec's or SplitSpec's fields as JSON values, numbers of float fields as floats (a YAML 1200 and
     1200.0 make the same spec, and must make the same record)."""
+    hints = typing.get_type_hints(type(spec))
     values = {}
     for item in dataclasses.fields(spec):
-        value = getattr(spec, item.name)
-        kind = str(item.type)
-        if kind == "float":
+        value, hint = getattr(spec, item.name), hints[item.name]
+        if hint is float:
             value = float(value)
-        elif kind.startswith("tuple[float"):
+        elif typing.get_origin(hint) is tuple and typing.get_args(hint)[:1] == (float,):
             value = [float(v) for v in value]
         values[item.name] = value
     return values
 
 
-@functools.lru_cache(maxsize=256)
-def _sha256_of(path: str, size: int, mtime_ns: int) -> str:
+def content_sha256(path: str | Path) -> str:
+    """:func:`floodlib.data.fetch.file_sha256`, or "missing" for a file that is not there (a run's profile whose
+    input has gone)."""
     from floodlib.data.fetch import file_sha256
 
-    return file_sha256(path)
-
-
-def content_sha256(path: str | Path) -> str:
-    """The SHA-256 of a file's bytes, computed once per process while its size and modification time stay the
-    same; "missing" for a file that is not there (a run's profile whose input has gone)."""
     try:
-        stat = Path(path).stat()
+        return file_sha256(path)
     except OSError:
         return "missing"
-    return _sha256_of(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
 
 
 def _check_models(names: list[str]) -> list[str]:
