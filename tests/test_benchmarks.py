@@ -153,6 +153,12 @@ def test_predict_benchmark_times_the_surrogate_against_the_solver_with_its_accur
     assert solver["identical_start"] and solver["time_steps"] > 0
     assert 0 < solver["seconds_to_start"] < solver["seconds_to_end"]
     assert abs(solver["seconds_per_hour"] - (solver["seconds_to_end"] - solver["seconds_to_start"])) < 1e-9
+    # The pair of runs is repeated (3 by default, well within the time budget on 32 x 32 cells): the fastest
+    # run of each length is kept.
+    assert len(solver["repeat_seconds"]) == 3
+    assert solver["seconds_to_start"] == min(pair[0] for pair in solver["repeat_seconds"])
+    assert solver["seconds_to_end"] == min(pair[1] for pair in solver["repeat_seconds"])
+    assert report["precisions"] == ["32"] and row["precision"] == "32"
     assert surrogate["feature_seconds"] > 0 and surrogate["seconds_per_hour"] > 0
     assert abs(surrogate["seconds_per_hour_with_features"]
                - (surrogate["seconds_per_hour"] + surrogate["feature_seconds"])) < 1e-9
@@ -182,14 +188,21 @@ def test_predict_benchmark_times_the_surrogate_against_the_solver_with_its_accur
     replayed_figures = tmp_path / "replayed.json"
     replayed = subprocess.run(
         [sys.executable, "benchmarks/predict.py", "--sizes", "32", "--start-min", "10", "--model", str(model),
-         "--repeats", "1", "--json", str(replayed_figures), "--solver-from", str(record)], cwd=ROOT,
+         "--repeats", "1", "--precision", "32", "bf16", "--json", str(replayed_figures), "--solver-from", str(record)],
+        cwd=ROOT,
         capture_output=True, text=True, timeout=300, check=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(no_landlab), os.environ.get("PYTHONPATH")]))})
     assert "32 x 32 cells: terrain ... rebuilt, identical to the solver's" in replayed.stdout
     again = json.loads(replayed_figures.read_text())
     assert again["solver_recorded"] and again["landlab"] == report["landlab"] and again["solver_cpu"] == report["cpu"]
-    (row_again,) = again["sizes"]
-    assert row_again["solver"] == solver
+    # Both precisions side by side, each against the same solver runs: one row, one verdict each.
+    row_again, row_bf16 = again["sizes"]
+    assert (row_again["precision"], row_bf16["precision"]) == ("32", "bf16") and again["precisions"] == ["32", "bf16"]
+    assert row_again["solver"] == row_bf16["solver"] == solver
     assert row_again["surrogate"]["per_hour"][0]["rae"] == pytest.approx(hour["rae"], rel=1e-5)
+    assert row_bf16["surrogate"]["per_hour"][0]["rae"] == pytest.approx(hour["rae"], abs=0.05)
+    assert re.search(r"^\s*32 x 32 float32\s+[\d.]+", replayed.stdout, re.M)
+    assert re.search(r"^\s*32 x 32 bf16\s+[\d.]+", replayed.stdout, re.M)
+    assert replayed.stdout.count("time steps in the measured hour(s)") == 1  # the solver's runs, told once
     # A record of another plan is refused, naming the file, the field and both values.
     refused = subprocess.run(
         [sys.executable, "benchmarks/predict.py", "--sizes", "32", "--start-min", "20", "--model", str(model),
