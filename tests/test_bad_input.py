@@ -299,9 +299,19 @@ def test_cuda_on_a_machine_without_one_is_a_clear_error_everywhere(tmp_path):
 def test_a_key_given_twice_in_a_profile_is_refused(tmp_path, text, key, lines):
     path = tmp_path / "twice.yaml"
     path.write_text(text)
-    with pytest.raises(ProfileError, match=f"{path}: not valid YAML .*key {key} appears twice in one mapping "
-                                           f"\\({lines}\\); the first would be silently dropped"):
+    with pytest.raises(ProfileError, match=f"{path}: not valid YAML: line \\d+, column \\d+: key {key} appears twice "
+                                           f"in one mapping \\({lines}\\); the first would be silently dropped$"):
         load_profile(path)
+
+
+def test_a_profile_that_is_not_yaml_is_told_in_one_line_with_where(tmp_path):
+    """PyYAML's own message spans lines and names '<unicode string>'; the profile's names the file."""
+    path = tmp_path / "broken.yaml"
+    path.write_text("name: x\ndata:\n  simulate:\n    - name: valley\n      n_plans: 6\n     seed: [3\n")
+    with pytest.raises(ProfileError) as error:
+        load_profile(path)
+    assert str(error.value) == (f"{path}: not valid YAML: line 6, column 6: expected <block end>, but found "
+                                "'<block mapping start>' (while parsing a block collection at line 4)")
 
 
 # -- profiles: every setting checked before anything starts ---------------------------------------------------

@@ -355,7 +355,8 @@ def test_a_bad_boundary_file_names_the_file_and_the_field(tmp_path, content, mes
 
 @pytest.mark.parametrize("name, text, message", [
     ("edges.yaml", "segments:\n  - {edge: west, from_cell: 20\n  - x\n",
-     r"not a readable JSON/YAML boundary file \(line 4, column 1: expected ',' or '\}', but got '<stream end>'\)$"),
+     r"not a readable JSON/YAML boundary file \(line 4, column 1: expected ',' or '\}', but got '<stream end>' "
+     r"\(while parsing a flow mapping at line 2\)\)$"),
     ("edges.yaml", "", r"holds nothing; expected a mapping \{segments: \[\{edge: west, \.\.\.\}, \.\.\.\]\}$"),
     ("edges.yaml", "- west\n- east\n", r"holds list \['west', 'east'\]; expected a mapping"),
     ("edges.json", "{\"segments\": [", r"not a readable JSON/YAML boundary file \(Expecting value: line 1 column 15"),

@@ -360,8 +360,13 @@ def test_a_project_can_draw_its_samples_its_own_way(tmp_path):
     write_simulation(tmp_path / "tile" / "plan_000.h5", small_tile)
     dataset = PatchDataset([tmp_path / "tile" / "plan_000.h5"], spec=spec)
     assert len(dataset) == 16 and dataset[15].depths.shape == (2, 8, 8)
-    with pytest.raises(ValueError, match=r"SampleSpec.projects\['tile'\]: \['patch_cells'\] cannot differ by project"):
+    with pytest.raises(ValueError, match=r"SampleSpec.projects\['tile'\].patch_cells: patch_cells cannot differ by "
+                                         r"project \(it is one setting of the samples for every project\)"):
         SampleSpec(projects={"tile": {"patch_cells": 16}})
+    # A misspelt option is not told it "cannot differ": it is no option at all, and the one it resembles is named.
+    with pytest.raises(ValueError, match=r"SampleSpec.projects\['tile'\].snapshot_evry_s: no such option; did you "
+                                         r"mean 'snapshot_every_s'\? Options by project: snapshot_times_s, "):
+        SampleSpec(projects={"tile": {"snapshot_evry_s": 600}})
     with pytest.raises(ValueError, match=r"SampleSpec.projects\['tile'\]: SampleSpec.patch_stride_cells=-1"):
         SampleSpec(projects={"tile": {"patch_stride_cells": -1}})
 

@@ -33,6 +33,8 @@ snapshots or denser patch origins, which would multiply a large domain's samples
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import math
 from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
@@ -136,10 +138,14 @@ class SampleSpec:
             if not isinstance(options, Mapping):
                 raise ValueError(f"SampleSpec.projects[{project!r}]={options!r} must map options to values "
                                  f"(some of {', '.join(PROJECT_OPTIONS)})")
-            unknown = sorted(set(options) - set(PROJECT_OPTIONS))
-            if unknown:
-                raise ValueError(f"SampleSpec.projects[{project!r}]: {unknown} cannot differ by project; expected "
-                                 f"some of {', '.join(PROJECT_OPTIONS)}")
+            for name in sorted(set(options) - set(PROJECT_OPTIONS), key=str):
+                where = f"SampleSpec.projects[{project!r}].{name}"
+                if name in {f.name for f in dataclasses.fields(self)}:
+                    raise ValueError(f"{where}: {name} cannot differ by project (it is one setting of the samples "
+                                     f"for every project); options by project: {', '.join(PROJECT_OPTIONS)}")
+                close = difflib.get_close_matches(str(name), PROJECT_OPTIONS, n=1, cutoff=0.6)
+                raise ValueError(f"{where}: no such option" + (f"; did you mean {close[0]!r}?" if close else "")
+                                 + f" Options by project: {', '.join(PROJECT_OPTIONS)}")
             options = dict(options)
             if isinstance(options.get("snapshot_times_s"), (list, tuple)):  # as the spec's own: a tuple
                 options["snapshot_times_s"] = tuple(options["snapshot_times_s"])

@@ -24,6 +24,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from floodlib.data.store import Simulation
+from floodlib.data.yamlfile import describe_yaml_error
 from floodlib.predict.tiling import PredictError
 
 EDGES = ("north", "east", "south", "west")
@@ -192,9 +193,8 @@ def read_boundary(path: str | Path, *, rows: int, cols: int, cell_elevation: np.
         text = path.read_text()
         raw = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, yaml.YAMLError) as error:
-        mark = getattr(error, "problem_mark", None)  # YAML: where, and the problem, in one line
-        reason = (f"line {mark.line + 1}, column {mark.column + 1}: {getattr(error, 'problem', None) or 'unreadable'}"
-                  if mark is not None else " ".join(str(error).split()))
+        reason = (describe_yaml_error(error) if isinstance(error, yaml.YAMLError)
+                  else " ".join(str(error).split()))
         raise PredictError(f"{path}: not a readable JSON/YAML boundary file ({reason})") from None
     if not isinstance(raw, dict):
         raise PredictError(f"{path}: holds {'nothing' if raw is None else type(raw).__name__ + ' ' + repr(raw)[:60]}; "

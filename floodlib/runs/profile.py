@@ -20,6 +20,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from floodlib.data.yamlfile import describe_yaml_error
 from floodlib.models import list_downsamplers, list_models, resolve_model_name
 
 
@@ -629,7 +630,7 @@ def load_profile(path: str | Path) -> Profile:
     try:
         raw = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)  # noqa: S506 — a SafeLoader subclass
     except yaml.YAMLError as error:
-        raise ProfileError(f"{path}: not valid YAML ({error})") from None
+        raise ProfileError(f"{path}: not valid YAML: {describe_yaml_error(error)}") from None
     if not isinstance(raw, dict):
         raise ProfileError(f"{path}: expected a mapping of keys (name, data, A, B, C, D), got {type(raw).__name__}")
     _resolve_paths(raw, path.parent)
