@@ -6,6 +6,7 @@ offending value and what was expected, and that nothing was written (not even a 
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from pathlib import Path
 
@@ -197,3 +198,58 @@ def test_a_truncated_geotiff_says_what_gdal_found(tmp_path):
     message = str(caught.value)
     assert message.startswith(f"{path}: file: is not a readable GeoTIFF (")
     assert "previous exception" not in message and "expected 7200" in message  # GDAL's reason: a short strip
+
+
+def with_nodata(path: Path, rows: slice, cols: slice) -> Path:
+    """Declare -9999 the DEM's nodata and put it at ``rows`` x ``cols``."""
+    import rasterio
+
+    with rasterio.open(path, "r+") as dataset:
+        values = dataset.read(1)
+        values[rows, cols] = -9999.0
+        dataset.write(values, 1)
+        dataset.nodata = -9999.0
+    return path
+
+
+def test_windows_over_a_dems_nodata_margin_move_to_the_nearest_complete_one(tmp_path):
+    """A surveyed DEM often has a nodata margin: each plan's window lies wholly on data, the drawn one where it
+    is complete, else the nearest complete one (for a rectangular data area: the drawn offset clamped to it)."""
+    from floodlib.data.simulate import plan_specs
+
+    full = write_tif(tmp_path / "full.tif", (150, 150), crs="EPSG:26915")
+    spec = dataclasses.replace(dem_project(full), n_plans=12, seed=5)
+    drawn = [(p.terrain.row_offset, p.terrain.col_offset) for p in plan_specs(spec)]
+    margin = with_nodata(write_tif(tmp_path / "margin.tif", (150, 150), crs="EPSG:26915"), slice(0, 150), slice(0, 30))
+    margin = with_nodata(margin, slice(0, 10), slice(0, 150))  # data: rows 10..149, columns 30..149
+    placed = [(p.terrain.row_offset, p.terrain.col_offset)
+              for p in plan_specs(dataclasses.replace(spec, terrain=DemSource(str(margin))))]
+    # 81 points a side: complete windows start at rows 10..69 and columns 30..69
+    assert placed == [(min(max(r, 10), 69), min(max(c, 30), 69)) for r, c in drawn]
+    assert any(p != d for p, d in zip(placed, drawn)) and any(p == d for p, d in zip(placed, drawn))
+    for r, c in placed:  # and the simulator's own cut of each window finds no nodata
+        assert np.isfinite(dem_terrain(DemSource(str(margin), row_offset=r, col_offset=c), rows=8, cols=8).elevation).all()
+    out = tmp_path / "out"
+    simulate_project(dataclasses.replace(spec, n_plans=2, terrain=DemSource(str(margin))), out, workers=1,
+                     progress=False)
+    assert sorted(p.name for p in (out / "tiny_dem").glob("*.h5")) == ["plan_000.h5", "plan_001.h5"]
+
+
+@pytest.mark.parametrize("shape, rows, cols, grid", [
+    ((100, 100), slice(0, 100), slice(40, 45), 8),    # a band of nodata leaves 40 and 55 columns: no 81 fit
+    ((90, 90), slice(50, 51), slice(50, 51), 16),    # one pixel, in every window of a mirror-tiled grid
+], ids=["no_room", "mirror_tiled"])
+def test_a_dem_with_no_window_wholly_on_data_is_refused_once_before_any_plan(tmp_path, shape, rows, cols, grid):
+    path = with_nodata(write_tif(tmp_path / "holes.tif", shape, crs="EPSG:26915"), rows, cols)
+    before = snapshot(tmp_path)
+    spec = dataclasses.replace(dem_project(path), n_plans=3, rows=grid, cols=grid)
+    with pytest.raises(SimulationFileError) as caught:
+        simulate_project(spec, tmp_path / "out", workers=1, progress=False)
+    need = grid * 10 + 1
+    missing = (rows.stop - rows.start) * (cols.stop - cols.start)
+    assert str(caught.value) == (
+        f"{path}: elevation: no window of {need}x{need} points (the {grid}x{grid}-cell grid of project 'tiny_dem') "
+        f"lies wholly on data: {missing} of {shape[0] * shape[1]} pixels are nodata (first at row {rows.start}, "
+        f"column {cols.start}); expected a DEM with a complete area that large (a smaller grid, or the DEM's holes "
+        "filled, e.g. gdal_fillnodata.py)")
+    assert snapshot(tmp_path) == before

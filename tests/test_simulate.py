@@ -327,16 +327,17 @@ def test_plans_made_from_other_settings_are_kept_aside_and_simulated_again(tmp_p
 
 
 def test_failing_plan_is_named_and_others_are_kept(tmp_path):
-    # A DEM window that leaves the file fails plan by plan; a missing DEM fails while drawing the plans.
+    # A missing DEM fails while drawing the plans, before any runs.
     project = tiny_project(terrain=DemSource(str(tmp_path / "missing.tif")), n_plans=2)
     with pytest.raises(SimulationFileError, match="missing.tif: file: does not exist"):
         simulate_project(project, tmp_path, workers=1, progress=False)
-    # A DEM whose southern part is nodata: the plans whose window reaches it fail, the others are written.
+    # A DEM whose southern part is nodata: every plan's window lies on the data (those drawn over the nodata
+    # moved to the nearest complete window), so every plan is written.
     rasterio = pytest.importorskip("rasterio")
     from rasterio.transform import Affine
 
     values = np.full((260, 260), 20.0, dtype=np.float32)
-    values[200:, :] = np.nan  # the lower part is nodata: windows that reach it fail
+    values[200:, :] = np.nan
     path = tmp_path / "partial.tif"
     with rasterio.open(path, "w", driver="GTiff", height=260, width=260, count=1, dtype="float32",
                        transform=Affine(1.0, 0.0, 0.0, 0.0, -1.0, 260.0), nodata=np.nan) as dataset:
@@ -346,15 +347,20 @@ def test_failing_plan_is_named_and_others_are_kept(tmp_path):
     with pytest.warns(UserWarning, match=f"{path}: no CRS: its coordinates are taken to be metres.*project 'partial' "
                                          f"carry no CRS.*gdal_edit.py -a_srs EPSG:<code> {path}"):
         offsets = [spec.terrain.row_offset for spec in plan_specs(project)]
-    failing = {f"plan_{i:03d}" for i, offset in enumerate(offsets) if offset + 81 > 200}
-    assert failing and len(failing) < 4, offsets
-    with pytest.raises(PlanFailedError) as caught, pytest.warns(UserWarning, match="no CRS"):
+    assert max(offsets) == 200 - 81 and all(0 <= offset <= 200 - 81 for offset in offsets), offsets
+    with pytest.warns(UserWarning, match="no CRS"):
         simulate_project(project, tmp_path, workers=2, progress=False)
+    assert sorted(p.stem for p in (tmp_path / "partial").glob("*.h5")) == [f"plan_{i:03d}" for i in range(4)]
+    # A plan that cannot be written (a folder where its file goes) fails alone: it is named, the others kept.
+    out = tmp_path / "blocked"
+    (out / "tiny" / "plan_001.h5").mkdir(parents=True)
+    with pytest.raises(PlanFailedError) as caught:
+        simulate_project(tiny_project(rows=8, cols=8, n_plans=3), out, workers=2, progress=False)
     message = str(caught.value)
-    for name in failing:
-        assert name in message
-    written = {path.stem for path in (tmp_path / "partial").glob("*.h5")}
-    assert written == {f"plan_{i:03d}" for i in range(4)} - failing
+    assert message.startswith("project 'tiny': 1 of 3 plans failed (plan_001: IsADirectoryError: ")
+    assert message.endswith(f"the other plans' files are in {out / 'tiny'}")
+    assert sorted(p.name for p in (out / "tiny").iterdir()) == ["plan_000.h5", "plan_001.h5", "plan_002.h5"]
+    assert (out / "tiny" / "plan_001.h5").is_dir() and not list((out / "tiny").glob(".*.tmp"))
 
 
 def test_a_script_without_a_main_guard_is_told_why_its_workers_stopped(tmp_path):

@@ -284,6 +284,59 @@ def _reflect_indices(start: int, count: int, size: int) -> np.ndarray:
     return np.where(folded < size, folded, period - folded)
 
 
+def _covered_ranges(have: int, need: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For every offset a window of ``need`` points may take along an axis of ``have`` pixels: the offsets and
+    the first and last pixel its (possibly mirror-tiled) points come from. Reflection walks the pixels one
+    step at a time, so the pixels a window uses are always one unbroken range."""
+    if need <= have:
+        offsets = np.arange(have - need + 1)
+        return offsets, offsets, offsets + need - 1
+    offsets = np.arange(have)
+    covered = [_reflect_indices(int(offset), need, have) for offset in offsets]
+    return offsets, np.array([c.min() for c in covered]), np.array([c.max() for c in covered])
+
+
+@dataclass(frozen=True)
+class WindowMap:
+    """Which windows of a DEM hold no nodata: ``complete[i, j]`` for the window at row ``row_offsets[i]``,
+    column ``col_offsets[j]`` (see :func:`complete_windows`)."""
+
+    row_offsets: np.ndarray
+    col_offsets: np.ndarray
+    complete: np.ndarray
+
+    def nearest(self, near: tuple[int, int]) -> tuple[int, int]:
+        """The complete window's offset nearest ``near`` (``near`` itself when complete; ties: row-major first)."""
+        i, j = (int(np.searchsorted(offsets, value)) for offsets, value in zip((self.row_offsets, self.col_offsets), near))
+        if i < len(self.row_offsets) and j < len(self.col_offsets) and self.complete[i, j] \
+                and (self.row_offsets[i], self.col_offsets[j]) == tuple(near):
+            return tuple(near)
+        rows, cols = np.nonzero(self.complete)
+        if not len(rows):
+            raise ValueError("no window of this DEM is complete")
+        distance = (self.row_offsets[rows] - near[0]) ** 2 + (self.col_offsets[cols] - near[1]) ** 2
+        best = int(np.argmin(distance))
+        return int(self.row_offsets[rows[best]]), int(self.col_offsets[cols[best]])
+
+
+def complete_windows(values: np.ndarray, *, need_rows: int, need_cols: int) -> WindowMap | None:
+    """Every offset a window of ``need_rows`` x ``need_cols`` points may take on the DEM ``values`` (mirror-tiled
+    along an axis the DEM is too small for), and whether its points hold no nodata (NaN); None when the DEM
+    has no nodata at all, so that every window is complete."""
+    missing = ~np.isfinite(values)
+    if not missing.any():
+        return None
+    (row_offsets, row_lo, row_hi), (col_offsets, col_lo, col_hi) = (_covered_ranges(have, need) for have, need in
+                                                                    zip(values.shape, (need_rows, need_cols)))
+    # nodata pixels in every window at once: a summed-area table read at each window's corners
+    counts = np.int32 if missing.size < 2**31 else np.int64  # half the memory of a large DEM's table
+    table = np.zeros((missing.shape[0] + 1, missing.shape[1] + 1), dtype=counts)
+    table[1:, 1:] = missing.cumsum(axis=0, dtype=counts).cumsum(axis=1, dtype=counts)
+    r0, r1, c0, c1 = row_lo[:, None], row_hi[:, None] + 1, col_lo[None, :], col_hi[None, :] + 1
+    complete = (table[r1, c1] - table[r0, c1] - table[r1, c0] + table[r0, c0]) == 0
+    return WindowMap(row_offsets=row_offsets, col_offsets=col_offsets, complete=complete)
+
+
 def check_dem(raster, *, rows: int, cols: int) -> None:
     """What the built-in simulator needs of a whole DEM, whatever window it cuts (SimulationFileError naming
     the file otherwise): pixels ``TERRAIN_SPACING_M`` apart, and at least ``MIN_DEM_POINTS`` a side."""

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from floodlib.data.store import SimulationFileError
 from floodlib.data.terrain import (
     CELL_SIZE_M,
     EDGES,
@@ -19,6 +20,7 @@ from floodlib.data.terrain import (
     ValleyParams,
     check_dem,
     check_edge,
+    complete_windows,
     check_grid,
 )
 
@@ -288,18 +290,29 @@ def plan_specs(project: ProjectSpec) -> list[PlanSpec]:
 
     Each plan draws, in a fixed order: terrain seed (or DEM window), varied terrain parameters, inflow
     edge and location, peak discharge, time to peak, event duration, base flow and Manning's n. Every
-    draw is made whether used or not, so changing one range does not reshuffle the others.
+    draw is made whether used or not, so changing one range does not reshuffle the others. A DEM window
+    drawn over nodata moves to the nearest window wholly on data (a DEM with none for the grid is refused,
+    once, with a SimulationFileError naming the file).
     """
     rng = np.random.default_rng(project.seed)
     outflow = project.resolved_outflow_edge
     edges = project.inflow_edges or tuple(edge for edge in EDGES if edge != outflow)
-    dem_shape = None
     if isinstance(project.terrain, DemSource):
         from floodlib.data.geotiff import read_geotiff
 
         raster = read_geotiff(project.terrain.path, band=project.terrain.band)
         check_dem(raster, rows=project.rows, cols=project.cols)  # once, not once per plan
-        dem_shape = raster.values.shape
+        dem_values = raster.values
+        needs = (project.rows * TERRAIN_RATIO + 1, project.cols * TERRAIN_RATIO + 1)
+        windows = complete_windows(dem_values, need_rows=needs[0], need_cols=needs[1])
+        if windows is not None and not windows.complete.any():
+            missing = ~np.isfinite(dem_values)
+            r, c = np.argwhere(missing)[0]
+            raise SimulationFileError(
+                f"{raster.path}: elevation: no window of {needs[0]}x{needs[1]} points (the {project.rows}x"
+                f"{project.cols}-cell grid of project {project.name!r}) lies wholly on data: {int(missing.sum())} of "
+                f"{missing.size} pixels are nodata (first at row {r}, column {c}); expected a DEM with a complete "
+                f"area that large (a smaller grid, or the DEM's holes filled, e.g. gdal_fillnodata.py)")
         if raster.crs is None:
             warnings.warn(f"{raster.path}: no CRS: its coordinates are taken to be metres and its pixels 1 m apart, "
                           f"and the maps made from project {project.name!r} carry no CRS; if it is in feet, or to "
@@ -327,10 +340,13 @@ def plan_specs(project: ProjectSpec) -> list[PlanSpec]:
                 location = None  # a river enters its valley in the channel
         else:
             offsets = []
-            for fraction, have, need in zip(window, dem_shape, (project.rows * TERRAIN_RATIO + 1,
-                                                                 project.cols * TERRAIN_RATIO + 1)):
+            for fraction, have, need in zip(window, dem_values.shape, needs):
                 room = have - need if need <= have else have - 1
                 offsets.append(int(fraction * (room + 1)) if room > 0 else 0)
+            # A window over nodata moves to the nearest one wholly on data (DEMs of surveys often have nodata
+            # margins); a DEM with no such window was refused above.
+            if windows is not None:
+                offsets = windows.nearest(tuple(offsets))
             terrain = replace(terrain, row_offset=offsets[0], col_offset=offsets[1])
         specs.append(PlanSpec(
             terrain=terrain,
