@@ -307,7 +307,7 @@ def plan_specs(project: ProjectSpec) -> list[PlanSpec]:
         windows = complete_windows(dem_values, need_rows=needs[0], need_cols=needs[1])
         if windows is not None and not windows.complete.any():
             missing = ~np.isfinite(dem_values)
-            r, c = np.argwhere(missing)[0]
+            r, c = divmod(int(np.argmax(missing)), missing.shape[1])  # the first, row by row
             raise SimulationFileError(
                 f"{raster.path}: elevation: no window of {needs[0]}x{needs[1]} points (the {project.rows}x"
                 f"{project.cols}-cell grid of project {project.name!r}) lies wholly on data: {int(missing.sum())} of "
