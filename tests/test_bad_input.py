@@ -72,7 +72,11 @@ def test_the_refusal_names_the_settings_that_differ_with_both_values(run_copy, t
     assert why == f"made with other settings: A.epochs: {load_profile(run_copy / 'params.yaml').A['epochs']} -> 3; " \
                   f"data.splits.test_plans: {recorded} -> 1"
     assert stage_state(run_copy, "B", profile)[1] == f"made with other settings: data.splits.test_plans: {recorded} -> 1"
-    with pytest.raises(ProfileError, match=re.escape(f"(stage A made with other settings: A.epochs: ")):
+    # The refusal names every changed stage's settings, each setting once with the stages it concerns.
+    epochs = load_profile(run_copy / "params.yaml").A["epochs"]
+    with pytest.raises(ProfileError, match=re.escape(
+            f"holds stage(s) A, B, C made with other settings (the data section or their own) than this profile's "
+            f"(A.epochs: {epochs} -> 3 (stage A); data.splits.test_plans: {recorded} -> 1 (stages A, B, C)); ")):
         run_pipeline(edited, stages=["D"], run_dir=run_copy)
 
 

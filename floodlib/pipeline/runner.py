@@ -19,7 +19,7 @@ from floodlib.pipeline.config import NOTEBOOKS, STAGES, ProfileError, check_stag
 from floodlib.data.locks import FolderBusyError, hold_folder
 from floodlib.data.store import atomic_write
 from floodlib.environment import describe, environment
-from floodlib.runs import SUMMARY_FILE, stage_state, write_profile
+from floodlib.runs import SUMMARY_FILE, changed_settings, stage_state, write_profile
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 DEFAULT_NOTEBOOKS = REPOSITORY / "notebooks"
@@ -184,10 +184,12 @@ def run_pipeline(profile_path: str | Path, *, stages: list[str] | None = None, f
                 f"too (--only {' --only '.join([*earlier, stage])} --force), or start a new run folder; nothing was "
                 "run or changed.")
         if changed and not force:
+            differing = changed_settings(run_dir, list(changed), profile)
             raise ProfileError(
                 f"{profile_path}: run folder {run_dir} holds stage(s) {', '.join(changed)} made with other settings "
-                f"(the data section or their own) than this profile's (stage {next(iter(changed))} "
-                f"{next(iter(changed.values()))}); its results would no longer describe how they "
+                f"(the data section or their own) than this profile's ("
+                + ("; ".join(differing) if differing else f"stage {next(iter(changed))} {next(iter(changed.values()))}")
+                + "); its results would no longer describe how they "
                 f"were made, so nothing was run or changed. Start a new run folder (--run-dir, or another `name:`), "
                 f"or pass --force to redo the stages (their previous results are kept beside them).")
         run_dir.mkdir(parents=True, exist_ok=True)

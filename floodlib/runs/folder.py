@@ -174,6 +174,21 @@ def settings_differences(recorded: dict[str, Any], current: dict[str, Any], *, m
     return differing[:most] + ([f"and {len(differing) - most} more"] if len(differing) > most else [])
 
 
+def changed_settings(run_dir: str | Path, stages: list[str], profile: Profile, *, most: int = 6) -> list[str]:
+    """The settings ``profile`` gives otherwise than the completed ``stages`` were made with, each once with
+    the stages it concerns (``data.splits.test_plans: 4 -> 1 (stages A, B, C)``): at most ``most``, then how
+    many more. Stages made before settings were recorded contribute nothing."""
+    concerned: dict[str, list[str]] = {}
+    for stage in stages:
+        if not (Path(run_dir) / stage / SUMMARY_FILE).exists():
+            continue
+        summary = read_summary(run_dir, stage)
+        for item in settings_differences(summary.settings_record, profile.settings_record(stage), most=10**6):
+            concerned.setdefault(item, []).append(stage)
+    items = [f"{item} (stage{'s' if len(which) > 1 else ''} {', '.join(which)})" for item, which in concerned.items()]
+    return items[:most] + ([f"and {len(items) - most} more"] if len(items) > most else [])
+
+
 #: What :func:`stage_state` finds a stage to be.
 STAGE_STATES = ("missing", "complete", "invalid", "stale", "changed")
 
