@@ -339,6 +339,8 @@ def test_a_stored_boundary_is_linear_between_frames_and_refuses_times_outside_th
     ({"segments": [{"edge": "west", "times_min": [0], "depth_m": [-1]}]}, "must be finite and >= 0"),
     ({"segments": [{"edge": "west", "to_cell": 99, "times_min": [0], "depth_m": [1]}]},
      r"segments\[0\]\.to_cell=99: the west edge has 64 cells"),
+    ({"segments": [{"edge": "west", "from_cell": 64, "times_min": [0], "depth_m": [1]}]},
+     r"segments\[0\]\.from_cell=64: the west edge has 64 cells \(0 to 63\); the segment would set none"),
     ({"segment": []}, "segments: Field required"),
     ({"segments": [{"edge": "west", "times_min": [0], "depth_m": [0.3]},
                    {"edge": "north", "times_min": [0], "depth_m": [0.1]},  # corners: shared by two edges, allowed
@@ -586,4 +588,32 @@ def test_the_cli_names_a_missing_model_and_a_plan_without_a_boundary_for_a_dry_s
     save_model(create_model("Arch_02", downsampler="cubic"), tmp_path / "model.pth")
     dry = cli(tmp_path / "model.pth", tmp_path / "plan.h5", "--dry-start", "--out", tmp_path / "o.h5")
     assert dry.returncode == 2 and "--dry-start needs --boundary" in dry.stderr
+    assert not (tmp_path / "o.h5").exists()
+
+
+def test_the_cli_never_writes_over_its_inputs_and_refuses_a_boundary_outside_the_area(tmp_path):
+    """--force replaces an earlier prediction, never the model, plan or boundary file it reads; a boundary
+    segment whose cells all lie outside the model's area would drive nothing, and says so."""
+    depth = np.zeros((3, 32, 32), np.float32)
+    depth[:, :, :4] = np.nan  # the western 4 columns lie outside the model's area
+    plan = Simulation(project="p", plan="q", terrain=np.zeros((321, 321), np.float32), water_depth=depth,
+                      cell_size_m=10.0, terrain_spacing_m=1.0, output_interval_s=3600.0, source="test")
+    write_simulation(tmp_path / "plan.h5", plan)
+    save_model(create_model("Arch_02", downsampler="cubic"), tmp_path / "model.pth")
+    edges = tmp_path / "edges.yaml"
+    edges.write_text("segments:\n  - {edge: north, times_min: [0, 60], depth_m: [0.2, 0.3]}\n")
+    before = {path.name: path.read_bytes() for path in tmp_path.iterdir()}
+    for out, what in ((tmp_path / "model.pth", "the model it predicts with"),
+                      (tmp_path / "plan.h5", "the plan it predicts from"), (edges, "the boundary file it reads")):
+        for force in ([], ["--force"]):
+            result = cli(tmp_path / "model.pth", tmp_path / "plan.h5", "--boundary", edges, "--out", out, *force)
+            assert result.returncode == 2 and result.stderr.strip().splitlines()[-1] == \
+                f"error: --out {out} is {what}; write the prediction to another file", result.stderr
+    assert {path.name: path.read_bytes() for path in tmp_path.iterdir()} == before
+    outside = tmp_path / "outside.yaml"
+    outside.write_text("segments:\n  - {edge: west, times_min: [0, 60], depth_m: [0.2, 0.3]}\n")
+    result = cli(tmp_path / "model.pth", tmp_path / "plan.h5", "--boundary", outside, "--out", tmp_path / "o.h5")
+    assert result.returncode == 2 and result.stderr.strip().splitlines()[-1] == (
+        f"error: {outside}: segments[0]: every cell it sets lies outside the model's area; expected edge cells where "
+        "the plan has depths")
     assert not (tmp_path / "o.h5").exists()

@@ -59,10 +59,13 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.out.is_dir():
         return fail(f"--out {args.out} is a folder; name the prediction's file, e.g. {args.out / 'prediction.h5'}")
+    # Never over an input, --force or not: the prediction would replace what it was made from.
+    for what, given in (("the plan it predicts from", args.plan), ("the model it predicts with", args.model),
+                        ("the boundary file it reads", args.boundary)):
+        if given is not None and args.out.exists() and given.exists() and args.out.resolve() == given.resolve():
+            return fail(f"--out {args.out} is {what}; write the prediction to another file")
     if args.out.exists() and not args.force:
         return fail(f"{args.out} exists; pass --force to replace it")
-    if args.out.exists() and args.plan.exists() and args.out.resolve() == args.plan.resolve():
-        return fail(f"--out {args.out} is the plan it predicts from; write the prediction to another file")
     try:
         check_folder(args.out.parent, "--out's folder")
         if args.geotiff is not None:
@@ -111,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
             cells = np.asarray(simulation.terrain[:-1, :-1]).reshape(rows, r, cols, r).mean(axis=(1, 3))
             boundary = read_boundary(args.boundary, rows=rows, cols=cols, cell_elevation=cells,
                                      cell_size_m=simulation.cell_size_m)
+            boundary.check_area(np.isfinite(simulation.water_depth[0]))
             boundary_name = str(args.boundary)
         depth_start = None
         if args.dry_start:

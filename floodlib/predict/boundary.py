@@ -130,6 +130,9 @@ class EdgeBoundary:
             stop = length if segment.to_cell is None else segment.to_cell
             if stop > length:
                 raise PredictError(f"{name}: segments[{number}].to_cell={stop}: the {segment.edge} edge has {length} cells")
+            if segment.from_cell >= length:
+                raise PredictError(f"{name}: segments[{number}].from_cell={segment.from_cell}: the {segment.edge} edge "
+                                   f"has {length} cells (0 to {length - 1}); the segment would set none")
             for other, start, end in spans.get(segment.edge, []):
                 if segment.from_cell < end and start < stop:
                     raise PredictError(
@@ -172,6 +175,14 @@ class EdgeBoundary:
         else:
             drop = z[span, -1].mean() - z[span, -1 - k].mean()
         return max(abs(float(drop)) / (k * cell_size_m), 1e-4)
+
+    def check_area(self, inside: np.ndarray) -> None:
+        """PredictError naming the first segment none of whose cells lie inside the model's area (``inside``,
+        rows x cols): its series would drive nothing."""
+        for number, (cells, *_rest) in enumerate(self.segments):
+            if not (cells & inside).any():
+                raise PredictError(f"{self.name}: segments[{number}]: every cell it sets lies outside the model's area; "
+                                   "expected edge cells where the plan has depths")
 
     def at(self, time_s: float) -> np.ndarray:
         out = np.full(self.shape, np.nan, dtype=np.float32)
