@@ -363,6 +363,12 @@ def _drop_fetch(raw, path):
      r"data.simulate.0.name = 'valleys/2026': Value error, 'valleys/2026' must be a folder name of letters, digits"),
     (lambda r: r["data"]["simulate"][0].update(terrain={"kind": "valley", "valley": {"slop": 0.01}}),
      r"data.simulate.0.terrain = .*valley: .*'slop'"),
+    (lambda r: r["data"]["simulate"][1]["terrain"].update(row_offset=100),
+     r"data.simulate.1.terrain = .*row_offset=100, col_offset=0: each plan of a project draws its own window of the "
+     r"DEM, so a project takes no offset; to simulate one area, crop the DEM to it first \(gdal_translate -srcwin "),
+    (lambda r: r["data"]["simulate"][1].update(cols=16),
+     r"data.simulate.1.cols = 16: a grid narrower than one patch \(data.samples.patch_cells = 32\) gives no samples; "
+     r"expected rows and cols >= 32$"),
     (lambda r: r["data"]["samples"].update(stride_cells=0), r"data.samples: unknown setting\(s\) \['stride_cells'\]; SampleSpec has \[.*'patch_stride_cells'"),
     (lambda r: r["data"]["splits"].update(test_plans=-1), r"data.splits: SplitSpec.test_plans=-1 must be a positive integer"),
     (lambda r: r["data"]["splits"].update(test_projects=["valley_stepe"]), r"data.splits.test_projects: unknown project\(s\) \['valley_stepe'\]"),
@@ -379,7 +385,8 @@ def _drop_fetch(raw, path):
 ], ids=["B-layers-reversed", "B-layers-zero", "B-attentions-negative", "B-attentions-beyond-layers", "B-lr-reversed",
         "B-lr-negative", "B-layers-one", "discharge-three", "B-channels-empty", "B-channels-zero", "B-downsampler-unknown", "B-downsamplers-empty",
         "D-test-split-unknown", "D-splits-unknown", "D-context-splits-unknown", "A-without-Arch_04", "C-model-unknown", "DEM-missing",
-        "HEC-RAS-missing", "project-twice", "project-name-a-path", "valley-field-unknown", "samples-bad", "splits-bad", "test-project-unknown",
+        "HEC-RAS-missing", "project-twice", "project-name-a-path", "valley-field-unknown", "DEM-offset",
+        "grid-below-a-patch", "samples-bad", "splits-bad", "test-project-unknown",
         "A-no-previews", "C-ring-blend-above-1", "C-per-model-ring-blend-negative", "A-per-model-batch-fraction", "C-warm-start-without-A-weights", "C-warm-start-other-downsampler"])
 def test_a_bad_setting_is_refused_when_the_profile_is_read_before_anything_runs(tmp_path, change, message):
     path = _smoke_with(tmp_path, change)

@@ -125,7 +125,7 @@ TOO_SMALL_FOR_THE_GRID = {
                                      ["size: 80x200 pixels", "20x20-cell grid", "201x201 terrain points"]),
     "feet_pixels_of_1_us_survey_foot": (dict(crs="EPSG:2236", pixel=1.0), (100, 100), (8, 8),
                                         ["pixel width: 0.3048006", "(1 US survey foot)", "needs a DEM at 1 m",
-                                         "gdalwarp -tr 3.28083 3.28083 in the CRS's unit, the US survey foot"]),
+                                         "gdalwarp -tr 3.280833333 3.280833333 in the CRS's unit, the US survey foot"]),
     "metre_pixels_of_2_m": (dict(crs="EPSG:26915", pixel=2.0), (100, 100), (8, 8),
                             ["pixel width: 2.0 m", "needs a DEM at 1 m"]),
 }
@@ -253,3 +253,33 @@ def test_a_dem_with_no_window_wholly_on_data_is_refused_once_before_any_plan(tmp
         f"column {cols.start}); expected a DEM with a complete area that large (a smaller grid, or the DEM's holes "
         "filled, e.g. gdal_fillnodata.py)")
     assert snapshot(tmp_path) == before
+
+
+def test_a_project_takes_its_dem_as_a_path_object_and_refuses_an_offset(tmp_path):
+    """pathlib.Path as a user writes it works like a str (it used to fail writing the first plan's spec); an
+    offset on a project's DEM would be overwritten by every plan's own window, so it is refused."""
+    import json
+
+    from floodlib.data.simulate import plan_specs
+
+    path = write_tif(tmp_path / "dem.tif", (100, 100), crs="EPSG:26915")
+    spec = dataclasses.replace(dem_project(path), terrain=DemSource(path))
+    assert spec.terrain.path == str(path)
+    assert json.loads(json.dumps(plan_specs(spec)[0].to_dict()))["terrain"]["path"] == str(path)
+    with pytest.raises(ValueError, match=r"^ProjectSpec.terrain: row_offset=10, col_offset=0: each plan of a project "
+                                         r"draws its own window of the DEM.*gdal_translate -srcwin"):
+        dataclasses.replace(dem_project(path), terrain=DemSource(str(path), row_offset=10))
+    with pytest.raises(ValueError, match=r"^DemSource.row_offset: -1; expected a whole number >= 0$"):
+        DemSource(str(path), row_offset=-1)
+
+
+def test_the_pixel_size_the_refusal_names_is_one_the_simulator_takes(tmp_path):
+    """The gdalwarp -tr of a refused DEM in feet has the digits to pass the 1 m check (3.28083 did not)."""
+    import re
+
+    refused = write_tif(tmp_path / "one_foot.tif", (100, 100), crs="EPSG:2236", pixel=1.0)
+    with pytest.raises(SimulationFileError) as caught:
+        dem_terrain(DemSource(str(refused)), rows=8, cols=8)
+    step = float(re.search(r"gdalwarp -tr ([\d.]+) ", str(caught.value)).group(1))
+    resampled = write_tif(tmp_path / "resampled.tif", (300, 300), crs="EPSG:2236", pixel=step)
+    assert dem_terrain(DemSource(str(resampled)), rows=8, cols=8).elevation.shape == (81, 81)

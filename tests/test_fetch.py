@@ -135,7 +135,8 @@ def tile_profile(tmp_path: Path, fetch: dict) -> Path:
     """A profile simulating one small plan over a fetched DEM."""
     profile = {"name": "fetched", "data": {"workers": 1, "simulate": [{
         "name": "tile", "n_plans": 1, "seed": 5, "rows": 8, "cols": 8, "duration_s": 600,
-        "peak_discharge_m3s": [2.0, 4.0], "terrain": {"kind": "dem", "fetch": fetch}}]}}
+        "peak_discharge_m3s": [2.0, 4.0], "terrain": {"kind": "dem", "fetch": fetch}}],
+        "samples": {"patch_cells": 8}}}  # samples of 8 cells: an 8 x 8 grid holds one
     path = tmp_path / "fetched.yaml"
     path.write_text(yaml.safe_dump(profile))
     return path

@@ -129,7 +129,7 @@ def test_a_dem_edited_in_place_makes_the_stages_made_from_it_changed(tmp_path):
     profile_path = tmp_path / "dem.yaml"
     profile_path.write_text(yaml.safe_dump({"name": "dem", "data": {"simulate": [{
         "name": "tile", "n_plans": 1, "rows": 8, "cols": 8, "duration_s": 600,
-        "terrain": {"kind": "dem", "path": "dem.tif"}}]}}))
+        "terrain": {"kind": "dem", "path": "dem.tif"}}], "samples": {"patch_cells": 8}}}))
     run = Run(run_dir=tmp_path / "run", profile=load_profile(profile_path))
     write_summary(run, StageASummary(ranking=[ROW], splits={"small_train": {"samples": 12}}))
     recorded = read_summary(run.run_dir, "A").settings_record["data"]["simulate"][0]["terrain"]["sha256"]

@@ -18,6 +18,7 @@ Two families:
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -170,6 +171,16 @@ class DemSource:
     row_offset: int = 0
     col_offset: int = 0
     band: int = 1
+
+    def __post_init__(self):
+        if isinstance(self.path, os.PathLike):  # a pathlib.Path, as a user writes it: kept as text (JSON, specs)
+            object.__setattr__(self, "path", os.fspath(self.path))
+        if not isinstance(self.path, str) or not self.path:
+            raise TypeError(f"DemSource.path: {self.path!r}; expected the GeoTIFF's path (str or pathlib.Path)")
+        for name in ("row_offset", "col_offset", "band"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < (name == "band"):
+                raise ValueError(f"DemSource.{name}: {value!r}; expected a whole number >= {int(name == 'band')}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -345,7 +356,7 @@ def check_dem(raster, *, rows: int, cols: int) -> None:
         if abs(value - TERRAIN_SPACING_M) > 1e-6 * TERRAIN_SPACING_M:
             as_read = "" if raster.units_factor == 1.0 else f" ({value / raster.units_factor:g} {raster.source_units})"
             # gdalwarp's -tr is in the CRS's own unit: in feet, 1 m is 1 / (m per foot) of them
-            step = f"{TERRAIN_SPACING_M / raster.units_factor:.6g}"
+            step = f"{TERRAIN_SPACING_M / raster.units_factor:.10g}"  # enough digits to pass the 1e-6 check
             raise SimulationFileError(f"{path}: {name}: {value} m{as_read}; the built-in simulator needs a DEM at "
                                       f"{TERRAIN_SPACING_M:g} m (resample it first, e.g. gdalwarp -tr {step} {step}"
                                       + (f" in the CRS's unit, the {raster.source_units}" if raster.units_factor != 1.0

@@ -43,7 +43,7 @@ def project_spec(project: ProjectConfig, *, terrain_dir: str | Path | None = Non
             path = Path(terrain.path)
         else:
             raise ProfileError(f"{terrain_field}: kind 'dem' needs a path or a fetch entry")
-        source = DemSource(path=str(path), row_offset=terrain.row_offset, col_offset=terrain.col_offset)
+        source = DemSource(path=str(path))  # each plan draws its own window
     else:
         source = terrain.valley_params()
     options = {k: v for k, v in (("peak_discharge_m3s", project.peak_discharge_m3s),

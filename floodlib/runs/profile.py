@@ -122,6 +122,10 @@ class TerrainConfig(Strict):
                              "a wheel that holds it), not " + ("both" if self.path is not None else "neither"))
         if self.kind == "valley" and (self.path is not None or self.fetch is not None):
             raise ValueError("path and fetch name a DEM: they need kind 'dem' (kind 'valley' is procedural)")
+        if self.row_offset or self.col_offset:  # kept as fields (0) so that runs recorded with them stay complete
+            raise ValueError(f"row_offset={self.row_offset}, col_offset={self.col_offset}: each plan of a project draws "
+                             "its own window of the DEM, so a project takes no offset; to simulate one area, crop the "
+                             "DEM to it first (gdal_translate -srcwin <col> <row> <width> <height> in.tif area.tif)")
         if self.kind == "dem" and self.valley:
             raise ValueError("valley parameters shape a procedural terrain: they need kind 'valley', not 'dem'")
         if self.kind == "valley":
@@ -727,7 +731,13 @@ def check_data(data: DataConfig, *, where: str) -> None:
             build()
         except (TypeError, ValueError) as error:
             raise ProfileError(f"{where}: data.{key}: {error}") from None
+    patch = data.sample_spec().patch_cells
     for index, project in enumerate(data.simulate):
+        small = [(key, getattr(project, key)) for key in ("rows", "cols") if getattr(project, key) < patch]
+        if small:
+            key, value = small[0]
+            raise ProfileError(f"{where}: data.simulate.{index}.{key} = {value}: a grid narrower than one patch "
+                               f"(data.samples.patch_cells = {patch}) gives no samples; expected rows and cols >= {patch}")
         source = project.terrain.path
         if source is not None and not Path(source).is_file():
             raise ProfileError(f"{where}: data.simulate.{index}.terrain.path = {source}: no such file; expected a "

@@ -250,6 +250,11 @@ class ProjectSpec:
             raise ValueError(f"ProjectSpec.name: {self.name!r} must be a non-empty folder name of letters, digits, '-', '_', '.'")
         if not isinstance(self.terrain, (ValleyParams, DemSource)):
             raise TypeError(f"ProjectSpec.terrain: {type(self.terrain).__name__} is neither ValleyParams nor DemSource")
+        if isinstance(self.terrain, DemSource) and (self.terrain.row_offset or self.terrain.col_offset):
+            raise ValueError(
+                f"ProjectSpec.terrain: row_offset={self.terrain.row_offset}, col_offset={self.terrain.col_offset}: each "
+                "plan of a project draws its own window of the DEM, so a project takes no offset; to simulate one "
+                "area, crop the DEM to it first (gdal_translate -srcwin <col> <row> <width> <height> in.tif area.tif)")
         if isinstance(self.n_plans, bool) or not isinstance(self.n_plans, int) or self.n_plans < 1:
             raise ValueError(f"ProjectSpec.n_plans: {self.n_plans!r} must be a whole number >= 1")
         check_grid(self.rows, self.cols)
