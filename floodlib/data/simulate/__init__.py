@@ -24,9 +24,11 @@ Model set-up (what the stored ``source``, ``event`` and ``extra`` attributes rec
 - **Outflow** — the outflow edge is open, the other three closed. The grid carries one ring of ghost
   cells outside the stored cells; on the open edge each ghost is ``outfall_slope * 10 m`` lower than its
   neighbour and takes its neighbour's depth before every step, a normal-depth (zero depth gradient)
-  boundary: water leaves at the rate the downstream slope drives it. Outflow volume is measured
-  directly, as the sum over time steps of the discharge on the links into the ghost cells times the
-  cell width and the step.
+  boundary: water leaves at the rate the downstream slope drives it, and only leaves — a step's discharge
+  carried inward through a ghost link by the scheme's inertia (water from nowhere, seen where a DEM
+  window drains away from its open edge) is taken back from the cell it entered. Outflow volume is
+  measured directly, as the sum over time steps of the discharge on the links into the ghost cells times
+  the cell width and the step.
 - **Mass balance** — inflow volume (the source actually applied) against stored volume change plus
   outflow volume; the residual is the mass the solver itself creates or destroys (``steep_slopes`` resets
   depths below ``h_init`` to ``h_init / 1000``). A plan whose relative residual exceeds
