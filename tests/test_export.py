@@ -192,3 +192,20 @@ def test_a_disk_that_fills_up_leaves_no_map_and_says_so(tmp_path):
     assert done.returncode == 2, done.stdout + done.stderr
     assert "plan_depth_0min.tif: could not be written whole" in done.stderr and "Traceback" not in done.stderr
     assert not any(out.iterdir())
+
+
+def test_maps_of_a_grid_larger_than_its_dem_say_where_the_terrain_is_mirrored(tmp_path):
+    """A plan over a DEM smaller than its grid runs over mirror-tiled terrain; its maps reach past the DEM."""
+    import warnings
+
+    window = {"dem": "tile.tif", "row_offset": 0, "col_offset": 3, "mirrored_rows": True, "mirrored_cols": False}
+    plan = write_simulation(tmp_path / "plan_1.h5", flood(extra={"terrain_source": window}))
+    with pytest.warns(UserWarning, match=r"plan_1.h5: the plan's grid is larger than its DEM \(tile.tif\) along its "
+                                         r"rows: its terrain is mirror-tiled there"):
+        written = export_maps(plan, tmp_path / "maps")
+    assert {opened(path)[5]["terrain_mirror_tiled"] for path in written} == {"rows"}
+    inside = write_simulation(tmp_path / "plan_2.h5", flood(extra={"terrain_source": {**window, "mirrored_rows": False}}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        written = export_maps(inside, tmp_path / "inside")
+    assert all("terrain_mirror_tiled" not in opened(path)[5] for path in written)

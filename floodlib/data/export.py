@@ -25,6 +25,7 @@ import os
 import re
 import shutil
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -240,6 +241,14 @@ def export_maps(path: str | Path, out_dir: str | Path, *, times_min: list[float]
     where = Georeference.of(simulation)
     common = {"source_file": path.name, "project": simulation.project, "plan": simulation.plan,
               "source": simulation.source}
+    window = (simulation.extra or {}).get("terrain_source") or {}
+    mirrored = [axis for axis in ("rows", "cols") if window.get(f"mirrored_{axis}")]
+    if mirrored:  # a grid larger than its DEM: the far part of the map lies over reflected terrain
+        common["terrain_mirror_tiled"] = " and ".join(mirrored)
+        warnings.warn(f"{path}: the plan's grid is larger than its DEM ({window.get('dem')}) along its "
+                      f"{' and '.join(mirrored)}: its terrain is mirror-tiled there, so the maps reach past the "
+                      "DEM's extent over reflected, not surveyed, terrain (tag terrain_mirror_tiled)",
+                      UserWarning, stacklevel=2)
     written = []
     for target, description, k, j in planned:
         if k is None:
