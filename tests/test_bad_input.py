@@ -396,6 +396,34 @@ def test_a_bad_setting_is_refused_when_the_profile_is_read_before_anything_runs(
     assert not outputs.exists()  # nothing was started, not even the run folder
 
 
+@pytest.mark.parametrize("pixel, nodata_columns, message", [
+    (2.0, None, r"dem.tif: pixel width: 2.0 m; the built-in simulator needs a DEM at 1 m"),
+    (1.0, slice(150, 160), r"dem.tif: elevation: no window of 321x321 points \(the 32x32-cell grid of project "
+                           r"'minnesota'\) lies wholly on data"),
+], ids=["two-metre-pixels", "no-window-on-data"])
+def test_a_dem_that_cannot_serve_is_refused_before_stage_a_naming_the_profile(tmp_path, pixel, nodata_columns,
+                                                                               message):
+    """Opened and drawn when the pipeline starts, as stage A would: refused before A's kernel starts, naming the
+    profile the user wrote (not the run's copy of it)."""
+    import numpy as np
+    import rasterio
+    from rasterio.transform import Affine
+
+    values = np.full((400, 400), 380.0, dtype=np.float32)
+    if nodata_columns is not None:
+        values[:, nodata_columns] = -9999.0
+    dem = tmp_path / "dem.tif"
+    with rasterio.open(dem, "w", driver="GTiff", height=400, width=400, count=1, dtype="float32", crs="EPSG:26915",
+                       transform=Affine(pixel, 0.0, 5000.0, 0.0, -pixel, 9000.0), nodata=-9999.0) as out:
+        out.write(values, 1)
+    path = _smoke_with(tmp_path, lambda raw: _drop_fetch(raw, str(dem)))
+    outputs = tmp_path / "outputs"
+    with pytest.raises(ProfileError, match=f"^{re.escape(str(path))}: data.simulate.1.terrain: {re.escape(str(tmp_path))}/"
+                                           f"{message}"):
+        run_pipeline(path, outputs=outputs)
+    assert not outputs.exists()
+
+
 def test_the_split_names_a_profile_can_name_are_the_ones_its_data_makes(tiny_run):
     from floodlib.runs import open_run
 

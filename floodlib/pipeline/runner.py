@@ -136,6 +136,23 @@ def set_aside_report(run_dir: Path, before: set[Path], *, stage: str) -> list[st
             + (f" and {len(files) - 6} more" if len(files) > 6 else "") for folder, files in new.items()]
 
 
+def check_dems(profile, *, where: str) -> None:
+    """Open every DEM the profile names by path and draw its projects' plans, as stage A will: a DEM that
+    cannot serve (pixel size, CRS, too small, no window free of nodata) is refused now, naming the profile
+    the user wrote, rather than in stage A's kernel. A DEM the profile fetches is checked when fetched."""
+    from floodlib.data.simulate import plan_specs
+    from floodlib.data.store import SimulationFileError
+    from floodlib.pipeline.stages import project_spec
+
+    for index, project in enumerate(profile.data.simulate):
+        if project.terrain.kind != "dem" or project.terrain.path is None:
+            continue
+        try:
+            plan_specs(project_spec(project, where=f"{where}: data"))
+        except (SimulationFileError, ValueError) as error:
+            raise ProfileError(f"{where}: data.simulate.{index}.terrain: {error}") from None
+
+
 def run_pipeline(profile_path: str | Path, *, stages: list[str] | None = None, force: bool = False,
                  outputs: str | Path = DEFAULT_OUTPUTS, notebooks: str | Path = DEFAULT_NOTEBOOKS,
                  run_dir: str | Path | None = None, timeout_s: int | None = None) -> Path:
@@ -168,6 +185,8 @@ def run_pipeline(profile_path: str | Path, *, stages: list[str] | None = None, f
     if unknown:
         raise ProfileError(f"unknown stage(s) {unknown}; expected some of {list(STAGES)}")
     check_stages(profile, where=str(profile_path), stages=wanted)
+    if "A" in wanted:
+        check_dems(profile, where=str(profile_path))
     with hold_folder(run_dir, what="run folder"):
         changed = {stage: why for stage in STAGES for state, why in [stage_state(run_dir, stage, profile)]
                    if state == "changed"}
