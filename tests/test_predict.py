@@ -431,8 +431,13 @@ def test_a_plan_too_small_and_times_outside_the_plan_are_clear_errors():
     plan = Simulation(project="p", plan="q", terrain=np.zeros((321, 321), np.float32),
                       water_depth=np.zeros((4, 32, 32), np.float32), cell_size_m=10.0, terrain_spacing_m=1.0,
                       output_interval_s=1800.0, source="test")
-    with pytest.raises(PredictError, match="1 step.* from 60 min end at 120 min, past the plan's last output at 90 min"):
+    with pytest.raises(PredictError, match=r"1 step.* from 60 min end at 120 min, past the plan's last output at 90 min "
+                                           r"\(its edge depths are the boundary condition\); start at 30 min at the latest$"):
         predict_plan(model, plan, start_s=3600, steps=1)
+    # what fits is said: the latest start for these steps, and how many steps fit from this start
+    with pytest.raises(PredictError, match=r"3 step\(s\) of 30 min from 30 min end at 120 min.*; start at 0 min at the "
+                                           r"latest or predict at most 2 step\(s\) from 30 min$"):
+        predict_plan(model, plan, start_s=1800, steps=3, delta_t_s=1800.0)
     with pytest.raises(PredictError, match="start 200 min is outside the plan"):
         predict_plan(model, plan, start_s=12000, steps=1)
     with pytest.raises(PredictError, match="start 10 min is not one of its output times"):

@@ -75,9 +75,13 @@ def predict_plan(model, simulation: Simulation, *, start_s: float, steps: int, b
         boundary = StoredBoundary(simulation, name=name)
         end = start_s + steps * delta_t_s
         if end > boundary.last_s + 1e-6:
+            latest_s = boundary.last_s - steps * delta_t_s
+            fits = int((boundary.last_s - start_s) / delta_t_s + 1e-9)
+            hints = ([f"start at {latest_s / 60:g} min at the latest"] if latest_s >= -1e-6 else []) + \
+                ([f"predict at most {fits} step(s) from {start_s / 60:g} min"] if fits >= 1 else [])
             raise PredictError(f"{name}: {steps} step(s) of {delta_t_s / 60:g} min from {start_s / 60:g} min end at "
                                f"{end / 60:g} min, past the plan's last output at {boundary.last_s / 60:g} min (its "
-                               "edge depths are the boundary condition); start earlier or predict fewer hours")
+                               "edge depths are the boundary condition)" + ("; " + " or ".join(hints) if hints else ""))
     if predictor is None:
         if simulation.terrain_ratio * 32 + 1 != 321:
             raise PredictError(f"{name}: terrain every {simulation.terrain_spacing_m:g} m under "
