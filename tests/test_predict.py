@@ -544,6 +544,12 @@ def test_the_cli_takes_a_users_edge_inflow_from_a_dry_start(tiny_run, tmp_path):
     assert (predicted.water_depth[1][20:40, :2] > 0).all() and np.isfinite(predicted.water_depth).all()
     assert predicted.extra["boundary"] == str(edges)
     assert predicted.extra["dry_start"] and predicted.event is None  # not the plan's own inflow: the user's edges were
+    # what drove it is kept in the prediction, not only where it lay: the boundary as read, the model's checksum
+    assert predicted.extra["boundary_file"] == {"segments": [{"edge": "west", "from_cell": 20, "to_cell": 40,
+                                                              "times_min": [0, 60], "discharge_m3s": [0, 30]}]}
+    import hashlib
+
+    assert predicted.extra["model_sha256"] == hashlib.sha256(model.read_bytes()).hexdigest()
 
 
 def test_a_model_refuses_cells_of_another_size_and_another_lead_time():

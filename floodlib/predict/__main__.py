@@ -9,8 +9,10 @@ import sys
 import time
 
 import numpy as np
+import yaml
 
 from floodlib.data.export import check_folder, export_maps, map_crs, refuse_existing
+from floodlib.data.fetch import file_sha256
 from floodlib.data.store import SimulationFileError, read_simulation, user_path
 from floodlib.models.checkpoints import CheckpointError, load_model
 from floodlib.predict.boundary import read_boundary
@@ -134,7 +136,11 @@ def main(argv: list[str] | None = None) -> int:
                                name=str(args.plan), progress=progress, device=args.device, precision=args.precision,
                                tolerance_m=args.tolerance_mm / 1000.0, max_iterations=args.max_iterations)
         settings = {"dry_start": bool(args.dry_start), "precision": args.precision, "device": args.device,
-                    "tolerance_m": args.tolerance_mm / 1000.0, "max_iterations": args.max_iterations}
+                    "tolerance_m": args.tolerance_mm / 1000.0, "max_iterations": args.max_iterations,
+                    # what was used, not only where it lay: the files may be edited or moved later
+                    "model_sha256": file_sha256(args.model)}
+        if args.boundary is not None:
+            settings["boundary_file"] = yaml.safe_load(args.boundary.read_text())  # JSON is YAML too
         write_rollout(args.out, simulation, rollout, model_name=f"{model.arch} ({args.model})",
                       boundary_name=boundary_name, settings=settings)
         wrote = True
