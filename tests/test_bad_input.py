@@ -260,6 +260,29 @@ def test_a_checkpoint_with_an_invalid_scale_is_a_checkpoint_error(tmp_path):
         load_model(path)
 
 
+def test_weights_that_do_not_fit_their_config_are_one_line_naming_counts_and_a_first(tmp_path):
+    """Not torch's listing of every missing and unexpected key (1.7 kB for a model of another width)."""
+    import torch
+
+    from floodlib.models import CheckpointError, create_model, load_model, save_model
+
+    path = save_model(create_model("Arch_02", downsampler="cubic", layers=3, channels=4), tmp_path / "model.pth")
+    checkpoint = torch.load(path, weights_only=True)
+    checkpoint["config"]["arch_kwargs"]["channels"] = 8  # the config now builds a wider model than the weights
+    torch.save(checkpoint, path)
+    with pytest.raises(CheckpointError) as error:
+        load_model(path)
+    message = str(error.value)
+    assert message.startswith(f"{path}: weights do not fit architecture 'Arch_02' as its config builds it: ")
+    assert re.search(r": \d+ of another shape \(first: [\w.]+ \(4, ", message) and "\n" not in message
+    assert message.endswith("weight tensor(s); the file's weights and config disagree") and len(message) < 400
+    checkpoint["config"]["arch_kwargs"].update(channels=4, layers=4)  # one layer more than the weights hold
+    torch.save(checkpoint, path)
+    with pytest.raises(CheckpointError, match=r"weights do not fit architecture 'Arch_02' as its config builds it: "
+                                              r"\d+ missing \(first: "):
+        load_model(path)
+
+
 def test_non_finite_predictions_are_never_scored(tiny_run):
     import torch
 

@@ -111,8 +111,19 @@ def load_model(path: str | Path, *, expected_arch: str | None = None, device: st
         )
     except (TypeError, ValueError, KeyError) as error:  # e.g. a scale factor that is not a positive number
         raise CheckpointError(f"{path}: its config cannot rebuild a model ({error})") from None
+    expected = model.state_dict()
+    stored = checkpoint["state_dict"]
+    missing = [name for name in expected if name not in stored]
+    unexpected = [name for name in stored if name not in expected]
+    misshapen = [f"{name} {tuple(stored[name].shape)} for {tuple(tensor.shape)}" for name, tensor in expected.items()
+                 if name in stored and isinstance(stored[name], torch.Tensor) and stored[name].shape != tensor.shape]
+    if missing or unexpected or misshapen:  # one line, not torch's listing of every key
+        parts = [f"{len(found)} {what} (first: {found[0]})" for what, found in
+                 (("missing", missing), ("unexpected", unexpected), ("of another shape", misshapen)) if found]
+        raise CheckpointError(f"{path}: weights do not fit architecture {config['arch']!r} as its config builds it: "
+                              f"{'; '.join(parts)} weight tensor(s); the file's weights and config disagree")
     try:
-        model.load_state_dict(checkpoint["state_dict"])
+        model.load_state_dict(stored)
     except RuntimeError as error:
         raise CheckpointError(f"{path}: weights do not fit architecture {config['arch']!r}: {error}") from None
     trained_on = (checkpoint.get("extra") or {}).get("trained_on")
