@@ -394,6 +394,10 @@ def _drop_fetch(raw, path):
      r"expected rows and cols >= 32$"),
     (lambda r: r["data"]["samples"].update(stride_cells=0), r"data.samples: unknown setting\(s\) \['stride_cells'\]; SampleSpec has \[.*'patch_stride_cells'"),
     (lambda r: r["data"]["splits"].update(test_plans=-1), r"data.splits: SplitSpec.test_plans=-1 must be a positive integer"),
+    (lambda r: r["data"]["samples"]["projects"]["minnesota"].update(snapshot_every_s="ten"),
+     r"data.samples: SampleSpec.projects\['minnesota'\]: SampleSpec.snapshot_every_s='ten' must be a number of "
+     r"seconds >= 0 \(0: off\)"),
+    (lambda r: _drop_fetch(r, "/tmp"), r"data.simulate.1.terrain.path = /tmp: a folder; expected a GeoTIFF DEM"),
     (lambda r: r["data"]["splits"].update(test_projects=["valley_stepe"]), r"data.splits.test_projects: unknown project\(s\) \['valley_stepe'\]"),
     (lambda r: r["A"].update(preview_count=0), r"section A: preview_count = 0: Input should be greater than or equal to 1"),
     (lambda r: r["C"].update(ring_blend=1.5), r"section C: ring_blend = 1.5: Input should be less than or equal to 1"),
@@ -409,7 +413,8 @@ def _drop_fetch(raw, path):
         "B-lr-negative", "B-layers-one", "discharge-three", "B-channels-empty", "B-channels-zero", "B-downsampler-unknown", "B-downsamplers-empty",
         "D-test-split-unknown", "D-splits-unknown", "D-context-splits-unknown", "A-without-Arch_04", "C-model-unknown", "DEM-missing",
         "HEC-RAS-missing", "project-twice", "project-name-a-path", "valley-field-unknown", "DEM-offset",
-        "grid-below-a-patch", "samples-bad", "splits-bad", "test-project-unknown",
+        "grid-below-a-patch", "samples-bad", "splits-bad", "samples-every-not-a-number",
+        "DEM-a-folder", "test-project-unknown",
         "A-no-previews", "C-ring-blend-above-1", "C-per-model-ring-blend-negative", "A-per-model-batch-fraction", "C-warm-start-without-A-weights", "C-warm-start-other-downsampler"])
 def test_a_bad_setting_is_refused_when_the_profile_is_read_before_anything_runs(tmp_path, change, message):
     path = _smoke_with(tmp_path, change)

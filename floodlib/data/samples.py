@@ -114,7 +114,8 @@ class SampleSpec:
         if not (isinstance(self.snapshot_every_s, (int, float)) and not isinstance(self.snapshot_every_s, bool)
                 and math.isfinite(self.snapshot_every_s)
                 and self.snapshot_every_s >= 0):
-            raise ValueError(f"SampleSpec.snapshot_every_s={self.snapshot_every_s!r} must be >= 0 s (0: off)")
+            raise ValueError(f"SampleSpec.snapshot_every_s={self.snapshot_every_s!r} must be a number of seconds "
+                             ">= 0 (0: off)")
         if self.snapshot_every_s > 0 and tuple(float(t) for t in self.snapshot_times_s) != REFERENCE_SNAPSHOT_TIMES_S:
             raise ValueError(f"SampleSpec: snapshot_every_s={self.snapshot_every_s:g} and snapshot_times_s="
                              f"{tuple(self.snapshot_times_s)} are alternatives; set one of them")

@@ -740,7 +740,8 @@ def check_data(data: DataConfig, *, where: str) -> None:
                                f"(data.samples.patch_cells = {patch}) gives no samples; expected rows and cols >= {patch}")
         source = project.terrain.path
         if source is not None and not Path(source).is_file():
-            raise ProfileError(f"{where}: data.simulate.{index}.terrain.path = {source}: no such file; expected a "
+            raise ProfileError(f"{where}: data.simulate.{index}.terrain.path = {source}: "
+                               + ("a folder" if Path(source).is_dir() else "no such file") + "; expected a "
                                "GeoTIFF DEM (a relative path is read from the profile's folder)")
     for index, plan in enumerate(data.hecras):
         for key in ("file", "terrain"):
