@@ -20,8 +20,8 @@ from floodlib.data.terrain import (
     ValleyParams,
     check_dem,
     check_edge,
-    complete_windows,
     check_grid,
+    complete_windows,
 )
 
 
