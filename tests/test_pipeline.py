@@ -437,17 +437,32 @@ def test_a_pruned_trial_leaves_neither_weights_nor_a_resume_checkpoint(tiny_run,
 
 def test_a_failing_stage_names_the_executed_notebook(tmp_path):
     profile = yaml.safe_load(TINY.read_text())
-    # A DEM that exists but is no GeoTIFF: found when the profile loads, refused only when stage A reads it.
-    (tmp_path / "broken.tif").write_bytes(b"not a GeoTIFF")
-    profile["data"]["simulate"][0]["terrain"] = {"kind": "dem", "path": str(tmp_path / "broken.tif")}
+    # A HEC-RAS file that exists but is no HDF5: found when the profile loads, refused only when stage A reads it.
+    (tmp_path / "broken.p01.hdf").write_bytes(b"not an HDF5 file")
+    profile["data"]["hecras"] = [{"file": str(tmp_path / "broken.p01.hdf"), "project": "ras"}]
+    profile["data"]["splits"]["test_projects"].append("ras")  # held out whole: one plan is enough
     path = tmp_path / "broken.yaml"
     path.write_text(yaml.safe_dump(profile))
     with pytest.raises(StageFailed) as info:
         run_pipeline(path, outputs=tmp_path / "outputs", stages=["A"])
     message = str(info.value)
-    assert "stage A failed in cell" in message and "broken.tif" in message
+    assert "stage A failed in cell" in message and "broken.p01.hdf" in message
     assert str(tmp_path / "outputs" / "tiny" / "A" / "A_train.ipynb") in message
     assert not (tmp_path / "outputs" / "tiny" / "A" / "summary.json").exists()
+
+
+def test_a_dem_that_is_no_geotiff_is_refused_before_stage_a_starts(tmp_path):
+    """Opened when the pipeline starts, not in A's kernel: the message names the profile the user wrote."""
+    profile = yaml.safe_load(TINY.read_text())
+    (tmp_path / "broken.tif").write_bytes(b"not a GeoTIFF")
+    profile["data"]["simulate"][0]["terrain"] = {"kind": "dem", "path": str(tmp_path / "broken.tif")}
+    path = tmp_path / "broken.yaml"
+    path.write_text(yaml.safe_dump(profile))
+    with pytest.raises(ProfileError) as info:
+        run_pipeline(path, outputs=tmp_path / "outputs", stages=["A"])
+    assert str(info.value).startswith(f"{path}: data.simulate.0.terrain: {tmp_path / 'broken.tif'}: file: is not a "
+                                      "readable GeoTIFF")
+    assert not (tmp_path / "outputs").exists()
 
 
 SHARED = ROOT.parent / "shared" / "data"

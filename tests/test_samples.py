@@ -74,7 +74,7 @@ def test_more_samples_from_the_same_simulation_snapshots_every_k_minutes_and_ove
 def test_sampling_options_are_checked():
     with pytest.raises(ValueError, match=r"snapshot_every_s=600 and snapshot_times_s=\(0, 300\) are alternatives"):
         SampleSpec(snapshot_every_s=600, snapshot_times_s=(0, 300))
-    with pytest.raises(ValueError, match=r"snapshot_every_s=-1 must be >= 0 s"):
+    with pytest.raises(ValueError, match=r"snapshot_every_s=-1 must be a number of seconds >= 0"):
         SampleSpec(snapshot_every_s=-1)
     with pytest.raises(ValueError, match=r"patch_stride_cells=-4 must be an integer >= 0"):
         SampleSpec(patch_stride_cells=-4)
@@ -425,7 +425,7 @@ def test_a_model_learns_the_cell_size_only_of_the_plans_that_give_it_samples(tmp
 
 
 def test_settings_a_researcher_gets_wrong_are_refused_or_made_to_work(tmp_path):
-    with pytest.raises(ValueError, match=r"SampleSpec.snapshot_every_s=True must be >= 0 s"):
+    with pytest.raises(ValueError, match=r"SampleSpec.snapshot_every_s=True must be a number of seconds >= 0"):
         SampleSpec(snapshot_every_s=True)
     for project, count in (("alpha", 6), ("beta", 4)):
         write_project(tmp_path, project, count)
