@@ -186,6 +186,13 @@ class DemSource:
         return asdict(self)
 
 
+def project_offset_refusal(row_offset: int, col_offset: int) -> str:
+    """Why a project's DEM takes no offset (each plan draws its own window), and what to do instead."""
+    return (f"row_offset={row_offset}, col_offset={col_offset}: each plan of a project draws its own window of the "
+            "DEM, so a project takes no offset; to simulate one area, crop the DEM to it first "
+            "(gdal_translate -srcwin <col> <row> <width> <height> in.tif area.tif)")
+
+
 def _fractal_noise(shape: tuple[int, int], *, rng: np.random.Generator, longest_m: float,
                    spacing_m: float, hurst: float = 0.8) -> np.ndarray:
     """Zero-mean, unit-std Gaussian noise with a power-law spectrum between 2 samples and ``longest_m``.

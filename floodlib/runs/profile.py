@@ -123,9 +123,9 @@ class TerrainConfig(Strict):
         if self.kind == "valley" and (self.path is not None or self.fetch is not None):
             raise ValueError("path and fetch name a DEM: they need kind 'dem' (kind 'valley' is procedural)")
         if self.row_offset or self.col_offset:  # kept as fields (0) so that runs recorded with them stay complete
-            raise ValueError(f"row_offset={self.row_offset}, col_offset={self.col_offset}: each plan of a project draws "
-                             "its own window of the DEM, so a project takes no offset; to simulate one area, crop the "
-                             "DEM to it first (gdal_translate -srcwin <col> <row> <width> <height> in.tif area.tif)")
+            from floodlib.data.terrain import project_offset_refusal
+
+            raise ValueError(project_offset_refusal(self.row_offset, self.col_offset))
         if self.kind == "dem" and self.valley:
             raise ValueError("valley parameters shape a procedural terrain: they need kind 'valley', not 'dem'")
         if self.kind == "valley":

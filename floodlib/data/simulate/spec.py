@@ -22,6 +22,7 @@ from floodlib.data.terrain import (
     check_edge,
     check_grid,
     complete_windows,
+    project_offset_refusal,
 )
 
 
@@ -251,10 +252,8 @@ class ProjectSpec:
         if not isinstance(self.terrain, (ValleyParams, DemSource)):
             raise TypeError(f"ProjectSpec.terrain: {type(self.terrain).__name__} is neither ValleyParams nor DemSource")
         if isinstance(self.terrain, DemSource) and (self.terrain.row_offset or self.terrain.col_offset):
-            raise ValueError(
-                f"ProjectSpec.terrain: row_offset={self.terrain.row_offset}, col_offset={self.terrain.col_offset}: each "
-                "plan of a project draws its own window of the DEM, so a project takes no offset; to simulate one "
-                "area, crop the DEM to it first (gdal_translate -srcwin <col> <row> <width> <height> in.tif area.tif)")
+            raise ValueError("ProjectSpec.terrain: "
+                             + project_offset_refusal(self.terrain.row_offset, self.terrain.col_offset))
         if isinstance(self.n_plans, bool) or not isinstance(self.n_plans, int) or self.n_plans < 1:
             raise ValueError(f"ProjectSpec.n_plans: {self.n_plans!r} must be a whole number >= 1")
         check_grid(self.rows, self.cols)
